@@ -1,0 +1,21 @@
+"""facesearch: face verification and face search on one distance.
+
+The public API lives in :mod:`facesearch.service` (``FaceSearch``); the CLI
+(``facesearch ...``) is a thin layer over it.
+"""
+
+__version__ = "0.1.0"
+
+from facesearch.errors import FaceSearchError  # noqa: E402
+
+
+def __getattr__(name):
+    # Lazy: importing facesearch must not import torch, faiss or SQLAlchemy.
+    if name == "FaceSearch":
+        from facesearch.service import FaceSearch
+
+        return FaceSearch
+    raise AttributeError(name)
+
+
+__all__ = ["FaceSearch", "FaceSearchError", "__version__"]

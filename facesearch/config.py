@@ -1,0 +1,114 @@
+"""Typed model configuration saved next to the weights (``model.json``).
+
+Preprocessing travels with the model: enroll, query and training all rebuild
+the input pipeline from this config, never from literals of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facesearch import distance
+from facesearch.errors import ModelFileError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an encoder and its preprocessing.
+
+    ``threshold`` is a distance (see :mod:`facesearch.distance`): two faces
+    match when their distance is ``<= threshold``. ``None`` until calibrated.
+    """
+
+    name: str = "facesearch-mobilenet_v2"
+    backbone: str = "mobilenet_v2"
+    embedding_dim: int = 128
+    input_size: int = 112
+    #: side of the centred square crop, as a fraction of the shorter image side,
+    #: taken before resizing to ``input_size`` (1.0: the image is already a face crop)
+    crop_fraction: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    distance: str = distance.NAME
+    threshold: float | None = None
+    #: how the threshold was chosen, on which pairs
+    calibration: dict[str, Any] = field(default_factory=dict)
+    #: training recipe and data summary (people, images, seed, ...)
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.distance != distance.NAME:
+            raise ModelFileError(f"unsupported distance {self.distance!r}; facesearch uses {distance.NAME!r}")
+        if self.embedding_dim <= 0 or self.input_size < 16:
+            raise ModelFileError("embedding_dim must be positive and input_size at least 16")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ModelFileError("crop_fraction must be in (0, 1]")
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ModelFileError(f"unknown model config keys: {sorted(unknown)}")
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ModelFileError("model config is from a newer facesearch; upgrade facesearch")
+        return cls(**d)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("input_size", "crop_fraction", "mean", "std")}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_private_atomic(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True).encode() + b"\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError as e:
+            raise ModelFileError(f"model config not found: {path}") from e
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelFileError(f"model config {path} is not valid: {e}") from e
+
+
+def write_private_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), readable by the owner only."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

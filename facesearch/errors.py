@@ -1,0 +1,32 @@
+"""Exceptions raised by the library. The CLI turns them into messages and exit codes."""
+
+
+class FaceSearchError(Exception):
+    """Base class of every error facesearch raises on purpose."""
+
+
+class InvalidImageError(FaceSearchError, ValueError):
+    """A file that cannot be used as a face image (missing, not an image, truncated, too large)."""
+
+
+class InvalidIdentityError(FaceSearchError, ValueError):
+    """An identity name that is empty, too long, or contains path separators or control characters."""
+
+
+class UnknownIdentityError(FaceSearchError, KeyError):
+    """An identity that is not enrolled."""
+
+    def __str__(self):  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown identity"
+
+
+class ModelMismatchError(FaceSearchError):
+    """Embeddings of one model would be compared with those of another."""
+
+
+class SchemaError(FaceSearchError):
+    """The database schema is newer than this version of facesearch, or otherwise unusable."""
+
+
+class ModelFileError(FaceSearchError, ValueError):
+    """A model directory that is missing, incomplete or inconsistent."""

@@ -1,0 +1,117 @@
+"""Reading face images safely, and turning them into the encoder's input.
+
+Input images are aligned face crops (like the LFW pack). Any mode PIL reads
+works: grayscale, RGBA, palette, 16-bit, EXIF-rotated. Bad files raise
+:class:`InvalidImageError` with the reason; nothing is half-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from facesearch.errors import InvalidImageError
+
+#: largest image accepted, in pixels (decompression-bomb guard); 40 MP
+MAX_PIXELS = 40_000_000
+#: largest file accepted, in bytes
+MAX_FILE_BYTES = 64 * 1024 * 1024
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    pixels: np.ndarray  # H x W x 3 uint8, RGB, EXIF orientation applied
+    sha256: str  # of the file's bytes
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise InvalidImageError(f"{p}: no such file")
+    if not p.is_file():
+        raise InvalidImageError(f"{p}: not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise InvalidImageError(f"{p}: empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise InvalidImageError(f"{p}: file too large ({size} bytes, limit {MAX_FILE_BYTES})")
+    return p.read_bytes()
+
+
+def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes to an H x W x 3 uint8 RGB array, or raise InvalidImageError."""
+    if not data:
+        raise InvalidImageError(f"{name}: empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise InvalidImageError(
+                    f"{name}: image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS}); "
+                    "possible decompression bomb"
+                )
+            img.load()
+        except InvalidImageError:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise InvalidImageError(f"{name}: refused as a possible decompression bomb ({e})") from e
+        except Image.UnidentifiedImageError as e:
+            raise InvalidImageError(f"{name}: not an image file PIL can read") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InvalidImageError(f"{name}: truncated or corrupt image ({e})") from e
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the image
+        pass
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load(path: str | os.PathLike) -> LoadedImage:
+    """Read and decode one image file; its SHA-256 identifies the content."""
+    data = read_bytes(path)
+    return LoadedImage(decode(data, str(path)), hashlib.sha256(data).hexdigest())
+
+
+def crop_resize(pixels: np.ndarray, input_size: int, crop_fraction: float) -> np.ndarray:
+    """Centre square crop (``crop_fraction`` of the shorter side) resized to input_size. uint8 in and out."""
+    h, w = pixels.shape[:2]
+    side = max(1, int(round(min(h, w) * crop_fraction)))
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = pixels[top : top + side, left : left + side]
+    if side == input_size:
+        return np.ascontiguousarray(crop)
+    img = Image.fromarray(crop).resize((input_size, input_size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def prepare(pixels: np.ndarray, config) -> np.ndarray:
+    """The model's input for one image: 3 x S x S uint8 (normalisation happens inside the encoder)."""
+    return crop_resize(pixels, config.input_size, config.crop_fraction).transpose(2, 0, 1).copy()

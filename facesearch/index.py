@@ -1,0 +1,346 @@
+"""The vector index: FAISS (CPU, or GPU when a FAISS GPU build is installed) or exact torch search on CUDA.
+
+Every index here ranks by the one distance (:mod:`facesearch.distance`): it stores inner
+products of unit vectors and reports ``distance.from_similarity(ip)``. FAISS ids are the
+store's face ids. The index is a cache of the store: it is written atomically with a stamp
+(model, store revision, size, checksum), and a stamp that does not match the store means
+"rebuild from the store", never "use anyway".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facesearch import distance
+from facesearch.config import write_private_atomic
+
+MAGIC = b"FACESEARCH-INDEX\n"
+FORMAT = 1
+#: below this many faces, "auto" uses exact search (measured: benchmarks/scale.py)
+EXACT_MAX = 100_000
+#: IVF probes per query for the automatic approximate index (measured for recall@1 >= 0.99)
+IVF_NPROBE = 32
+
+
+class StaleIndex(Exception):
+    """The index file is missing, corrupt, or does not match the store; rebuild it."""
+
+
+def faiss_has_gpu() -> bool:
+    try:
+        import faiss
+
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+def auto_factory(n: int) -> str:
+    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then IVF."""
+    if n <= EXACT_MAX:
+        return "Flat"
+    nlist = 2 ** int(round(math.log2(4 * math.sqrt(n))))
+    return f"IVF{nlist},Flat"
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` -> ``faiss-gpu`` when FAISS has GPUs, else ``torch-cuda`` when torch has CUDA, else ``faiss-cpu``."""
+    if backend != "auto":
+        if backend not in ("faiss-cpu", "faiss-gpu", "torch-cuda"):
+            raise ValueError(f"unknown index backend {backend!r}")
+        return backend
+    if faiss_has_gpu():
+        return "faiss-gpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch-cuda"
+    except Exception:
+        pass
+    return "faiss-cpu"
+
+
+@dataclass
+class Stamp:
+    model_key: str
+    revision: int
+    ntotal: int
+    dim: int
+    factory: str
+    backend: str
+
+
+class VectorIndex:
+    """Common interface: ``add``, ``remove``, ``search``; subclasses serialise to bytes."""
+
+    factory: str
+    backend: str
+    dim: int
+
+    @property
+    def ntotal(self) -> int:
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` per query: ``(distances, face_ids)``, ascending distance; id -1 where fewer exist."""
+        raise NotImplementedError
+
+
+class FaissIndex(VectorIndex):
+    """A FAISS index built from a factory string, on inner product, with the store's ids."""
+
+    def __init__(self, dim: int, factory: str = "Flat", gpu: bool = False, nprobe: int | None = None,
+                 index=None):
+        import faiss
+
+        self.dim, self.factory = dim, factory
+        self.backend = "faiss-gpu" if gpu else "faiss-cpu"
+        if index is None:
+            base = faiss.index_factory(dim, factory, distance.faiss_metric())
+            index = base if factory.startswith("IVF") else faiss.IndexIDMap2(base)
+        self.cpu_index = index
+        self.nprobe = nprobe
+        self._apply_params()
+        self._gpu = None
+        if gpu:
+            self._res = faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.cpu_index)
+
+    def _apply_params(self):
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.cpu_index)
+        if ivf is not None:
+            ivf.nprobe = self.nprobe or IVF_NPROBE
+            self.nprobe = ivf.nprobe
+
+    @property
+    def is_trained(self) -> bool:
+        return self.cpu_index.is_trained
+
+    def train(self, x: np.ndarray) -> None:
+        if not self.cpu_index.is_trained:
+            self.cpu_index.train(np.ascontiguousarray(x, np.float32))
+            self._sync()
+
+    def _sync(self):
+        if self._gpu is not None:
+            import faiss
+
+            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.cpu_index)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu_index.ntotal)
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        x = np.ascontiguousarray(x, np.float32)
+        ids = np.ascontiguousarray(ids, np.int64)
+        self.cpu_index.add_with_ids(x, ids)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(x, ids)
+
+    def remove(self, ids) -> int:
+        """Remove faces; raises RuntimeError for index types that cannot (then rebuild)."""
+        import faiss
+
+        n = self.cpu_index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), np.int64)))
+        self._sync()
+        return int(n)
+
+    def search(self, queries, k):
+        q = np.ascontiguousarray(queries, np.float32)
+        k = max(1, min(int(k), max(self.ntotal, 1)))
+        sims, ids = (self._gpu or self.cpu_index).search(q, k)
+        dist = distance.clip(distance.from_similarity(sims)).astype(np.float32)
+        dist[ids < 0] = np.inf
+        return dist, ids
+
+    def to_bytes(self) -> bytes:
+        import faiss
+
+        return faiss.serialize_index(self.cpu_index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
+        import faiss
+
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        return cls(stamp.dim, stamp.factory, gpu=gpu, index=index)
+
+    def memory_bytes(self) -> int:
+        return len(self.to_bytes())
+
+
+class TorchIndex(VectorIndex):
+    """Exact search in torch on a CUDA device (matmul + top-k), fp16 or fp32 storage."""
+
+    def __init__(self, dim: int, device: str = "cuda", dtype: str = "float16"):
+        import torch
+
+        self.dim, self.factory, self.backend = dim, f"TorchFlat-{dtype}", "torch-cuda"
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.vectors = torch.zeros((0, dim), dtype=self.dtype, device=self.device)
+        self.ids = torch.zeros((0,), dtype=torch.int64, device=self.device)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.ids.numel())
+
+    def add(self, ids, x) -> None:
+        import torch
+
+        self.vectors = torch.cat([self.vectors, torch.as_tensor(np.asarray(x, np.float32)).to(self.device, self.dtype)])
+        self.ids = torch.cat([self.ids, torch.as_tensor(np.asarray(ids, np.int64)).to(self.device)])
+
+    def remove(self, ids) -> int:
+        import torch
+
+        drop = torch.as_tensor(np.asarray(list(ids), np.int64), device=self.device)
+        keep = ~torch.isin(self.ids, drop)
+        n = int((~keep).sum())
+        self.vectors, self.ids = self.vectors[keep], self.ids[keep]
+        return n
+
+    def search(self, queries, k, chunk: int = 1 << 20):
+        import torch
+
+        k = max(1, min(int(k), max(self.ntotal, 1)))
+        q = torch.as_tensor(np.asarray(queries, np.float32)).to(self.device, self.dtype)
+        best_s = best_i = None
+        for start in range(0, max(self.ntotal, 1), chunk):  # bounded memory for huge galleries
+            sims = q @ self.vectors[start : start + chunk].T
+            kk = min(k, sims.shape[1])
+            if kk == 0:
+                break
+            s, i = torch.topk(sims, kk, dim=1)
+            i = self.ids[start : start + chunk][i]
+            if best_s is not None:
+                s, j = torch.topk(torch.cat([best_s, s], 1), min(k, best_s.shape[1] + kk), dim=1)
+                i = torch.gather(torch.cat([best_i, i], 1), 1, j)
+            best_s, best_i = s, i
+        if best_s is None:
+            return np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        dist = distance.clip(distance.from_similarity(best_s.float())).cpu().numpy()
+        ids = best_i.cpu().numpy()
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return dist.astype(np.float32), ids
+
+    def to_bytes(self) -> bytes:
+        ids = self.ids.cpu().numpy().astype("<i8")
+        vec = self.vectors.float().cpu().numpy().astype("<f4")
+        return struct.pack("<q", len(ids)) + ids.tobytes() + vec.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = True) -> "TorchIndex":
+        (n,) = struct.unpack_from("<q", data)
+        ids = np.frombuffer(data, "<i8", n, 8)
+        vec = np.frombuffer(data, "<f4", n * stamp.dim, 8 + 8 * n).reshape(n, stamp.dim)
+        idx = cls(stamp.dim, dtype=stamp.factory.split("-", 1)[1])
+        idx.add(ids, vec)
+        return idx
+
+    def memory_bytes(self) -> int:
+        return self.vectors.numel() * self.vectors.element_size() + self.ids.numel() * 8
+
+
+def create(dim: int, n_expected: int = 0, factory: str = "auto", backend: str = "auto") -> VectorIndex:
+    """A new, empty index. ``factory``: ``auto``, or a FAISS factory string (``Flat``, ``IVF1024,Flat``,
+    ``HNSW32,Flat``, ``SQfp16`` ...); ``backend``: ``auto``, ``faiss-cpu``, ``faiss-gpu``, ``torch-cuda``."""
+    backend = resolve_backend(backend)
+    if factory == "auto":
+        factory = auto_factory(n_expected)
+    if backend == "torch-cuda":
+        if factory not in ("Flat", "TorchFlat-float16", "TorchFlat-float32"):
+            backend = "faiss-cpu"  # approximate indexes are FAISS's; the torch path is exact only
+        else:
+            return TorchIndex(dim, dtype="float32" if factory.endswith("float32") else "float16")
+    if factory.startswith("TorchFlat"):
+        factory = "Flat"
+    return FaissIndex(dim, factory, gpu=backend == "faiss-gpu")
+
+
+def build(dim: int, chunks, n: int, factory: str = "auto", backend: str = "auto",
+          train_sample: int = 200_000, seed: int = 0) -> VectorIndex:
+    """Build an index from ``(ids, vectors)`` chunks (e.g. :meth:`Store.iter_embeddings`)."""
+    chunks = list(chunks)
+    index = create(dim, n, factory, backend)
+    if isinstance(index, FaissIndex) and not index.is_trained:
+        allx = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
+        if len(allx) == 0:
+            raise StaleIndex("cannot train an approximate index on an empty gallery")
+        rng = np.random.default_rng(seed)
+        sample = allx[rng.choice(len(allx), min(train_sample, len(allx)), replace=False)]
+        index.train(sample)
+    for ids, x in chunks:
+        index.add(ids, x)
+    return index
+
+
+def save(index: VectorIndex, path: str | os.PathLike, stamp: Stamp) -> None:
+    """Write index + stamp atomically, owner-only; a checksum guards the payload."""
+    payload = index.to_bytes()
+    header = dict(stamp.__dict__, format=FORMAT, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+    hb = json.dumps(header, sort_keys=True).encode()
+    write_private_atomic(Path(path), MAGIC + struct.pack("<I", len(hb)) + hb + payload)
+
+
+def read_stamp(path: str | os.PathLike) -> tuple[Stamp, dict]:
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 4)
+        if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+            raise StaleIndex(f"{path} is not a facesearch index file")
+        (hl,) = struct.unpack("<I", head[len(MAGIC):])
+        try:
+            header = json.loads(f.read(hl))
+            stamp = Stamp(**{k: header[k] for k in Stamp.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError) as e:
+            raise StaleIndex(f"{path} has a damaged header") from e
+    return stamp, header
+
+
+def load(path: str | os.PathLike, expect: Stamp, backend: str) -> VectorIndex:
+    """Load an index file whose stamp must equal ``expect`` (model, revision, size...); else StaleIndex."""
+    path = Path(path)
+    if not path.exists():
+        raise StaleIndex("no index file")
+    stamp, header = read_stamp(path)
+    if header.get("format") != FORMAT:
+        raise StaleIndex("index file format differs")
+    for field in ("model_key", "revision", "ntotal", "dim"):
+        if getattr(stamp, field) != getattr(expect, field):
+            raise StaleIndex(f"index {field} is {getattr(stamp, field)!r}, store has {getattr(expect, field)!r}")
+    data = path.read_bytes()
+    off = len(MAGIC) + 4 + struct.unpack_from("<I", data, len(MAGIC))[0]
+    payload = data[off:]
+    if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise StaleIndex("index file is truncated or corrupt (checksum mismatch)")
+    try:
+        if stamp.backend == "torch-cuda":
+            if backend != "torch-cuda":
+                raise StaleIndex("index was built for torch-cuda")
+            index = TorchIndex.from_bytes(payload, stamp)
+        else:
+            index = FaissIndex.from_bytes(payload, stamp, gpu=backend == "faiss-gpu")
+    except StaleIndex:
+        raise
+    except Exception as e:
+        raise StaleIndex(f"index file cannot be read: {e}") from e
+    if index.ntotal != expect.ntotal:
+        raise StaleIndex("index size differs from its stamp")
+    return index

@@ -1,0 +1,610 @@
+"""The Python API: :class:`FaceSearch` enrolls, queries, verifies and manages a gallery.
+
+One object loads the model and the index once and serves many calls::
+
+    from facesearch import FaceSearch
+
+    fs = FaceSearch.open(home="~/faces")          # SQLite + index in ~/faces
+    report = fs.enroll_folder("people/")          # people/<identity>/<image files>
+    result = fs.query("probe.jpg", top_k=5)       # ranked identities, best face each
+    print(result.identity, result.matches[0].distance)
+    same = fs.verify("a.jpg", "b.jpg").same       # distance <= the model's threshold
+
+Distances are cosine distances in [0, 2] (:mod:`facesearch.distance`), lower is more similar;
+a match is ``distance <= threshold`` with the threshold calibrated and stored with the model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facesearch import distance, encoder, images
+from facesearch import index as vindex
+from facesearch.config import ModelConfig
+from facesearch.datasets import ImageFolder
+from facesearch.errors import (
+    FaceSearchError,
+    InvalidIdentityError,
+    InvalidImageError,
+    ModelFileError,
+    ModelMismatchError,
+)
+from facesearch.store import Store, validate_identity
+
+log = logging.getLogger("facesearch")
+
+DB_FILE = "facesearch.db"
+INDEX_FILE = "index.fsx"
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = "default"
+
+Progress = Callable[[int], None]
+ImageInput = str | os.PathLike | bytes
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FACESEARCH_HOME") or Path.home() / ".facesearch").expanduser()
+
+
+def builtin_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    return BUILTIN_MODELS / name
+
+
+# ---- results -------------------------------------------------------------------------------
+@dataclass
+class Match:
+    """One enrolled identity: its closest face to the probe. ``match``: distance <= threshold."""
+
+    identity: str
+    distance: float
+    match: bool
+    face_id: int
+    source: str
+
+
+@dataclass
+class QueryResult:
+    """Ranked identities for one probe, closest first. ``identity`` is None when nobody matches."""
+
+    matches: list[Match]
+    threshold: float
+    probe: str = ""
+
+    @property
+    def identity(self) -> str | None:
+        return self.matches[0].identity if self.matches and self.matches[0].match else None
+
+    def to_dict(self) -> dict:
+        return {"probe": self.probe, "identity": self.identity, "unknown": self.identity is None,
+                "threshold": self.threshold, "matches": [asdict(m) for m in self.matches]}
+
+
+@dataclass
+class VerifyResult:
+    """``same`` is ``distance <= threshold``."""
+
+    distance: float
+    threshold: float
+    same: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Failure:
+    source: str
+    reason: str
+
+
+@dataclass
+class EnrollReport:
+    identities: set[str] = field(default_factory=set)
+    added: int = 0
+    face_ids: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, already enrolled as identity)
+    failed: list[Failure] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
+                "failed": len(self.failed), "face_ids": self.face_ids,
+                "skipped_files": [{"source": s, "identity": i} for s, i in self.skipped],
+                "failures": [asdict(f) for f in self.failures_sorted()]}
+
+    def failures_sorted(self) -> list[Failure]:
+        return sorted(self.failed, key=lambda f: f.source)
+
+
+def _png(chw_uint8: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(chw_uint8.transpose(1, 2, 0)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class FaceSearch:
+    """A gallery of enrolled faces: a metadata store, an index built from it, and one encoder."""
+
+    def __init__(self, store: Store, model: encoder.Encoder, model_key: str, model_id: int,
+                 home: Path, index_factory: str = "auto", index_backend: str = "auto",
+                 keep_crops: bool = True):
+        self.store = store
+        self.model = model
+        self.model_key = model_key
+        self.model_id = model_id
+        self.home = home
+        self.index_factory = index_factory
+        self.index_backend = vindex.resolve_backend(index_backend)
+        self.keep_crops = keep_crops
+        self._index: vindex.VectorIndex | None = None
+        self._index_revision = -1
+
+    # ---- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, home: str | os.PathLike | None = None, db_url: str | None = None,
+             model: str | os.PathLike | None = None, device: str | None = "auto", index: str = "auto",
+             backend: str = "auto", strict: bool = True, keep_crops: bool = True) -> "FaceSearch":
+        """Open (creating if needed) a gallery.
+
+        ``home``: folder for the SQLite database and the index file (default ``$FACESEARCH_HOME`` or
+        ``~/.facesearch``); ``db_url``: any SQLAlchemy URL instead of the SQLite file; ``model``: a
+        model directory (default: the model that built this gallery, else the shipped default model);
+        ``index``: ``auto`` or a FAISS factory string; ``backend``: ``auto``, ``faiss-cpu``,
+        ``faiss-gpu`` or ``torch-cuda``. With ``strict`` (the default) a model other than the one that
+        embedded the gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
+        The schema is upgraded to the newest Alembic revision on open.
+        """
+        home = Path(home).expanduser() if home is not None else default_home()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db_url = db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}"
+        store = Store.open(db_url)
+        try:
+            dev = encoder.resolve_device(device)
+            active = store.active_model()
+            if model is not None:
+                location = str(Path(model).expanduser().resolve())
+            elif active is not None:
+                location = active.location
+            else:
+                location = BUILTIN_PREFIX + DEFAULT_MODEL
+            model_dir = _model_dir(location)
+            net = encoder.load(model_dir, dev)
+            if net.config.threshold is None:
+                raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
+            key = f"{net.config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+            if active is not None and active.key != key and strict and store.count_faces() > 0:
+                raise ModelMismatchError(
+                    f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
+                    f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
+                    "with the new model, or leave --model out to use the gallery's model."
+                )
+            rec = store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir), location)
+            if active is None or (active.key != key and store.count_faces() == 0):
+                store.set_active_model(rec.id)
+            return cls(store, net, key, rec.id, home, index, backend, keep_crops)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+        self._index = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- properties -----------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def threshold(self) -> float:
+        """The model's calibrated distance threshold: a match when distance <= threshold."""
+        return float(self.config.threshold)
+
+    @property
+    def index_path(self) -> Path:
+        return self.home / INDEX_FILE
+
+    # ---- embedding ------------------------------------------------------------------------
+    def _prepare(self, image: ImageInput) -> tuple[np.ndarray, str]:
+        """Read one image -> (3 x S x S uint8 crop, sha256)."""
+        if isinstance(image, (bytes, bytearray)):
+            import hashlib
+
+            pixels, sha = images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
+        else:
+            loaded = images.load(image)
+            pixels, sha = loaded.pixels, loaded.sha256
+        return images.prepare(pixels, self.config), sha
+
+    def embed(self, image_list: Sequence[ImageInput]) -> np.ndarray:
+        """Embed images (paths or bytes): N x D float32 unit vectors. Raises InvalidImageError on a bad one."""
+        crops = [self._prepare(im)[0] for im in image_list]
+        return self._embed_crops(crops)
+
+    def embed_bytes(self, items: Sequence[tuple[str, bytes]]) -> np.ndarray:
+        """Embed ``(source, bytes)`` pairs; the source names the file in error messages."""
+        crops = [images.prepare(images.decode(data, src), self.config) for src, data in items]
+        return self._embed_crops(crops)
+
+    def _embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if not len(crops):
+            return np.zeros((0, self.config.embedding_dim), np.float32)
+        return encoder.embed(self.model, np.stack(crops))
+
+    # ---- index ----------------------------------------------------------------------------
+    def _expected_stamp(self, revision: int) -> vindex.Stamp:
+        n = self.store.count_faces()
+        return vindex.Stamp(self.model_key, revision, n, self.config.embedding_dim, "", self.index_backend)
+
+    def _check_model_consistency(self) -> None:
+        total, mine = self.store.count_faces(), self.store.count_faces(self.model_id)
+        if total != mine:
+            raise ModelMismatchError(
+                f"{total - mine} of {total} enrolled faces were embedded by another model than {self.model_key}; "
+                "run `facesearch reindex --model MODEL_DIR` to re-embed the whole gallery with one model."
+            )
+
+    def index(self) -> vindex.VectorIndex:
+        """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
+        revision = self.store.revision()
+        if self._index is not None and revision == self._index_revision:
+            return self._index
+        expect = self._expected_stamp(revision)
+        try:
+            self._index = vindex.load(self.index_path, expect, self.index_backend)
+            self._index_revision = revision
+        except vindex.StaleIndex as why:
+            log.info("rebuilding the index from the store: %s", why)
+            self.rebuild_index()
+        return self._index
+
+    def rebuild_index(self) -> vindex.VectorIndex:
+        """Build the index from the embeddings in the store and save it."""
+        self._check_model_consistency()
+        revision = self.store.revision()
+        n = self.store.count_faces()
+        if n == 0:
+            factory = "Flat" if self.index_factory == "auto" else self.index_factory
+            idx = vindex.create(self.config.embedding_dim, 0, factory if not factory.startswith("IVF") else "Flat",
+                                self.index_backend)
+        else:
+            idx = vindex.build(self.config.embedding_dim, self.store.iter_embeddings(), n,
+                               self.index_factory, self.index_backend)
+        self._index, self._index_revision = idx, revision
+        self._save_index()
+        return idx
+
+    def _save_index(self) -> None:
+        idx = self._index
+        stamp = vindex.Stamp(self.model_key, self._index_revision, idx.ntotal, self.config.embedding_dim,
+                             idx.factory, idx.backend)
+        vindex.save(idx, self.index_path, stamp)
+
+    def _after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:
+        """Apply a change to the in-memory index if it was in sync just before it; else rebuild lazily."""
+        idx = self._index
+        if idx is not None and self._index_revision == new_revision - 1:
+            try:
+                apply(idx)
+                self._index_revision = new_revision
+                return
+            except RuntimeError as e:  # e.g. an index type that cannot remove ids
+                log.info("index cannot apply the change in place (%s); rebuilding", e)
+        self._index = None
+        self._index_revision = -1
+
+    def _maybe_retier(self) -> None:
+        """Under ``auto``, switch between exact and approximate index as the gallery grows."""
+        idx = self._index
+        if self.index_factory != "auto" or idx is None or idx.backend == "torch-cuda":
+            return
+        want = vindex.auto_factory(idx.ntotal)
+        if want == "Flat" and idx.factory == "Flat":
+            return
+        if want.startswith("IVF") and idx.factory.startswith("IVF"):
+            have = int(idx.factory[3:].split(",")[0])
+            if have * 4 >= int(want[3:].split(",")[0]):
+                return  # close enough; retrain only when the gallery has grown a lot
+        self.rebuild_index()
+
+    def flush(self) -> None:
+        """Make sure the index file reflects the store (rebuilding if needed)."""
+        idx = self.index()
+        self._maybe_retier()
+        if self._index is idx:
+            self._save_index()
+
+    # ---- enrolling ------------------------------------------------------------------------
+    def enroll_folder(self, root: str | os.PathLike, progress: Progress | None = None,
+                      total: Callable[[int], None] | None = None) -> EnrollReport:
+        """Enroll ``root/<identity>/<image files>`` (a folder, or a zip holding one)."""
+        root = Path(root)
+        if not root.exists():
+            raise FaceSearchError(f"{root}: no such file or directory")
+        folder = ImageFolder(root)
+        if not folder.items:
+            raise FaceSearchError(
+                f"{root}: no identity folders with files found (expected {root}/<identity>/<image files>)")
+        if total is not None:
+            total(len(folder))
+        items = ((ident, key, (lambda k=key: folder.read(k))) for ident in folder.identities()
+                 for key in folder.items[ident])
+        return self.enroll_items(items, progress)
+
+    def enroll_files(self, identity: str, paths: Sequence[str | os.PathLike],
+                     progress: Progress | None = None) -> EnrollReport:
+        """Enroll image files as faces of one identity."""
+        validate_identity(identity)
+        if not paths:
+            raise FaceSearchError("no files given")
+        return self.enroll_items(((identity, str(p), Path(p)) for p in paths), progress)
+
+    def enroll_items(self, items: Iterable[tuple[str, str, bytes | os.PathLike | Callable[[], bytes]]],
+                     progress: Progress | None = None, batch_size: int = 64) -> EnrollReport:
+        """Enroll ``(identity, source, data)`` items; data is bytes, a path, or a callable returning bytes.
+
+        Idempotent: content already enrolled is skipped. A bad file is reported in ``failed`` and
+        never stops the rest; each batch is stored in one transaction (all of it or none).
+        """
+        report = EnrollReport()
+        self.index()  # bring the index in sync first so the change below applies in place
+        seen: set[str] = set()
+        bad_identity: dict[str, str] = {}
+
+        def read(item):
+            ident, source, data = item
+            if ident in bad_identity:
+                return ident, source, None, None, bad_identity[ident]
+            try:
+                validate_identity(ident)
+            except InvalidIdentityError as e:
+                bad_identity[ident] = str(e)
+                return ident, source, None, None, str(e)
+            try:
+                if callable(data):
+                    raw = data()
+                elif isinstance(data, (bytes, bytearray)):
+                    raw = bytes(data)
+                else:
+                    raw = images.read_bytes(data)
+                import hashlib
+
+                sha = hashlib.sha256(raw).hexdigest()
+                crop = images.prepare(images.decode(raw, source), self.config)
+                return ident, source, sha, crop, None
+            except InvalidImageError as e:
+                return ident, source, None, None, str(e).removeprefix(f"{source}: ")
+            except OSError as e:
+                return ident, source, None, None, f"cannot read: {e.strerror or e}"
+
+        with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
+            pending = None
+            for batch in _batched(items, batch_size):
+                fut = [pool.submit(read, it) for it in batch]
+                if pending is not None:
+                    self._enroll_batch([f.result() for f in pending], report, seen, progress)
+                pending = fut
+            if pending is not None:
+                self._enroll_batch([f.result() for f in pending], report, seen, progress)
+        self.flush()
+        return report
+
+    def _enroll_batch(self, rows, report: EnrollReport, seen: set[str], progress: Progress | None) -> None:
+        good = []
+        for ident, source, sha, crop, err in rows:
+            if err is not None:
+                report.failed.append(Failure(source, err))
+            elif sha in seen:
+                report.skipped.append((source, ident))
+            else:
+                seen.add(sha)
+                good.append((ident, source, sha, crop))
+        known = self.store.known_hashes([g[2] for g in good]) if good else {}
+        todo = []
+        for ident, source, sha, crop in good:
+            if sha in known:
+                report.skipped.append((source, known[sha]))
+            else:
+                todo.append((ident, source, sha, crop))
+        if todo:
+            embs = self._embed_crops([t[3] for t in todo])
+            crops = [_png(t[3]) if self.keep_crops else None for t in todo]
+            ids, rev = self.store.add_faces(
+                self.model_id, [(t[0], t[1], t[2], e, c) for t, e, c in zip(todo, embs, crops)])
+            self._after_change(rev, lambda idx: idx.add(np.asarray(ids, np.int64), embs))
+            report.added += len(ids)
+            report.face_ids.extend(ids)
+            report.identities.update(t[0] for t in todo)
+        if progress is not None:
+            progress(len(rows))
+
+    # ---- searching ------------------------------------------------------------------------
+    def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None
+                          ) -> list[QueryResult]:
+        """Ranked identities (best face each) for each query embedding."""
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        idx = self.index()
+        emb = np.atleast_2d(np.asarray(emb, np.float32))
+        n = idx.ntotal
+        thr = self.threshold
+        if n == 0:
+            return [QueryResult([], thr, p) for p in (probes or [""] * len(emb))]
+        k = min(n, max(top_k * 4, top_k + 16))
+        while True:
+            dist, ids = idx.search(emb, k)
+            info = self.store.face_info([int(i) for i in np.unique(ids) if i >= 0])
+            results, short = [], False
+            for qi in range(len(emb)):
+                best: dict[str, Match] = {}
+                for d, fid in zip(dist[qi], ids[qi]):
+                    if fid < 0 or int(fid) not in info:
+                        continue
+                    fi = info[int(fid)]
+                    if fi.identity not in best:
+                        best[fi.identity] = Match(fi.identity, float(d), bool(distance.is_match(d, thr)),
+                                                  int(fid), fi.source)
+                matches = sorted(best.values(), key=lambda m: (m.distance, m.face_id))[:top_k]
+                short |= len(matches) < top_k
+                results.append(QueryResult(matches, thr, probes[qi] if probes else ""))
+            if not short or k >= n:
+                return results
+            k = min(n, k * 4)
+
+    def query(self, image: ImageInput, top_k: int = 5) -> QueryResult:
+        """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the threshold."""
+        crop, _ = self._prepare(image)
+        return self.search_embeddings(self._embed_crops([crop]), top_k,
+                                      [image if isinstance(image, str) else str(image)[:80]])[0]
+
+    def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
+                   progress: Progress | None = None) -> list[QueryResult | Failure]:
+        """Batched query: embeds and searches in batches. A bad image gives a Failure in its place."""
+        out: list[QueryResult | Failure] = []
+        for batch in _batched(list(image_list), batch_size):
+            crops, names, slots = [], [], []
+            for im in batch:
+                try:
+                    crops.append(self._prepare(im)[0])
+                    names.append(str(im))
+                    slots.append(len(out))
+                    out.append(None)
+                except InvalidImageError as e:
+                    out.append(Failure(str(im), str(e)))
+            if crops:
+                for slot, res in zip(slots, self.search_embeddings(self._embed_crops(crops), top_k, names)):
+                    out[slot] = res
+            if progress is not None:
+                progress(len(batch))
+        return out
+
+    def verify(self, a: ImageInput, b: ImageInput) -> VerifyResult:
+        """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold``."""
+        ea, eb = self.embed([a]), self.embed([b])
+        d = float(distance.clip(distance.paired(ea, eb))[0])
+        return VerifyResult(d, self.threshold, bool(distance.is_match(d, self.threshold)))
+
+    # ---- managing identities --------------------------------------------------------------
+    def identities(self):
+        return self.store.identities()
+
+    def identity_faces(self, name: str):
+        return self.store.identity_faces(name)
+
+    def rename_identity(self, old: str, new: str) -> None:
+        self.store.rename_identity(old, new)  # ids and vectors unchanged; only the revision moves
+        self._after_change(self.store.revision(), lambda idx: None)
+        self.flush()
+
+    def remove_identity(self, name: str) -> int:
+        """Delete an identity and all its faces (store and index). Returns the number of faces removed."""
+        self.index()
+        ids, rev = self.store.remove_identity(name)
+        self._after_change(rev, lambda idx: idx.remove(ids))
+        self.flush()
+        return len(ids)
+
+    def remove_faces(self, face_ids: Sequence[int]) -> int:
+        self.index()
+        ids, rev = self.store.remove_faces(face_ids)
+        self._after_change(rev, lambda idx: idx.remove(ids))
+        self.flush()
+        return len(ids)
+
+    # ---- maintenance ----------------------------------------------------------------------
+    def reindex(self, model: str | os.PathLike | None = None, progress: Progress | None = None) -> dict:
+        """Rebuild the index from the store; with ``model``, first re-embed every face with that model
+        (from the face crops kept in the store) and make it the gallery's model."""
+        reembedded = 0
+        if model is not None:
+            model_dir = Path(model).expanduser().resolve()
+            net = encoder.load(model_dir, self.model.device)
+            if net.config.threshold is None:
+                raise ModelFileError(f"model {model_dir} has no calibrated threshold")
+            key = f"{net.config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+            rec = self.store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir),
+                                            str(model_dir))
+            self.model, self.model_key, self.model_id = net, key, rec.id
+            missing = []
+            for chunk in self.store.iter_crops():
+                crops, fids = [], []
+                for fid, source, png in chunk:
+                    try:
+                        pixels = images.decode(png, source) if png else images.load(source).pixels
+                        crops.append(images.prepare(pixels, self.config))
+                        fids.append(fid)
+                    except InvalidImageError as e:
+                        missing.append(Failure(source, str(e)))
+                if missing:
+                    break
+                embs = self._embed_crops(crops)
+                self.store.replace_embeddings(rec.id, list(zip(fids, embs)))
+                reembedded += len(fids)
+                if progress is not None:
+                    progress(len(chunk))
+            if missing:
+                raise FaceSearchError(
+                    f"cannot re-embed {len(missing)} face(s) (no stored crop and the source is unreadable), "
+                    f"e.g. {missing[0].source}: {missing[0].reason}. Remove them or restore the files.")
+            self.store.set_active_model(rec.id)
+        idx = self.rebuild_index()
+        return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
+
+    def info(self) -> dict:
+        idx = self.index()
+        url = self.store.engine.url.render_as_string(hide_password=True)
+        return {
+            "home": str(self.home),
+            "database": url,
+            "schema_revision": self.store.current_revision(),
+            "model": {"key": self.model_key, "name": self.config.name, "backbone": self.config.backbone,
+                      "embedding_dim": self.config.embedding_dim, "input_size": self.config.input_size,
+                      "distance": self.config.distance, "threshold": self.threshold,
+                      "training": {k: v for k, v in self.config.training.items() if k != "people"}},
+            "identities": self.store.count_identities(),
+            "faces": self.store.count_faces(),
+            "index": {"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
+                      "file": str(self.index_path)},
+            "device": str(self.model.device),
+        }
+
+
+def _model_dir(location: str) -> Path:
+    if location.startswith(BUILTIN_PREFIX):
+        d = builtin_model_dir(location[len(BUILTIN_PREFIX):])
+        if not (d / encoder.CONFIG_FILE).exists():
+            raise ModelFileError(
+                f"the built-in model {location[len(BUILTIN_PREFIX):]!r} is not installed at {d}; "
+                "pass --model DIR (a directory with model.json and weights.pt)")
+        return d
+    d = Path(location)
+    if not d.is_dir():
+        raise ModelFileError(f"model directory {d} does not exist")
+    return d
+
+
+def _batched(iterable, n):
+    batch = []
+    for it in iterable:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

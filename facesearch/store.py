@@ -1,0 +1,434 @@
+"""The metadata store: identities, faces (with their embeddings) and models, in any SQLAlchemy database.
+
+The store is the source of truth: it keeps every embedding, so the FAISS index can always be
+rebuilt from it. Its schema is owned by the Alembic migrations in ``migrations/``; the store
+upgrades a database to the newest schema when it opens one, and refuses a database whose
+schema is newer than this version of facesearch.
+
+Every mutation bumps ``index_state.revision`` in the same transaction; an index file stamped
+with an older revision is stale and gets rebuilt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from facesearch.errors import InvalidIdentityError, SchemaError, UnknownIdentityError
+
+MAX_IDENTITY_LENGTH = 200
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ModelRecord(Base):
+    """An encoder that produced embeddings. ``threshold`` is a distance: match when distance <= threshold."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)  # name@weights-sha256[:12]
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32))
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    distance: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    preprocessing: Mapped[dict] = mapped_column(JSON)
+    config: Mapped[dict] = mapped_column(JSON)
+    location: Mapped[str] = mapped_column(String(1024))  # model directory, or "builtin:<name>"
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Identity(Base):
+    __tablename__ = "identities"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_IDENTITY_LENGTH), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    faces: Mapped[list["Face"]] = relationship(back_populates="identity", cascade="all, delete-orphan",
+                                               passive_deletes=True)
+
+
+class Face(Base):
+    """One enrolled face image. ``id`` is also its id in the FAISS index."""
+
+    __tablename__ = "faces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    content_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, embedding_dim values
+    #: the aligned face crop the embedding came from (PNG), kept so that `reindex --model` can re-embed
+    crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class IndexState(Base):
+    """One row: a counter bumped by every change to faces, so stale index files are detected."""
+
+    __tablename__ = "index_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def validate_identity(name: str) -> str:
+    """Return ``name`` if it is a safe identity name, else raise InvalidIdentityError."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidIdentityError("identity name is empty")
+    if name != name.strip():
+        raise InvalidIdentityError(f"identity name {name!r} has leading or trailing spaces")
+    if len(name) > MAX_IDENTITY_LENGTH:
+        raise InvalidIdentityError(f"identity name longer than {MAX_IDENTITY_LENGTH} characters")
+    if "/" in name or "\\" in name:
+        raise InvalidIdentityError(f"identity name {name!r} contains a path separator")
+    if name in (".", "..") or name.startswith("."):
+        raise InvalidIdentityError(f"identity name {name!r} may not start with '.'")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InvalidIdentityError(f"identity name {name!r} contains control characters")
+    return name
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    face_id: int
+    identity: str
+    source: str
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    name: str
+    faces: int
+    created_at: dt.datetime
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+        return Path(u.database)
+    return None
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory (``migrations/`` of the repo, shipped as ``facesearch._migrations``)."""
+    try:
+        import facesearch._migrations as m  # installed from a wheel
+
+        return Path(m.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+class Store:
+    """Access to the metadata database. Open with :meth:`Store.open`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+
+    # ---- opening and schema -------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, upgrade: bool = True) -> "Store":
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():  # created owner-only; SQLite gives its WAL files the same mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        engine = create_engine(url, future=True)
+        if engine.dialect.name == "sqlite":
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.close()
+
+        store = cls(engine)
+        store.check_schema()
+        if upgrade:
+            store.upgrade()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def check_schema(self) -> None:
+        """Refuse a database whose schema this version of facesearch does not know."""
+        from alembic.script import ScriptDirectory
+
+        current = self.current_revision()
+        if current is None:
+            return
+        script = ScriptDirectory.from_config(alembic_config())
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current not in known:
+            raise SchemaError(
+                f"the database is at schema revision {current}, which this facesearch does not know: "
+                "it was written by a newer facesearch. Upgrade facesearch; nothing was changed."
+            )
+
+    def upgrade(self, revision: str = "head") -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.downgrade(alembic_config(conn), revision)
+
+    # ---- revision counter ---------------------------------------------------------------
+    def revision(self) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(IndexState.revision).where(IndexState.id == 1)) or 0)
+
+    @staticmethod
+    def _bump(s: Session) -> int:
+        s.execute(update(IndexState).where(IndexState.id == 1).values(revision=IndexState.revision + 1))
+        return int(s.scalar(select(IndexState.revision).where(IndexState.id == 1)))
+
+    # ---- models -------------------------------------------------------------------------
+    def register_model(self, key: str, config: dict, weights_sha256: str, location: str) -> ModelRecord:
+        with self.Session.begin() as s:
+            rec = s.scalar(select(ModelRecord).where(ModelRecord.key == key))
+            if rec is None:
+                rec = ModelRecord(
+                    key=key, name=config["name"], version=str(config.get("format_version", 1)),
+                    embedding_dim=int(config["embedding_dim"]), distance=config["distance"],
+                    threshold=config.get("threshold"), weights_sha256=weights_sha256,
+                    preprocessing={k: config[k] for k in ("input_size", "crop_fraction", "mean", "std")},
+                    config=config, location=location, active=False,
+                )
+                s.add(rec)
+                s.flush()
+            return rec
+
+    def active_model(self) -> ModelRecord | None:
+        with self.Session() as s:
+            return s.scalar(select(ModelRecord).where(ModelRecord.active.is_(True)))
+
+    def set_active_model(self, model_id: int) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(ModelRecord).values(active=False))
+            s.execute(update(ModelRecord).where(ModelRecord.id == model_id).values(active=True))
+            self._bump(s)
+
+    # ---- faces --------------------------------------------------------------------------
+    def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Which of these content hashes are enrolled already: sha256 -> identity name."""
+        out: dict[str, str] = {}
+        hashes = list(set(hashes))
+        with self.Session() as s:
+            for i in range(0, len(hashes), 500):
+                rows = s.execute(
+                    select(Face.content_sha256, Identity.name).join(Identity)
+                    .where(Face.content_sha256.in_(hashes[i : i + 500]))
+                )
+                out.update({h: n for h, n in rows})
+        return out
+
+    def add_faces(self, model_id: int, faces: Sequence[tuple[str, str, str, np.ndarray, bytes | None]]
+                  ) -> tuple[list[int], int]:
+        """Insert faces ``(identity, source, sha256, embedding, crop_png)`` in one transaction.
+
+        Returns the new face ids and the store revision after the insert. All or nothing.
+        """
+        with self.Session.begin() as s:
+            names = {f[0] for f in faces}
+            ids = {n: i for n, i in s.execute(select(Identity.name, Identity.id).where(Identity.name.in_(names)))}
+            for n in sorted(names - ids.keys()):
+                ident = Identity(name=validate_identity(n))
+                s.add(ident)
+                s.flush()
+                ids[n] = ident.id
+            rows = [
+                Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
+                     embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop)
+                for name, source, sha, emb, crop in faces
+            ]
+            s.add_all(rows)
+            s.flush()
+            return [r.id for r in rows], self._bump(s)
+
+    def iter_embeddings(self, model_id: int | None = None, chunk: int = 50_000
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids int64, embeddings float32 n x d)`` chunks, ordered by face id."""
+        last = 0
+        with self.Session() as s:
+            while True:
+                q = select(Face.id, Face.embedding).where(Face.id > last).order_by(Face.id).limit(chunk)
+                if model_id is not None:
+                    q = q.where(Face.model_id == model_id)
+                rows = s.execute(q).all()
+                if not rows:
+                    return
+                ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                embs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+                last = int(ids[-1])
+                yield ids, embs.astype(np.float32)
+
+    def embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
+        with self.Session() as s:
+            rows = dict(s.execute(select(Face.id, Face.embedding).where(Face.id.in_(list(face_ids)))).all())
+        return np.stack([np.frombuffer(rows[i], dtype="<f4") for i in face_ids]).astype(np.float32)
+
+    def face_info(self, face_ids: Sequence[int]) -> dict[int, FaceInfo]:
+        out: dict[int, FaceInfo] = {}
+        face_ids = [int(i) for i in set(face_ids)]
+        with self.Session() as s:
+            for i in range(0, len(face_ids), 500):
+                rows = s.execute(
+                    select(Face.id, Identity.name, Face.source).join(Identity)
+                    .where(Face.id.in_(face_ids[i : i + 500]))
+                )
+                out.update({fid: FaceInfo(fid, name, src) for fid, name, src in rows})
+        return out
+
+    def iter_crops(self, chunk: int = 256) -> Iterator[list[tuple[int, str, bytes | None]]]:
+        """Yield lists of ``(face_id, source, crop_png)`` for re-embedding."""
+        last = 0
+        with self.Session() as s:
+            while True:
+                rows = s.execute(
+                    select(Face.id, Face.source, Face.crop_png).where(Face.id > last).order_by(Face.id).limit(chunk)
+                ).all()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield [tuple(r) for r in rows]
+
+    def replace_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]]) -> int:
+        """Set new embeddings (from model ``model_id``) for existing faces; returns the new revision."""
+        with self.Session.begin() as s:
+            for fid, emb in updates:
+                s.execute(update(Face).where(Face.id == fid).values(
+                    embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), model_id=model_id))
+            return self._bump(s)
+
+    def count_faces(self, model_id: int | None = None) -> int:
+        with self.Session() as s:
+            q = select(func.count(Face.id))
+            if model_id is not None:
+                q = q.where(Face.model_id == model_id)
+            return int(s.scalar(q))
+
+    def count_identities(self) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count(Identity.id))))
+
+    def model_ids_in_use(self) -> set[int]:
+        with self.Session() as s:
+            return set(s.scalars(select(Face.model_id).distinct()))
+
+    # ---- identities ---------------------------------------------------------------------
+    def identities(self) -> list[IdentityInfo]:
+        with self.Session() as s:
+            rows = s.execute(
+                select(Identity.name, func.count(Face.id), Identity.created_at)
+                .outerjoin(Face).group_by(Identity.id).order_by(Identity.name)
+            )
+            return [IdentityInfo(n, int(c), t) for n, c, t in rows]
+
+    def identity_faces(self, name: str) -> list[FaceInfo]:
+        with self.Session() as s:
+            ident = s.scalar(select(Identity).where(Identity.name == name))
+            if ident is None:
+                raise UnknownIdentityError(f"no identity named {name!r}")
+            return [FaceInfo(f.id, name, f.source) for f in sorted(ident.faces, key=lambda f: f.id)]
+
+    def rename_identity(self, old: str, new: str) -> None:
+        validate_identity(new)
+        try:
+            with self.Session.begin() as s:
+                ident = s.scalar(select(Identity).where(Identity.name == old))
+                if ident is None:
+                    raise UnknownIdentityError(f"no identity named {old!r}")
+                ident.name = new
+                s.flush()
+                self._bump(s)
+        except IntegrityError as e:
+            raise InvalidIdentityError(f"an identity named {new!r} exists already") from e
+
+    def remove_identity(self, name: str) -> tuple[list[int], int]:
+        """Delete an identity and its faces; returns the removed face ids and the new revision."""
+        with self.Session.begin() as s:
+            ident = s.scalar(select(Identity).where(Identity.name == name))
+            if ident is None:
+                raise UnknownIdentityError(f"no identity named {name!r}")
+            face_ids = list(s.scalars(select(Face.id).where(Face.identity_id == ident.id)))
+            s.delete(ident)
+            s.flush()
+            return face_ids, self._bump(s)
+
+    def remove_faces(self, face_ids: Sequence[int]) -> tuple[list[int], int]:
+        with self.Session.begin() as s:
+            found = list(s.scalars(select(Face.id).where(Face.id.in_(list(face_ids)))))
+            for f in s.scalars(select(Face).where(Face.id.in_(found))):
+                s.delete(f)
+            s.flush()
+            return found, self._bump(s)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the facesearch metadata store (installed as ``facesearch._migrations``)."""
