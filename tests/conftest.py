@@ -1,0 +1,80 @@
+"""Shared fixtures: real LFW images and a real (ImageNet-initialised) encoder, built once per session."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LFW_ZIP = SHARED / "data" / "lfw" / "lfw-deepfunneled-112.zip"
+LFW_DIR = SHARED / "data" / "lfw"
+ORIGINALS = LFW_DIR / "lfw-original-150-sample"
+IMAGENET = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+
+needs_lfw = pytest.mark.skipif(not LFW_ZIP.exists(), reason=f"LFW pack not found at {LFW_ZIP}")
+needs_imagenet = pytest.mark.skipif(not IMAGENET.exists(), reason=f"ImageNet checkpoint not found at {IMAGENET}")
+
+
+def extract_people(dest: Path, people: dict[str, int]) -> Path:
+    """Copy the first N images of each named LFW person from the zip into dest/<name>/."""
+    with zipfile.ZipFile(LFW_ZIP) as z:
+        for name, n in people.items():
+            (dest / name).mkdir(parents=True, exist_ok=True)
+            for i in range(1, n + 1):
+                member = f"lfw-deepfunneled-112/{name}/{name}_{i:04d}.webp"
+                (dest / name / f"{name}_{i:04d}.webp").write_bytes(z.read(member))
+    return dest
+
+
+#: people with at least 4 images in LFW
+PEOPLE = ["Bill_Gates", "Colin_Powell", "George_W_Bush", "Tony_Blair", "Serena_Williams", "Hugo_Chavez"]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A real MobileNetV2 encoder (ImageNet trunk, random head) with a fixed threshold, saved as a model dir."""
+    if not IMAGENET.exists():
+        pytest.skip(f"ImageNet checkpoint not found at {IMAGENET}")
+    import torch
+
+    from facesearch import encoder
+    from facesearch.config import ModelConfig
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model")
+    cfg = ModelConfig(name="test-mobilenet_v2", threshold=0.3)
+    encoder.save(encoder.build(cfg, pretrained=IMAGENET), d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory, model_dir) -> Path:
+    """A second model (different head weights) to check that models are never mixed."""
+    import torch
+
+    from facesearch import encoder
+    from facesearch.config import ModelConfig
+
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("model2")
+    encoder.save(encoder.build(ModelConfig(name="test-other", threshold=0.25), pretrained=IMAGENET), d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def gallery_src(tmp_path_factory) -> Path:
+    """A folder of identities: 4 images each of 6 LFW people."""
+    if not LFW_ZIP.exists():
+        pytest.skip(f"LFW pack not found at {LFW_ZIP}")
+    return extract_people(tmp_path_factory.mktemp("gallery"), {p: 4 for p in PEOPLE})
+
+
+@pytest.fixture
+def fs(tmp_path, model_dir):
+    from facesearch.service import FaceSearch
+
+    with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu") as f:
+        yield f

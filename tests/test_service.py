@@ -1,0 +1,235 @@
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.errors import FaceSearchError, InvalidIdentityError, ModelMismatchError
+from facesearch.service import FaceSearch
+from tests.conftest import PEOPLE, REPO
+
+
+def gallery_with_holdout(src: Path, dest: Path, n: int = 3) -> Path:
+    """dest/<person>/ with the first n images of each person in src (the rest are probes)."""
+    for p in PEOPLE:
+        (dest / p).mkdir(parents=True)
+        for f in sorted((src / p).iterdir())[:n]:
+            shutil.copy(f, dest / p / f.name)
+    return dest
+
+
+def test_enroll_query_verify_one_distance(fs, gallery_src, tmp_path):
+    g = gallery_with_holdout(gallery_src, tmp_path / "g")
+    rep = fs.enroll_folder(g)
+    assert rep.added == 3 * len(PEOPLE) and not rep.failed and not rep.skipped
+    assert rep.identities == set(PEOPLE)
+    assert fs.index().ntotal == fs.store.count_faces() == rep.added
+
+    probe = gallery_src / "Tony_Blair" / "Tony_Blair_0004.webp"
+    res = fs.query(probe, top_k=len(PEOPLE))
+    assert len(res.matches) == len(PEOPLE)  # one entry per identity
+    assert len({m.identity for m in res.matches}) == len(PEOPLE)
+    assert [m.distance for m in res.matches] == sorted(m.distance for m in res.matches)
+    for m in res.matches:  # the distance query reports is the distance verify reports
+        v = fs.verify(probe, m.source)
+        assert v.distance == pytest.approx(m.distance, abs=1e-4)
+        assert v.same == m.match == (m.distance <= fs.threshold)
+    assert res.identity == (res.matches[0].identity if res.matches[0].match else None)
+
+
+def test_exact_image_is_its_own_nearest_face(fs, gallery_src, tmp_path):
+    g = gallery_with_holdout(gallery_src, tmp_path / "g")
+    fs.enroll_folder(g)
+    f = g / "Bill_Gates" / "Bill_Gates_0002.webp"
+    res = fs.query(f)
+    assert res.matches[0].identity == "Bill_Gates" and res.matches[0].distance == pytest.approx(0.0, abs=1e-5)
+    assert res.identity == "Bill_Gates"
+
+
+def test_enroll_is_idempotent(fs, gallery_src, tmp_path):
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    first = fs.enroll_folder(g)
+    again = fs.enroll_folder(g)
+    assert again.added == 0 and len(again.skipped) == first.added
+    # the same content under another name and identity is still skipped, and says who has it
+    dup = tmp_path / "dup.webp"
+    shutil.copy(g / "Bill_Gates" / "Bill_Gates_0001.webp", dup)
+    r = fs.enroll_files("Someone_Else", [dup])
+    assert r.added == 0 and r.skipped == [(str(dup), "Bill_Gates")]
+    assert fs.store.count_faces() == first.added
+
+
+def test_bad_files_are_reported_and_the_rest_enrolled(fs, gallery_src, tmp_path):
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    (g / "Bill_Gates" / "notes.txt").write_text("not an image")
+    (g / "Bill_Gates" / "empty.jpg").write_bytes(b"")
+    good = (g / "Tony_Blair" / "Tony_Blair_0001.webp").read_bytes()
+    (g / "Tony_Blair" / "cut.webp").write_bytes(good[: len(good) // 2])
+    bad_name = g / "bad\x07name"
+    bad_name.mkdir()
+    shutil.copy(gallery_src / "Hugo_Chavez" / "Hugo_Chavez_0004.webp", bad_name / "x.webp")
+    rep = fs.enroll_folder(g)
+    reasons = {Path(f.source).name: f.reason for f in rep.failed}
+    assert set(reasons) == {"notes.txt", "empty.jpg", "cut.webp", "x.webp"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["notes.txt"]
+    assert "control characters" in reasons["x.webp"]
+    assert rep.added == 2 * len(PEOPLE)
+    assert fs.store.count_faces() == rep.added == fs.index().ntotal
+    assert "bad\x07name" not in {i.name for i in fs.identities()}
+
+
+def test_clear_errors_for_missing_and_empty_inputs(fs, tmp_path):
+    with pytest.raises(FaceSearchError, match="no such file"):
+        fs.enroll_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FaceSearchError, match="no identity folders"):
+        fs.enroll_folder(tmp_path / "empty")
+    with pytest.raises(InvalidIdentityError):
+        fs.enroll_files("../../etc", [tmp_path / "x.jpg"])
+    with pytest.raises(FaceSearchError, match="no such file"):
+        fs.query(tmp_path / "missing.jpg")
+    assert fs.store.count_faces() == 0
+
+
+def test_remove_identity_removes_it_from_search(fs, gallery_src, tmp_path):
+    fs.enroll_folder(gallery_with_holdout(gallery_src, tmp_path / "g", 2))
+    n = fs.remove_identity("Bill_Gates")
+    assert n == 2
+    res = fs.query(gallery_src / "Bill_Gates" / "Bill_Gates_0001.webp", top_k=10)
+    assert "Bill_Gates" not in {m.identity for m in res.matches}
+    assert fs.index().ntotal == fs.store.count_faces() == 2 * (len(PEOPLE) - 1)
+    fs.rename_identity("Tony_Blair", "Anthony_Blair")
+    res = fs.query(gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp")
+    assert res.matches[0].identity == "Anthony_Blair"
+
+
+def test_index_file_is_stamped_and_rebuilt_when_stale_or_corrupt(tmp_path, model_dir, gallery_src):
+    home = tmp_path / "home"
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        fs.enroll_folder(gallery_with_holdout(gallery_src, tmp_path / "g", 2))
+        probe = gallery_src / "Colin_Powell" / "Colin_Powell_0004.webp"
+        want = fs.query(probe).to_dict()
+    idx_file = home / "index.fsx"
+    assert stat.S_IMODE(idx_file.stat().st_mode) == 0o600
+    for damage in ("delete", "flip", "truncate", "garbage"):
+        data = idx_file.read_bytes() if idx_file.exists() else None
+        if damage == "delete":
+            idx_file.unlink()
+        elif damage == "flip":
+            b = bytearray(data)
+            b[-100] ^= 0xFF
+            idx_file.write_bytes(bytes(b))
+        elif damage == "truncate":
+            idx_file.write_bytes(data[: len(data) // 2])
+        else:
+            idx_file.write_bytes(b"\x00" * 64)
+        with FaceSearch.open(home=home) as fs:
+            assert fs.query(probe).to_dict() == want, damage
+            assert fs.index().ntotal == fs.store.count_faces()
+
+
+def test_a_second_handle_sees_changes_of_the_first(tmp_path, model_dir, gallery_src):
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as a, FaceSearch.open(home=home) as b:
+        assert b.query(g / "Bill_Gates" / "Bill_Gates_0001.webp").matches == []
+        a.enroll_folder(g)
+        res = b.query(g / "Bill_Gates" / "Bill_Gates_0001.webp")
+        assert res.matches[0].identity == "Bill_Gates"
+        a.remove_identity("Bill_Gates")
+        assert "Bill_Gates" not in {m.identity for m in b.query(g / "Bill_Gates" / "Bill_Gates_0001.webp", 10).matches}
+
+
+def test_another_model_is_refused_until_reindex(tmp_path, model_dir, other_model_dir, gallery_src):
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        fs.enroll_folder(g)
+    with pytest.raises(ModelMismatchError, match="reindex"):
+        FaceSearch.open(home=home, model=other_model_dir)
+    with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
+        r = fs.reindex(model=other_model_dir)
+        assert r["reembedded"] == 2 * len(PEOPLE)
+    with FaceSearch.open(home=home) as fs:  # the gallery's model is now the other one
+        assert fs.config.name == "test-other" and fs.threshold == pytest.approx(0.25)
+        assert fs.query(g / "Hugo_Chavez" / "Hugo_Chavez_0001.webp").matches[0].distance == pytest.approx(0, abs=1e-5)
+    with pytest.raises(ModelMismatchError):
+        FaceSearch.open(home=home, model=model_dir)
+
+
+def test_an_interrupted_enroll_loses_nothing_enrolled(tmp_path, model_dir, gallery_src):
+    home = tmp_path / "home"
+    files = sorted(gallery_src.rglob("*.webp"))
+
+    def items():
+        for i, f in enumerate(files):
+            if i == 10:
+                raise KeyboardInterrupt  # the user presses Ctrl-C part-way
+            yield (f.parent.name, str(f), f)
+
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        with pytest.raises(KeyboardInterrupt):
+            fs.enroll_items(items(), batch_size=4)
+        stored = fs.store.count_faces()
+    assert stored in (4, 8)  # whole batches only
+    with FaceSearch.open(home=home) as fs:
+        assert fs.index().ntotal == fs.store.count_faces() == stored
+        rep = fs.enroll_items(((f.parent.name, str(f), f) for f in files))
+        assert rep.added == len(files) - stored and len(rep.skipped) == stored
+
+
+def test_two_processes_enrolling_at_once(tmp_path, model_dir, gallery_src):
+    home = tmp_path / "home"
+    halves = [tmp_path / "h1", tmp_path / "h2"]
+    for i, h in enumerate(halves):
+        for p in PEOPLE[i::2]:
+            shutil.copytree(gallery_src / p, h / p)
+    with FaceSearch.open(home=home, model=model_dir):
+        pass  # create the database first, as a user's first command would
+    code = textwrap.dedent("""
+        import sys
+        from facesearch.service import FaceSearch
+        with FaceSearch.open(home=sys.argv[1]) as fs:
+            r = fs.enroll_folder(sys.argv[2])
+            print(r.added)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(home), str(h)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for h in halves]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    added = sum(int(o.strip()) for o, _ in outs)
+    assert added == 4 * len(PEOPLE)
+    with FaceSearch.open(home=home) as fs:
+        assert fs.store.count_faces() == fs.index().ntotal == added
+        assert fs.query(gallery_src / "Serena_Williams" / "Serena_Williams_0003.webp").matches[0].distance < 1e-4
+
+
+def test_info_reports_counts_and_model(fs, gallery_src, tmp_path):
+    fs.enroll_folder(gallery_with_holdout(gallery_src, tmp_path / "g", 1))
+    info = fs.info()
+    assert info["faces"] == info["index"]["size"] == len(PEOPLE)
+    assert info["identities"] == len(PEOPLE)
+    assert info["model"]["threshold"] == pytest.approx(0.3)
+    assert info["index"]["type"] == "Flat" and info["device"] == "cpu"
+    json.dumps(info, default=str)
+
+
+def test_query_many_batches_and_reports_bad_files(fs, gallery_src, tmp_path):
+    fs.enroll_folder(gallery_with_holdout(gallery_src, tmp_path / "g", 3))
+    probes = [gallery_src / p / f"{p}_0004.webp" for p in PEOPLE]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    res = fs.query_many(probes + [bad], top_k=2, batch_size=4)
+    singles = [fs.query(p, top_k=2) for p in probes]
+    for r, s in zip(res[:-1], singles):
+        assert [m.identity for m in r.matches] == [m.identity for m in s.matches]
+        np.testing.assert_allclose([m.distance for m in r.matches], [m.distance for m in s.matches], atol=1e-4)
+    assert res[-1].source == str(bad) and "not an image" in res[-1].reason

@@ -1,0 +1,121 @@
+import os
+import stat
+
+import numpy as np
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
+
+from facesearch.errors import InvalidIdentityError, SchemaError, UnknownIdentityError
+from facesearch.store import Base, Store, alembic_config, validate_identity
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(f"sqlite:///{tmp_path / 'db' / 'f.db'}")
+    yield s
+    s.close()
+
+
+def add_model(store):
+    cfg = {"name": "m", "embedding_dim": 4, "distance": "cosine", "threshold": 0.4, "input_size": 112,
+           "crop_fraction": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    rec = store.register_model("m@1", cfg, "0" * 64, "/nowhere")
+    store.set_active_model(rec.id)
+    return rec.id
+
+
+def emb(*v):
+    a = np.asarray(v, np.float32)
+    return a / np.linalg.norm(a)
+
+
+def test_schema_comes_from_migrations_and_matches_models(store):
+    assert store.current_revision() == store.head_revision()
+    with store.engine.begin() as conn:
+        command.check(alembic_config(conn))  # raises if models and migrations disagree
+    tables = set(inspect(store.engine).get_table_names())
+    assert set(Base.metadata.tables) <= tables
+
+
+def test_downgrade_and_upgrade_round_trip(store):
+    store.downgrade("base")
+    assert store.current_revision() is None
+    assert "faces" not in inspect(store.engine).get_table_names()
+    store.upgrade()
+    assert store.current_revision() == store.head_revision()
+    assert store.revision() == 0
+
+
+def test_database_from_a_newer_schema_is_refused_untouched(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    s = Store.open(url)
+    with s.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+    s.close()
+    with pytest.raises(SchemaError, match="newer facesearch"):
+        Store.open(url)
+    s = Store(create_engine(url))  # plain engine: no upgrade attempted
+    assert s.current_revision() == "ffff_future"  # nothing was changed
+
+
+def test_database_file_is_owner_only(tmp_path):
+    Store.open(f"sqlite:///{tmp_path / 'sub' / 'f.db'}").close()
+    assert stat.S_IMODE(os.stat(tmp_path / "sub" / "f.db").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("name", ["", " x", "a/b", "..", "../etc", "a\\b", "tab\there", "nl\n", "\x00x", ".hidden",
+                                  "x" * 201])
+def test_bad_identity_names_are_rejected(name):
+    with pytest.raises(InvalidIdentityError):
+        validate_identity(name)
+
+
+@pytest.mark.parametrize("name", ["Bill_Gates", "José Ramos-Horta", "O'Brien", "Robert'); DROP TABLE faces;--", "李小龙"])
+def test_good_identity_names_are_kept_verbatim(store, name):
+    mid = add_model(store)
+    ids, _ = store.add_faces(mid, [(name, "src.png", "a" * 64, emb(1, 0, 0, 0), None)])
+    assert [i.name for i in store.identities()] == [name]
+    assert store.face_info(ids)[ids[0]].identity == name
+    assert "faces" in inspect(store.engine).get_table_names()
+
+
+def test_faces_round_trip_and_revision_bumps(store):
+    mid = add_model(store)
+    r0 = store.revision()
+    ids, r1 = store.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None),
+                                    ("b", "2.png", "2" * 64, emb(0, 1, 0, 0), b"png")])
+    assert r1 == r0 + 1
+    chunks = list(store.iter_embeddings())
+    got_ids = np.concatenate([c[0] for c in chunks])
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(np.concatenate([c[1] for c in chunks]), [emb(1, 0, 0, 0), emb(0, 1, 0, 0)])
+    assert store.known_hashes(["1" * 64, "9" * 64]) == {"1" * 64: "a"}
+    removed, r2 = store.remove_identity("a")
+    assert removed == [ids[0]] and r2 == r1 + 1
+    assert store.count_faces() == 1
+    with pytest.raises(UnknownIdentityError):
+        store.remove_identity("a")
+
+
+def test_a_failed_batch_writes_nothing(store):
+    mid = add_model(store)
+    store.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+    rev = store.revision()
+    with pytest.raises(Exception):  # the second row repeats a content hash: the whole batch rolls back
+        store.add_faces(mid, [("new", "2.png", "2" * 64, emb(0, 1, 0, 0), None),
+                              ("new", "3.png", "1" * 64, emb(0, 0, 1, 0), None)])
+    assert store.count_faces() == 1 and store.revision() == rev
+    assert [i.name for i in store.identities()] == ["a"]
+
+
+def test_rename_keeps_faces_and_refuses_duplicates(store):
+    mid = add_model(store)
+    store.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None), ("b", "2.png", "2" * 64, emb(0, 1, 0, 0), None)])
+    store.rename_identity("a", "c")
+    assert {i.name: i.faces for i in store.identities()} == {"b": 1, "c": 1}
+    with pytest.raises(InvalidIdentityError, match="exists"):
+        store.rename_identity("c", "b")
+    with pytest.raises(InvalidIdentityError):
+        store.rename_identity("c", "../x")
