@@ -1,0 +1,108 @@
+"""The CLI end to end with click's CliRunner: real store, index, model and images."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from facesearch.cli import cli
+from tests.conftest import PEOPLE
+
+
+@pytest.fixture
+def run(tmp_path, model_dir):
+    home = tmp_path / "home"
+
+    def _run(*args, model=True, ok=True):
+        argv = ["--home", str(home), "--device", "cpu"] + (["--model", str(model_dir)] if model else []) + list(args)
+        r = CliRunner().invoke(cli, argv, catch_exceptions=False)
+        if ok:
+            assert r.exit_code == 0, r.output
+        return r
+
+    return _run
+
+
+@pytest.fixture
+def gallery(gallery_src, tmp_path):
+    g = tmp_path / "g"
+    for p in PEOPLE:
+        (g / p).mkdir(parents=True)
+        for i in (1, 2, 3):
+            shutil.copy(gallery_src / p / f"{p}_{i:04d}.webp", g / p)
+    (g / "Bill_Gates" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return g
+
+
+def test_enroll_query_verify_info_json(run, gallery, gallery_src):
+    r = run("enroll", str(gallery), "--json")
+    rep = json.loads(r.stdout)
+    assert rep["added"] == 3 * len(PEOPLE) and rep["failed"] == 1 and rep["skipped"] == 0
+    assert rep["failures"][0]["source"].endswith("broken.jpg") and rep["failures"][0]["reason"]
+
+    probe = gallery_src / "Hugo_Chavez" / "Hugo_Chavez_0004.webp"
+    q = json.loads(run("query", str(probe), "--json", "--top-k", "3").stdout)
+    assert set(q) >= {"matches", "threshold", "identity"}
+    assert len(q["matches"]) == 3
+    for m in q["matches"]:
+        assert set(m) >= {"identity", "distance", "match", "face_id"}
+        assert m["match"] == (m["distance"] <= q["threshold"])
+    top = q["matches"][0]
+    src = gallery / top["identity"]
+    first = sorted(src.iterdir())[0]
+    v = json.loads(run("verify", str(probe), str(first), "--json").stdout)
+    assert set(v) == {"distance", "threshold", "same"} and v["threshold"] == q["threshold"]
+    assert v["same"] == (v["distance"] <= v["threshold"])
+
+    info = json.loads(run("info", "--json", model=False).stdout)
+    assert info["faces"] == info["index"]["size"] == 3 * len(PEOPLE)
+    assert info["identities"] == len(PEOPLE)
+
+
+def test_human_output_and_identities_commands(run, gallery, gallery_src):
+    out = run("enroll", str(gallery)).output
+    assert "added: 18" in out and "failed: 1" in out and "broken.jpg" in out
+    out = run("query", str(gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp")).output
+    assert "Tony_Blair (distance 0.0000 <= threshold 0.3000)" in out
+    listing = run("identities", "list", model=False).output
+    assert all(f"{p}\t3" in listing for p in PEOPLE)
+    run("identities", "rename", "Tony_Blair", "Anthony_Blair", model=False)
+    shown = json.loads(run("identities", "show", "Anthony_Blair", "--json", model=False).stdout)
+    assert len(shown["faces"]) == 3
+    assert "removed Anthony_Blair (3 faces)" in run("identities", "remove", "Anthony_Blair", "--yes", model=False).output
+    info = json.loads(run("info", "--json", model=False).stdout)
+    assert info["faces"] == info["index"]["size"] == 15
+    assert "index rebuilt: 15 faces" in run("reindex", model=False).output
+    assert "current: 0001  head: 0001" in run("db", "current", model=False).output
+
+
+def test_batch_query_of_a_folder(run, gallery, gallery_src, tmp_path):
+    run("enroll", str(gallery))
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    for p in PEOPLE[:3]:
+        shutil.copy(gallery_src / p / f"{p}_0004.webp", probes)
+    out = json.loads(run("query", str(probes), "--json").stdout)
+    assert isinstance(out, list) and len(out) == 3
+    assert all(o["matches"] for o in out)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["enroll", "/definitely/not/here"], "does not exist"),
+    (["enroll", "--identity", "../etc", "x.jpg"], "path separator"),
+    (["query", "/nope.jpg"], "no such file"),
+    (["verify", "/a.jpg", "/b.jpg"], "no such file"),
+    (["identities", "show", "Nobody"], "no identity named"),
+])
+def test_errors_are_messages_not_tracebacks(run, args, message):
+    r = run(*args, ok=False)
+    assert r.exit_code in (1, 2)
+    assert message in r.output
+    assert "Traceback" not in r.output
+
+
+def test_empty_folder_is_an_error(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run("enroll", str(tmp_path / "empty"), ok=False)
+    assert r.exit_code == 1 and "no identity folders" in r.output
