@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from facesearch import distance, encoder, images
 from facesearch import index as vindex
@@ -405,9 +406,9 @@ class FaceSearch:
         self.flush()
         return report
 
-    def _enroll_batch(self, rows, report: EnrollReport, seen: set[str], progress: Progress | None) -> None:
+    def _enroll_batch(self, results, report: EnrollReport, seen: set[str], progress: Progress | None) -> None:
         good = []
-        for ident, source, sha, crop, err in rows:
+        for ident, source, sha, crop, err in results:
             if err is not None:
                 report.failed.append(Failure(source, err))
             elif sha in seen:
@@ -423,16 +424,34 @@ class FaceSearch:
             else:
                 todo.append((ident, source, sha, crop))
         if todo:
-            embs = self._embed_crops([t[3] for t in todo])
-            crops = [_png(t[3]) if self.keep_crops else None for t in todo]
-            ids, rev = self.store.add_faces(
-                self.model_id, [(t[0], t[1], t[2], e, c) for t, e, c in zip(todo, embs, crops)])
-            self._after_change(rev, lambda idx: idx.add(np.asarray(ids, np.int64), embs))
-            report.added += len(ids)
-            report.face_ids.extend(ids)
-            report.identities.update(t[0] for t in todo)
+            self._store_faces(todo, report)
         if progress is not None:
-            progress(len(rows))
+            progress(len(results))
+
+    def _store_faces(self, todo, report: EnrollReport) -> None:
+        """Embed ``(identity, source, sha, crop)`` rows and store them in one transaction, then index them."""
+        embs = self._embed_crops([t[3] for t in todo])
+        crops = [_png(t[3]) if self.keep_crops else None for t in todo]
+        rows = [(t[0], t[1], t[2], e, c) for t, e, c in zip(todo, embs, crops)]
+        for attempt in range(3):
+            try:
+                ids, rev = self.store.add_faces(self.model_id, rows)
+                break
+            except IntegrityError:
+                # another process enrolled some of this content, or created one of these
+                # identities, since we looked: skip what it enrolled and try again
+                if attempt == 2:
+                    raise
+                taken = self.store.known_hashes([r[2] for r in rows])
+                report.skipped.extend((r[1], taken[r[2]]) for r in rows if r[2] in taken)
+                keep = [i for i, r in enumerate(rows) if r[2] not in taken]
+                rows, embs = [rows[i] for i in keep], embs[keep]
+                if not rows:
+                    return
+        self._after_change(rev, lambda idx: idx.add(np.asarray(ids, np.int64), embs))
+        report.added += len(ids)
+        report.face_ids.extend(ids)
+        report.identities.update(r[0] for r in rows)
 
     # ---- searching ------------------------------------------------------------------------
     def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None

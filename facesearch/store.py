@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -234,6 +235,8 @@ class Store:
         from alembic import command
 
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # two processes opening a new database: one migrates
+                conn.execute(text("SELECT pg_advisory_xact_lock(7242351)"))
             command.upgrade(alembic_config(conn), revision)
 
     def downgrade(self, revision: str) -> None:
