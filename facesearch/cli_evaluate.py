@@ -1,0 +1,207 @@
+"""``facesearch evaluate``: LFW verification and open-set identification (thin: parse, call, format)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from facesearch.errors import FaceSearchError
+
+
+def _progress(quiet: bool):
+    """A progress factory for the library: tqdm bars on stderr (hidden when stderr is not a terminal)."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    def make(desc: str, total: int):
+        return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False,
+                    disable=None)
+
+    return make
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _training_note(model: dict) -> list[str]:
+    t = model.get("training") or {}
+    lines = []
+    if t:
+        data = t.get("data")
+        desc = f"trained on {data}" if data else "trained"
+        if t.get("people") is not None:
+            desc += f", {t['people']} people"
+        if t.get("images") is not None:
+            desc += f", {t['images']} images"
+        lines.append(desc)
+        if t.get("notes"):
+            lines.append(f"training notes: {t['notes']}")
+        if data and "lfw" in str(data).lower():
+            lines.append(
+                "warning: this model was trained on LFW images; its numbers are honest only on folds whose "
+                "people it never saw (see shared/docs/data.md)"
+            )
+    else:
+        lines.append("no training recorded (e.g. an untrained or ImageNet-initialised encoder)")
+    return lines
+
+
+def format_lfw(r) -> str:
+    m = r.model
+    out = [
+        f"LFW verification: {r.pairs_file} ({r.protocol}, {r.n_pairs} pairs: {r.n_genuine} genuine, "
+        f"{r.n_impostor} impostor)",
+        f"images: {r.images} ({r.n_images} images, each embedded once)",
+        f"model:  {m.get('name')} ({m.get('backbone')}, {m.get('embedding_dim')}-d) at {m.get('path')}; "
+        f"device {r.device}",
+    ]
+    out += [f"        {ln}" for ln in _training_note(m)]
+    out.append("distance: cosine, lower is more similar; a match when distance <= threshold")
+    out.append("")
+    if r.folds:
+        out.append("fold  threshold  accuracy   (threshold chosen on the other folds)")
+        for f in r.folds:
+            out.append(f"{f['fold']:>4}  {f['threshold']:9.4f}  {100 * f['accuracy']:7.2f}%")
+        out.append(f"accuracy (mean ± std over {r.n_folds} folds): {_pct(r.mean_accuracy)} ± {_pct(r.std_accuracy)}")
+    width = 30
+    out.append(f"{'ROC AUC':<{width}} {r.auc:.4f}")
+    out.append(f"{'EER':<{width}} {_pct(r.eer)} (at distance {r.eer_threshold:.4f})")
+    for key, v in r.tar_at_far.items():
+        out.append(f"{'TAR @ FAR = ' + key:<{width}} {_pct(v['tar'])} (threshold {v['threshold']:.4f})")
+    out.append(f"{'best global threshold':<{width}} {r.best_threshold:.4f} (accuracy {_pct(r.best_threshold_accuracy)} "
+               "on all pairs; optimistic)")
+    if r.model_threshold is None:
+        out.append(f"{'model threshold':<{width}} not calibrated")
+    else:
+        out.append(f"{'model threshold':<{width}} {r.model_threshold:.4f} "
+                   f"(accuracy {_pct(r.model_threshold_accuracy)})")
+    s = r.seconds
+    out.append(f"{'time':<{width}} {s['total']:.1f} s (embedding {s['embed']:.1f} s)")
+    return "\n".join(out)
+
+
+def format_identify(r) -> str:
+    m = r.model
+    out = [
+        f"open-set identification: {r.images}",
+        f"model:  {m.get('name')} at {m.get('path')}; device {r.device}",
+        f"gallery: {r.n_enrolled_identities} people x {r.gallery_per_identity} image(s) = {r.n_gallery_images} images",
+        f"probes:  {r.n_known_probes} of enrolled people, {r.n_unknown_probes} of {r.n_unknown_identities} "
+        "never-enrolled people",
+        "",
+    ]
+    width = 36
+    out.append(f"{'rank-1 identification rate':<{width}} {_pct(r.rank1)}")
+    out.append(f"{'rank-5 identification rate':<{width}} {_pct(r.rank5)}")
+    for key, v in r.dir_at_fpir.items():
+        out.append(f"{'DIR @ FPIR = ' + key:<{width}} {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
+    if r.model_threshold is None:
+        out.append(f"{'model threshold':<{width}} not calibrated")
+    else:
+        out.append(f"{'unknown probes rejected':<{width}} {_pct(r.unknown_rejected)} "
+                   f"(at the stored threshold {r.model_threshold:.4f})")
+        out.append(f"{'DIR at the stored threshold':<{width}} {_pct(r.dir_at_model_threshold)}")
+    out.append(f"{'time':<{width}} {r.seconds['total']:.1f} s")
+    return "\n".join(out)
+
+
+_model_opt = click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path), default=None,
+                          help="model directory (model.json + weights.pt); default: the shipped model")
+_device_opt = click.option("--device", default="auto", show_default=True,
+                           help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")
+_quiet_opt = click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+_images_opt = click.option("--images", "images", required=True, type=click.Path(exists=True, path_type=Path),
+                           help="folder of identities (ROOT/<name>/<image>) or a zip of one, e.g. the LFW zip")
+
+
+@click.group("evaluate")
+def evaluate():
+    """Measure a model: LFW verification (10-fold) and open-set identification."""
+
+
+@evaluate.command("lfw")
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="LFW pairs file: pairs.txt (View 2, 10 folds) or pairsDevTest.txt (View 1)")
+@_images_opt
+@_model_opt
+@_device_opt
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="images per forward pass")
+@_json_opt
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write report.json, roc.png, hist.png and report.html into this folder")
+@_quiet_opt
+def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
+    """LFW verification. View 2 (pairs.txt): for each of the 10 folds the threshold is chosen on the
+    other 9 and accuracy is measured on the held-out fold; mean ± std over folds. Also ROC AUC, EER,
+    TAR at FAR 1e-2 / 1e-3 and the best global threshold. View 1 (pairsDevTest.txt): one set, accuracy
+    at the model's stored threshold and at the best threshold."""
+    from facesearch import evaluate as ev
+    from facesearch import report
+
+    try:
+        result = ev.evaluate_lfw(pairs, images, model=model, device=device, batch_size=batch_size,
+                                 progress=_progress(quiet))
+        paths = report.write_lfw_report(result, report_dir) if report_dir is not None else None
+    except FaceSearchError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        data = result.summary()
+        if paths:
+            data["report"] = {k: str(v) for k, v in paths.items()}
+        click.echo(report.dumps(data))
+    else:
+        click.echo(format_lfw(result))
+        if paths:
+            click.echo(f"report: {paths['html']}")
+
+
+@evaluate.command("identify")
+@_images_opt
+@_model_opt
+@_device_opt
+@click.option("--gallery-per-identity", default=1, show_default=True, type=click.IntRange(1),
+              help="images enrolled per enrolled person")
+@click.option("--probes-per-identity", default=2, show_default=True, type=click.IntRange(1),
+              help="probe images per person (enrolled or not)")
+@click.option("--enrolled-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True,
+              max_open=True), help="share of the people with >= 2 images that are enrolled")
+@click.option("--max-identities", default=None, type=click.IntRange(2),
+              help="use at most this many people (a random sample), for a quick run")
+@click.option("--seed", default=0, show_default=True, type=int, help="seed of the people/image split")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="probes per search batch")
+@_json_opt
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write report.json and report.html into this folder")
+@_quiet_opt
+def identify(images, model, device, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities,
+             seed, batch_size, as_json, report_dir, quiet):
+    """Open-set identification on the people with at least 2 images: some are enrolled (a gallery of
+    N images each) in a temporary facesearch home, probes of enrolled and never-enrolled people are
+    searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate, DIR at
+    FPIR 1% and 10%, and the share of unknown probes rejected at the model's stored threshold."""
+    from facesearch import evaluate as ev
+    from facesearch import report
+
+    try:
+        result = ev.evaluate_identify(
+            images, model=model, device=device, gallery_per_identity=gallery_per_identity,
+            probes_per_identity=probes_per_identity, enrolled_fraction=enrolled_fraction,
+            max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
+        )
+        paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
+    except FaceSearchError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        data = result.summary()
+        if paths:
+            data["report"] = {k: str(v) for k, v in paths.items()}
+        click.echo(report.dumps(data))
+    else:
+        click.echo(format_identify(result))
+        if paths:
+            click.echo(f"report: {paths['html']}")
