@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""Identity-disjoint LFW View 2: train, embed the held-out fold's pairs, score with the 10-fold protocol.
+
+One command reproduces the result::
+
+    python benchmarks/lfw_protocol.py --name mnv2-halves --scheme halves --time-budget 30
+
+Schemes (which model scores which fold of pairs.txt; fold k uses only people of set k of people.txt):
+
+* ``tenfold``: for each fold k, a model trained on the people of the other 9 sets scores fold k (10 trainings).
+* ``halves``: a model trained on sets 1-5 scores folds 6-10, one trained on sets 6-10 scores folds 1-5
+  (2 trainings, each on half the people: cheaper, and a little pessimistic).
+
+A model never sees a person of a fold it scores. Then, with all 6,000 honest distances, the standard
+protocol: the threshold for fold k is chosen on the other 9 folds' pairs (``metrics.best_threshold``)
+and accuracy is measured on fold k; mean and standard deviation over the folds; AUC and TAR at
+FAR = 1e-3 on the pooled distances.
+
+Run it piecewise (each training fits one 10-minute GPU call), then merge::
+
+    python benchmarks/lfw_protocol.py --name x --folds 1 --work-dir W ...   # one training per call
+    python benchmarks/lfw_protocol.py --name x --merge --work-dir W         # writes results/lfw-x.json
+
+``--score-model DIR --folds 10`` scores an existing model (e.g. the shipped one, trained without set 10)
+on its honest folds only, using the model's own stored threshold; no training.
+
+LFW is a research benchmark of news photos with no licence file (University of Massachusetts, Amherst).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from facesearch import distance, encoder, metrics  # noqa: E402
+from facesearch.config import ModelConfig  # noqa: E402
+from facesearch.datasets import ImageFolder  # noqa: E402
+from facesearch.train import TrainOptions, read_lfw_people, run  # noqa: E402
+
+LFW = ROOT.parent / "shared" / "data" / "lfw"
+RESULTS = ROOT / "benchmarks" / "results"
+PROTOCOL = (
+    "LFW View 2 (pairs.txt, 10 folds x 600 pairs), identity-disjoint: the model that scores fold k never "
+    "saw a person of people.txt set k; threshold for fold k chosen on the other 9 folds' pairs"
+)
+
+
+# ----------------------------------------------------------------------------- pairs and metrics
+
+
+def read_pairs(path: Path) -> list[list[tuple[str, int, str, int, bool]]]:
+    """pairs.txt -> per fold, (name1, n1, name2, n2, same) tuples."""
+    lines = [ln.split("\t") for ln in Path(path).read_text().splitlines() if ln.strip()]
+    n_folds, n = (int(x) for x in lines[0])
+    folds, i = [], 1
+    for _ in range(n_folds):
+        fold = []
+        for ln in lines[i : i + n]:
+            fold.append((ln[0], int(ln[1]), ln[0], int(ln[2]), True))
+        for ln in lines[i + n : i + 2 * n]:
+            fold.append((ln[0], int(ln[1]), ln[2], int(ln[3]), False))
+        folds.append(fold)
+        i += 2 * n
+    return folds
+
+
+def tar_at_far(dist: np.ndarray, same: np.ndarray, far: float) -> dict:
+    """TAR at the largest threshold whose FAR on these pairs is <= ``far`` (facesearch.metrics.tar_at_far)."""
+    tar, thr = metrics.tar_at_far(dist, same, far)
+    n_imp = int((~np.asarray(same, bool)).sum())
+    return {"tar": tar, "threshold": thr, "impostor_pairs": n_imp, "false_accepts_allowed": int(np.floor(far * n_imp))}
+
+
+def protocol_metrics(fold_dist: dict[int, np.ndarray], fold_same: dict[int, np.ndarray]) -> dict:
+    """The 10-fold protocol on honest distances (facesearch.metrics.kfold_accuracy): the threshold for
+    fold k is chosen on the other folds' pairs, accuracy is measured on fold k; AUC/TAR pooled."""
+    folds = sorted(fold_dist)
+    d_all = np.concatenate([fold_dist[k] for k in folds])
+    s_all = np.concatenate([fold_same[k] for k in folds])
+    fold_ids = np.concatenate([np.full(len(fold_dist[k]), k) for k in folds])
+    kf = metrics.kfold_accuracy(d_all, s_all, fold_ids)
+    return {
+        "folds": kf.folds,
+        "fold_accuracy": kf.accuracies,
+        "fold_threshold": kf.thresholds,
+        "mean_accuracy": kf.mean,
+        "std_accuracy": kf.std,
+        "std_note": "population standard deviation over folds (ddof=0)",
+        "standard_error": float(np.std(kf.accuracies, ddof=1) / np.sqrt(len(folds))),
+        "auc": metrics.auc(d_all, s_all),
+        "tar_at_far_1e-3": tar_at_far(d_all, s_all, 1e-3)["tar"],
+        "tar_at_far_1e-3_detail": tar_at_far(d_all, s_all, 1e-3),
+        "tar_at_far_1e-2": tar_at_far(d_all, s_all, 1e-2)["tar"],
+        "eer": metrics.eer(d_all, s_all)[0],
+        "genuine_distance_mean": float(d_all[s_all].mean()),
+        "impostor_distance_mean": float(d_all[~s_all].mean()),
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_folds(model_dir: Path, folder: ImageFolder, pairs, folds: list[int], device: str) -> dict:
+    """Embed the pairs of ``folds`` with the model; returns {fold: {"dist": [...], "same": [...]}}."""
+    model = encoder.load(model_dir, device=encoder.resolve_device(device))
+    keys = sorted({folder.lfw_key(n, i) for k in folds for a, i1, b, i2, _ in pairs[k - 1]
+                   for n, i in ((a, i1), (b, i2))})
+    pos = {k: j for j, k in enumerate(keys)}
+    emb = encoder.embed(model, folder.load_prepared(keys, model.config))
+    out = {}
+    for k in folds:
+        ia = [pos[folder.lfw_key(a, i1)] for a, i1, _, _, _ in pairs[k - 1]]
+        ib = [pos[folder.lfw_key(b, i2)] for _, _, b, i2, _ in pairs[k - 1]]
+        d = distance.paired(emb[ia], emb[ib])
+        out[k] = {"dist": [float(x) for x in d], "same": [bool(p[4]) for p in pairs[k - 1]]}
+    return out
+
+
+def units(scheme: str) -> list[tuple[str, list[int]]]:
+    """(unit name, folds it scores); the unit trains on every other set."""
+    if scheme == "tenfold":
+        return [(f"fold{k}", [k]) for k in range(1, 11)]
+    if scheme == "halves":
+        return [("sets6-10", [1, 2, 3, 4, 5]), ("sets1-5", [6, 7, 8, 9, 10])]
+    raise SystemExit(f"unknown scheme {scheme}")
+
+
+def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Path) -> dict:
+    excluded = frozenset(n for k in scored for n in sets[k - 1])
+    model_dir = work / f"model-{unit}"
+    opts = TrainOptions(
+        data=args.data, out=model_dir, backbone=args.backbone, pretrained=args.pretrained,
+        embedding_dim=args.embedding_dim, input_size=args.input_size, epochs=args.epochs,
+        identities_per_batch=args.pk[0], images_per_identity=args.pk[1], pos_margin=args.pos_margin,
+        neg_margin=args.margin, mining=args.mining, lr=args.lr, backbone_lr_factor=args.backbone_lr_factor,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device, amp=args.amp,
+        time_budget=args.time_budget * 60.0 if args.time_budget else None, exclude_people=excluded,
+        calibration_fraction=args.calibration_fraction, resume=args.resume and (model_dir / "checkpoint.pt").exists(),
+        notes=f"LFW protocol unit {unit}: people of sets {scored} excluded",
+    )
+    t0 = time.time()
+    summary = run(opts, progress=not args.quiet,
+                  log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+    train_s = time.time() - t0
+    t1 = time.time()
+    scores = score_folds(model_dir, folder, pairs, scored, args.device)
+    own_thr = ModelConfig.load(model_dir / "model.json").threshold
+    record = {
+        "unit": unit,
+        "scored_folds": scored,
+        "excluded_sets": scored,
+        "scores": {str(k): v for k, v in scores.items()},
+        "own_threshold": own_thr,
+        "model_config": ModelConfig.load(model_dir / "model.json").to_dict(),
+        "train_wall_s": round(train_s, 1),
+        "score_wall_s": round(time.time() - t1, 1),
+        "images_per_s": summary["training"]["images_per_s"],
+        "machine": machine(),
+    }
+    (work / f"unit-{unit}.json").write_text(json.dumps(record, indent=1))
+    if not args.keep_models:
+        for f in ("weights.pt", "model.json"):
+            (model_dir / f).unlink(missing_ok=True)
+        try:
+            model_dir.rmdir()
+        except OSError:
+            pass
+    return record
+
+
+def merge(args, work: Path) -> dict | None:
+    records = [json.loads(p.read_text()) for p in sorted(work.glob("unit-*.json"))]
+    fold_dist, fold_same, own_correct, own_n = {}, {}, 0, 0
+    for r in records:
+        for k, v in r["scores"].items():
+            d, s = np.asarray(v["dist"]), np.asarray(v["same"], bool)
+            fold_dist[int(k)], fold_same[int(k)] = d, s
+            own_correct += int((distance.is_match(d, r["own_threshold"]) == s).sum())
+            own_n += len(s)
+    if sorted(fold_dist) != list(range(1, 11)):
+        missing = sorted(set(range(1, 11)) - set(fold_dist))
+        print(f"folds still missing: {missing}; not merging (run them, then --merge)", file=sys.stderr)
+        return None
+    res = {"protocol": PROTOCOL, "scheme": records[0].get("scheme", args.scheme),
+           "name": args.name, **protocol_metrics(fold_dist, fold_same)}
+    res["accuracy_with_each_models_own_calibrated_threshold"] = own_correct / own_n
+    res["model_config"] = records[0]["model_config"]
+    res["units"] = [{k: r[k] for k in ("unit", "scored_folds", "own_threshold", "train_wall_s", "score_wall_s",
+                                       "images_per_s")} | {"machine": r["machine"]} for r in records]
+    res["timing"] = {"train_wall_s_total": round(sum(r["train_wall_s"] for r in records), 1),
+                     "score_wall_s_total": round(sum(r["score_wall_s"] for r in records), 1)}
+    res["images_per_s"] = float(np.mean([r["images_per_s"] for r in records]))
+    res["machine"] = records[-1]["machine"]
+    res["command"] = args.command_line
+    out = RESULTS / f"lfw-{args.name}.json" if args.output is None else Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return res
+
+
+def score_model(args, folder, pairs, sets) -> dict:
+    """Score an existing model on the folds it is honest for (no training)."""
+    model_dir = Path(args.score_model)
+    cfg = ModelConfig.load(model_dir / "model.json")
+    folds = args.folds or list(range(1, 11))
+    t0 = time.time()
+    scores = score_folds(model_dir, folder, pairs, folds, args.device)
+    d = np.concatenate([np.asarray(scores[k]["dist"]) for k in folds])
+    s = np.concatenate([np.asarray(scores[k]["same"], bool) for k in folds])
+    oracle_thr, oracle_acc = metrics.best_threshold(d, s)
+    res = {
+        "protocol": f"LFW View 2 folds {folds} (pairs.txt), scored with the model's own calibrated threshold "
+                    f"(chosen on held-out training identities, never on these pairs); honest only if the model "
+                    f"never saw a person of people.txt set(s) {folds} - stated by the caller, see model_config",
+        "model": str(model_dir),
+        "folds": folds,
+        "pairs": int(len(s)),
+        "threshold": cfg.threshold,
+        "accuracy_at_model_threshold": metrics.accuracy(d, s, cfg.threshold) if cfg.threshold is not None else None,
+        "fold_accuracy_at_model_threshold": [metrics.accuracy(scores[k]["dist"], scores[k]["same"], cfg.threshold)
+                                             for k in folds] if cfg.threshold is not None else None,
+        "auc": metrics.auc(d, s),
+        "tar_at_far_1e-2": tar_at_far(d, s, 1e-2),
+        "tar_at_far_1e-3": tar_at_far(d, s, 1e-3),
+        "oracle_best_threshold": oracle_thr,
+        "oracle_accuracy_not_honest": oracle_acc,
+        "genuine_distance_mean": float(d[s].mean()),
+        "impostor_distance_mean": float(d[~s].mean()),
+        "score_wall_s": round(time.time() - t0, 1),
+        "model_config": cfg.to_dict(),
+        "command": args.command_line,
+        "machine": machine(),
+    }
+    if args.record_in_model:
+        cfg.training["lfw_evaluation"] = {k: res[k] for k in (
+            "folds", "pairs", "threshold", "accuracy_at_model_threshold", "auc", "oracle_accuracy_not_honest")}
+        cfg.training["lfw_evaluation"]["tar_at_far_1e-2"] = res["tar_at_far_1e-2"]["tar"]
+        cfg.save(model_dir / "model.json")
+    out = Path(args.output) if args.output else RESULTS / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True, help="result name: writes benchmarks/results/lfw-NAME.json")
+    p.add_argument("--scheme", choices=["tenfold", "halves"], default="halves")
+    p.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="only the training units that score these folds (comma list), e.g. 3 or 1,6")
+    p.add_argument("--merge", action="store_true", help="only merge the unit files in --work-dir")
+    p.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/results/lfw-NAME-units/")
+    p.add_argument("--output", default=None, help="result file (default: benchmarks/results/lfw-NAME.json)")
+    p.add_argument("--score-model", default=None, help="score this model dir on --folds; no training")
+    p.add_argument("--record-in-model", action="store_true", help="with --score-model: store results in model.json")
+    p.add_argument("--data", default=str(LFW / "lfw-deepfunneled-112.zip"))
+    p.add_argument("--people", default=str(LFW / "people.txt"))
+    p.add_argument("--pairs", default=str(LFW / "pairs.txt"))
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--pretrained", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
+                   help="'imagenet', a checkpoint path, or 'none'")
+    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=112)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--time-budget", type=float, default=None, help="minutes per training unit")
+    p.add_argument("--pk", type=int, nargs=2, default=[32, 4], metavar=("P", "K"))
+    p.add_argument("--pos-margin", type=float, default=0.0)
+    p.add_argument("--margin", type=float, default=0.6)
+    p.add_argument("--mining", default="hard")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--backbone-lr-factor", type=float, default=1.0)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--calibration-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto")
+    p.add_argument("--resume", action="store_true", help="resume a unit from its checkpoint if one exists")
+    p.add_argument("--keep-models", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.command_line = " ".join(shlex.quote(a) for a in [sys.executable and "python", *sys.argv])
+    if args.pretrained.lower() == "none":
+        args.pretrained = None
+    work = args.work_dir or RESULTS / f"lfw-{args.name}-units"
+    folder = ImageFolder(args.data)
+    pairs = read_pairs(Path(args.pairs))
+    sets = read_lfw_people(args.people)
+    if args.score_model:
+        res = score_model(args, folder, pairs, sets)
+        print(json.dumps({k: res[k] for k in ("accuracy_at_model_threshold", "auc", "pairs")}))
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.merge:
+        for unit, scored in units(args.scheme):
+            if args.folds and not set(scored) & set(args.folds):
+                continue
+            rec = train_unit(args, unit, scored, sets, folder, pairs, work)
+            rec_path = work / f"unit-{unit}.json"
+            data = json.loads(rec_path.read_text())
+            data["scheme"] = args.scheme
+            rec_path.write_text(json.dumps(data, indent=1))
+            print(f"unit {unit}: trained {rec['train_wall_s']:.0f}s, scored folds {scored}", file=sys.stderr)
+    res = merge(args, work)
+    if res:
+        print(f"{args.name}: {res['mean_accuracy']:.4f} +- {res['std_accuracy']:.4f}, AUC {res['auc']:.4f}, "
+              f"TAR@FAR=1e-3 {res['tar_at_far_1e-3']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

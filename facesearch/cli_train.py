@@ -1,0 +1,156 @@
+"""``facesearch train``: the thin CLI over :func:`facesearch.train.run`.
+
+Register it on the main group with ``cli.add_command(train)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from facesearch.errors import FaceSearchError
+
+DEFAULT_OUT = "facesearch-model"
+
+
+def _people_file(data: Path, people: Path | None) -> Path:
+    if people is not None:
+        return people
+    for cand in (data.parent / "people.txt", data / "people.txt"):
+        if cand.is_file():
+            return cand
+    raise click.ClickException(
+        f"--exclude-lfw-fold needs LFW's people.txt: none next to {data}; pass it with --people FILE"
+    )
+
+
+def _names_file(path: Path) -> frozenset[str]:
+    names = [ln.strip() for ln in path.read_text().splitlines()]
+    return frozenset(n for n in names if n and not n.startswith("#"))
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help="Model directory to write (model.json + weights.pt).")
+@click.option("--backbone", default="mobilenet_v2", show_default=True,
+              help="torchvision backbone (mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, ...).")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="'imagenet' (torchvision's checkpoint in the torch hub cache), a checkpoint path, or 'none'.")
+@click.option("--embedding-dim", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--input-size", type=click.IntRange(min=32), default=112, show_default=True,
+              help="Side of the square input, in pixels.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Most epochs (an epoch visits every training identity once).")
+@click.option("--time-budget", type=float, default=None,
+              help="Minutes for the whole run (decoding, training, calibration, saving); the lr schedule "
+                   "follows elapsed time and training stops when it is spent.")
+@click.option("--pk", type=(click.IntRange(min=2), click.IntRange(min=2)), default=None, metavar="P K",
+              help="Batch shape: P identities x K images each (same as the two options below).")
+@click.option("--identities-per-batch", "-P", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--images-per-identity", "-K", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--pos-margin", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+              help="Positive pairs are pulled within this cosine distance.")
+@click.option("--margin", "--neg-margin", "neg_margin", type=click.FloatRange(0, 2), default=0.6,
+              show_default=True, help="Negative pairs are pushed beyond this cosine distance.")
+@click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default="hard", show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--backbone-lr-factor", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Share of the schedule spent in linear warmup.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="Mixed precision on CUDA (ignored on the CPU).")
+@click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation.")
+@click.option("--calibration-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              show_default=True, help="Share of identities held out to calibrate the match threshold.")
+@click.option("--exclude-lfw-fold", "exclude_folds", type=click.IntRange(1, 10), multiple=True,
+              help="Leave out the people of this LFW View 2 set (repeatable), so the model can be scored "
+                   "honestly on that fold of pairs.txt.")
+@click.option("--people", "people_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="LFW people.txt for --exclude-lfw-fold (default: next to DATA).")
+@click.option("--exclude-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File of identity names (one per line) never to use.")
+@click.option("--include-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File of identity names (one per line): use only these.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep OUT/checkpoint.pt after a successful run.")
+@click.option("--name", default=None, help="Model name stored in model.json.")
+@click.option("--notes", default=None, help="Free text stored in model.json (e.g. what it was trained on).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, time_budget, pk,
+          identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
+          weight_decay, warmup, seed, device, amp, no_augment, calibration_fraction, exclude_folds, people_file,
+          exclude_people, include_people, resume, keep_checkpoint, name, notes, quiet, as_json):
+    """Train a face encoder on DATA (a folder of identities, or a zip of one such as the LFW pack).
+
+    Contrastive loss on cosine distance over P x K batches; the match threshold is calibrated on
+    held-out identities and stored in OUT/model.json.
+    """
+    from facesearch.train import TrainOptions, read_lfw_people, run
+
+    if pk is not None:
+        identities_per_batch, images_per_identity = pk
+    excluded: set[str] = set()
+    fold_note = None
+    if exclude_folds:
+        sets = _read_people(_people_file(data, people_file), read_lfw_people)
+        for k in exclude_folds:
+            if k > len(sets):
+                raise click.BadParameter(f"people file has {len(sets)} sets", param_hint="--exclude-lfw-fold")
+            excluded.update(sets[k - 1])
+        fold_note = f"people of LFW View 2 set(s) {sorted(set(exclude_folds))} excluded from training"
+    if exclude_people is not None:
+        excluded.update(_names_file(exclude_people))
+    if notes is None:
+        notes = fold_note
+    elif fold_note:
+        notes = f"{notes} ({fold_note})"
+    if pretrained.lower() == "none":
+        pretrained = None
+    options = TrainOptions(
+        data=data, out=out, backbone=backbone, pretrained=pretrained, embedding_dim=embedding_dim,
+        input_size=input_size, epochs=epochs, identities_per_batch=identities_per_batch,
+        images_per_identity=images_per_identity, pos_margin=pos_margin, neg_margin=neg_margin, mining=mining,
+        lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay, warmup_fraction=warmup,
+        seed=seed, device=device, amp=amp, time_budget=time_budget * 60.0 if time_budget else None,
+        resume=resume, keep_checkpoint=keep_checkpoint, exclude_people=frozenset(excluded),
+        include_people=_names_file(include_people) if include_people is not None else None,
+        calibration_fraction=calibration_fraction, augment=not no_augment, name=name, notes=notes,
+    )
+    log = None if (quiet or as_json) else (lambda line: click.echo(_epoch_line(line), err=True))
+    try:
+        summary = run(options, progress=not quiet and not as_json, log=log)
+    except FaceSearchError as e:
+        raise click.ClickException(str(e)) from e
+    except RuntimeError as e:  # e.g. CUDA out of memory, an unknown device string
+        raise click.ClickException(f"training failed: {e}") from e
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    t, c = summary["training"], summary["calibration"]
+    click.echo(f"model written to {summary['out']}")
+    click.echo(f"trained on {t['people']} people, {t['images']} images; {t['epochs']} epochs, {t['steps']} steps, "
+               f"{t['images_per_s']:.0f} images/s on {t['device']}")
+    cv = c.get("cross_validated_accuracy")
+    click.echo(f"threshold (cosine distance, match when <=): {summary['threshold']:.4f}, chosen on "
+               f"{c['pairs']} pairs of {c['source']}; accuracy there {c['accuracy']:.3f}"
+               + (f" (cross-validated {cv:.3f})" if cv is not None else ""))
+
+
+def _read_people(path: Path, reader):
+    try:
+        return reader(path)
+    except FaceSearchError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _epoch_line(line: str) -> str:
+    r = json.loads(line)
+    return (f"epoch {r['epoch']}: loss {r['loss']:.4f}, pair accuracy {r['pair_accuracy']:.3f} at threshold "
+            f"{r['threshold']:.3f}, {r['images_per_s']:.0f} images/s, {r['elapsed_s'] / 60:.1f} min")

@@ -1,0 +1,244 @@
+"""Training: a few seconds of CPU training on a handful of LFW identities from ../shared."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from facesearch import distance, encoder, metrics
+from facesearch.cli_train import train as train_cmd
+from facesearch.config import ModelConfig
+from facesearch.datasets import ImageFolder
+from facesearch.train import (
+    PKSampler,
+    TrainingError,
+    TrainOptions,
+    augment_batch,
+    calibration_pairs,
+    lr_factor,
+    read_lfw_people,
+    run,
+    split_identities,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LFW_ZIP = SHARED / "data" / "lfw" / "lfw-deepfunneled-112.zip"
+PEOPLE = SHARED / "data" / "lfw" / "people.txt"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+
+needs_lfw = pytest.mark.skipif(
+    not (LFW_ZIP.is_file() and WEIGHTS.is_file()),
+    reason=f"needs the shared LFW pack and ImageNet MobileNetV2 checkpoint under {SHARED}",
+)
+
+
+@pytest.fixture(scope="module")
+def people():
+    """80 identities with 4 to 10 images each (the first by name: deterministic)."""
+    folder = ImageFolder(LFW_ZIP)
+    return frozenset([n for n in folder.identities() if 4 <= len(folder.items[n]) <= 10][:80])
+
+
+def tiny_options(out, people, **kw):
+    base = dict(
+        data=LFW_ZIP, out=out, backbone="mobilenet_v2", pretrained=str(WEIGHTS), input_size=48, epochs=4,
+        identities_per_batch=8, images_per_identity=4, include_people=people, calibration_fraction=0.25,
+        lr=1e-3, neg_margin=0.6, seed=0, device="cpu", threads=2, calibration_pairs=500,
+    )
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, people):
+    if not (LFW_ZIP.is_file() and WEIGHTS.is_file()):
+        pytest.skip(f"needs the shared LFW pack and ImageNet checkpoint under {SHARED}")
+    out = tmp_path_factory.mktemp("model")
+    opts = tiny_options(out, people, keep_checkpoint=True)
+    torch.manual_seed(opts.seed)
+    initial = encoder.build(ModelConfig(backbone=opts.backbone, input_size=opts.input_size), pretrained=WEIGHTS)
+    summary = run(opts, progress=False)
+    return opts, summary, initial
+
+
+def held_out_and_train_images(opts):
+    folder = ImageFolder(opts.data)
+    split = split_identities(folder, opts)
+    cfg = ModelConfig(input_size=opts.input_size)
+
+    def load(names):
+        keys = [k for n in names for k in folder.items[n]]
+        labels = np.array([i for i, n in enumerate(names) for _ in folder.items[n]])
+        return folder.load_prepared(keys, cfg, threads=2), labels
+
+    return split, load(split.calibration), load(split.train)
+
+
+def auc(dist, same):
+    """Probability that a random genuine pair is closer than a random impostor pair (ties count half)."""
+    g, i = dist[same][:, None], dist[~same][None, :]
+    return float(((g < i).sum() + 0.5 * (g == i).sum()) / (g.size * i.size))
+
+
+@needs_lfw
+def test_training_lowers_the_loss_and_separates_held_out_identities(trained):
+    opts, summary, initial = trained
+    model = encoder.load(opts.out)
+    split, (cal_x, cal_y), (tr_x, tr_y) = held_out_and_train_images(opts)
+    assert not set(split.calibration) & set(split.train)
+    assert summary["training"]["people"] == len(split.train)
+
+    # the training loss went down (epoch means; train mode, augmented batches, as the optimiser saw it)
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == opts.epochs
+    assert losses[-1] < 0.9 * losses[0]
+
+    def pair_auc(model, x, y, seed):
+        pairs, same = calibration_pairs(y, 500, np.random.default_rng(seed))
+        emb = encoder.embed(model, x)
+        d = distance.paired(emb[pairs[:, 0]], emb[pairs[:, 1]])
+        return auc(d, same), d, same
+
+    # on the training identities the embedding now separates genuine from impostor pairs better than at init
+    assert pair_auc(model, tr_x, tr_y, 7)[0] > pair_auc(initial, tr_x, tr_y, 7)[0] + 0.05
+
+    # on identities never trained on: genuine pairs closer than impostor pairs, better than chance (0.5)
+    held_out_auc, d, same = pair_auc(model, cal_x, cal_y, 123)
+    assert d[same].mean() < d[~same].mean()
+    assert held_out_auc > 0.6
+
+
+@needs_lfw
+def test_stored_threshold_is_the_one_calibrated_on_held_out_pairs(trained):
+    opts, summary, _ = trained
+    stored = json.loads((Path(opts.out) / "model.json").read_text())
+    assert stored["threshold"] == summary["threshold"]
+    assert stored["calibration"]["pairs"] == summary["calibration"]["pairs"]
+    assert stored["training"]["people"] == summary["training"]["people"]
+    assert "held-out" in stored["calibration"]["source"]
+    # recompute: embed the held-out identities with the saved model and choose the threshold again
+    _, (cal_x, cal_y), _ = held_out_and_train_images(opts)
+    pairs, same = calibration_pairs(cal_y, opts.calibration_pairs, np.random.default_rng(opts.seed + 1))
+    emb = encoder.embed(encoder.load(opts.out), cal_x)
+    d = distance.paired(emb[pairs[:, 0]], emb[pairs[:, 1]])
+    thr, acc = metrics.best_threshold(d, same)
+    assert stored["threshold"] == pytest.approx(thr, abs=1e-6)
+    assert stored["calibration"]["accuracy"] == pytest.approx(acc)
+    assert 0.0 <= stored["threshold"] <= 2.0
+
+
+@needs_lfw
+def test_resume_continues_to_the_same_weights(trained, tmp_path, people):
+    opts, summary, _ = trained
+    out = tmp_path / "interrupted"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_three(line):
+        if json.loads(line)["epoch"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tiny_options(out, people), progress=False, log=stop_after_three)
+    assert (out / "checkpoint.pt").is_file() and not (out / "weights.pt").exists()
+    resumed = run(tiny_options(out, people, resume=True), progress=False)
+    assert resumed["training"]["epochs"] == 4
+    assert resumed["training"]["steps"] == summary["training"]["steps"]
+    assert not (out / "checkpoint.pt").exists()  # removed after success (keep_checkpoint=False)
+    a = torch.load(Path(opts.out) / "weights.pt", weights_only=True)
+    b = torch.load(out / "weights.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert resumed["threshold"] == pytest.approx(summary["threshold"], abs=1e-4)
+
+
+@needs_lfw
+def test_resume_refuses_a_checkpoint_of_other_data(trained, people):
+    opts, _, _ = trained
+    other = frozenset(sorted(people)[:70])
+    with pytest.raises(TrainingError, match="other data or options"):
+        run(tiny_options(opts.out, other, resume=True), progress=False)
+
+
+@needs_lfw
+def test_excluded_people_are_never_used(people):
+    folder = ImageFolder(LFW_ZIP)
+    excluded = frozenset(sorted(people)[::2])
+    split = split_identities(folder, tiny_options("unused", people, exclude_people=excluded))
+    assert not (set(split.train) | set(split.calibration)) & excluded
+    assert len(split.train) + len(split.calibration) == len(people) - len(excluded)
+
+
+@pytest.mark.skipif(not PEOPLE.is_file(), reason=f"needs LFW people.txt under {SHARED}")
+def test_read_lfw_people_gives_ten_disjoint_sets():
+    sets = read_lfw_people(PEOPLE)
+    assert len(sets) == 10
+    names = [n for s in sets for n in s]
+    assert len(names) == len(set(names)) == 5749
+
+
+def test_pk_sampler_gives_p_identities_with_k_images_each():
+    counts = np.array([2, 5, 3, 8, 4, 2])
+    offsets = np.r_[0, np.cumsum(counts)[:-1]]
+    sampler = PKSampler(offsets, counts, p=3, k=4, rng=np.random.default_rng(0))
+    seen = set()
+    for idx, lab in sampler.epoch():
+        assert idx.shape == (12,) and lab.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+        ident = np.searchsorted(offsets, idx, side="right") - 1
+        groups = ident.reshape(3, 4)
+        assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 3
+        seen.update(int(g[0]) for g in groups)
+        for g, ix in zip(groups, idx.reshape(3, 4)):  # no repeats when the identity has K images or more
+            if counts[g[0]] >= 4:
+                assert len(set(ix)) == 4
+    assert seen == set(range(6))  # every identity once per epoch
+
+
+def test_augmentation_keeps_shape_and_range_and_varies():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    a, b = augment_batch(x, g), augment_batch(x, g)
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a, b)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0.0, 0.1, 0.01) < lr_factor(0.05, 0.1, 0.01) < lr_factor(0.1, 0.1, 0.01) == pytest.approx(1.0)
+    assert lr_factor(0.5, 0.1, 0.01) < 1.0
+    assert lr_factor(1.0, 0.1, 0.01) == pytest.approx(0.01)
+
+
+def test_bad_options_are_rejected(tmp_path):
+    with pytest.raises(TrainingError, match="images_per_identity"):
+        run(TrainOptions(data=tmp_path, out=tmp_path / "m", images_per_identity=1), progress=False)
+    with pytest.raises(TrainingError, match="margins"):
+        run(TrainOptions(data=tmp_path, out=tmp_path / "m", pos_margin=0.7, neg_margin=0.5), progress=False)
+
+
+@needs_lfw
+def test_cli_trains_and_reports_json(tmp_path, people):
+    names = tmp_path / "people.txt"
+    names.write_text("\n".join(sorted(people)[:36]) + "\n")
+    out = tmp_path / "cli-model"
+    result = CliRunner().invoke(train_cmd, [
+        str(LFW_ZIP), "--out", str(out), "--pretrained", str(WEIGHTS), "--input-size", "48", "--epochs", "1",
+        "--pk", "8", "2", "--include-people", str(names), "--calibration-fraction", "0.2", "--device", "cpu",
+        "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert ModelConfig.load(out / "model.json").threshold == summary["threshold"]
+    assert summary["training"]["images_per_s"] > 0
+
+
+def test_cli_reports_errors_clearly(tmp_path):
+    (tmp_path / "a").mkdir()
+    result = CliRunner().invoke(train_cmd, [str(tmp_path), "--out", str(tmp_path / "m"), "--exclude-lfw-fold", "3"])
+    assert result.exit_code != 0 and "people.txt" in result.output
+    result = CliRunner().invoke(train_cmd, [str(tmp_path), "--out", str(tmp_path / "m"), "--pretrained", "none"])
+    assert result.exit_code == 1 and "training identities" in result.output
