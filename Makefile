@@ -33,7 +33,9 @@ bench: setup
 	$(PY) benchmarks/scale.py
 
 lfw-protocol: setup
-	$(PY) benchmarks/lfw_protocol.py --data $(SHARED)/data/lfw
+	$(PY) benchmarks/lfw_protocol.py --name mnv2-tenfold --scheme tenfold --time-budget 9 \
+	  --data $(SHARED)/data/lfw/lfw-deepfunneled-112.zip --people $(SHARED)/data/lfw/people.txt \
+	  --pairs $(SHARED)/data/lfw/pairs.txt --pretrained $(SHARED)/weights/mobilenet_v2-b0353104.pth
 
 clean:
 	rm -rf demo-home build *.egg-info .pytest_cache

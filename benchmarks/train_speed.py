@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Training throughput (images/s) of the facesearch training step, with a baseline.
+
+    python benchmarks/train_speed.py [--rounds 3] [--steps 2] [--batch 16 4] [--size 112] [--device auto]
+
+Measures, for MobileNetV2 at 112 px (ImageNet init when the shared checkpoint is found):
+
+* ``facesearch``: the step train.py runs: a P x K batch gathered by index from the uint8 tensor that
+  holds the whole decoded data set on the device, whole-batch augmentation on the device
+  (``train.augment_batch``), forward, contrastive loss, backward, AdamW step; on CUDA with autocast
+  (bf16/fp16) and channels_last.
+* ``baseline-pil``: the same step, but each image augmented on the CPU one at a time with PIL
+  (flip, affine, brightness/contrast), then stacked and copied to the device: the usual
+  Dataset + transforms pipeline without worker processes.
+* on CUDA also ``facesearch-fp32``: the facesearch step without autocast.
+
+Modes are interleaved round by round and each figure is the median over rounds, so a load change on
+a shared machine hits every mode alike. Also reports the input pipeline alone (gather + augment + copy).
+Writes benchmarks/results/train-speed-<machine>.json and prints a table with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from facesearch import encoder  # noqa: E402
+from facesearch.config import ModelConfig  # noqa: E402
+from facesearch.losses import ContrastiveLoss  # noqa: E402
+from facesearch.train import TrainOptions, _amp_dtype, _param_groups, augment_batch  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+LFW_ZIP = SHARED / "data" / "lfw" / "lfw-deepfunneled-112.zip"
+
+
+def pil_augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One H x W x 3 uint8 image: flip, scale/shift/rotate, brightness/contrast, like augment_batch."""
+    im = Image.fromarray(img)
+    if rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    s = im.size[0]
+    im = im.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR,
+                   translate=(rng.uniform(-0.03, 0.03) * s, rng.uniform(-0.03, 0.03) * s))
+    scale = rng.uniform(0.9, 1.1)
+    side = int(round(s / scale))
+    off = (s - side) // 2
+    im = im.crop((off, off, off + side, off + side)).resize((s, s), Image.Resampling.BILINEAR)
+    im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.8, 1.2))
+    im = ImageEnhance.Contrast(im).enhance(rng.uniform(0.8, 1.2))
+    return np.asarray(im)
+
+
+def load_images(n: int, size: int) -> np.ndarray:
+    """n real LFW faces (N x 3 x S x S uint8) when the shared pack exists, else random pixels."""
+    if LFW_ZIP.is_file():
+        from facesearch.datasets import ImageFolder
+
+        folder = ImageFolder(LFW_ZIP)
+        keys = [k for name in folder.identities() for k in folder.items[name]][:n]
+        return folder.load_prepared(keys, ModelConfig(input_size=size))
+    return np.random.default_rng(0).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+class Bench:
+    """One model + optimiser on ``device``; ``run(mode, steps)`` times ``steps`` training steps."""
+
+    def __init__(self, device: torch.device, pixels: np.ndarray, p: int, k: int):
+        torch.manual_seed(0)
+        self.device, self.pixels, self.n = device, pixels, p * k
+        cfg = ModelConfig(backbone="mobilenet_v2", input_size=pixels.shape[-1])
+        self.model = encoder.build(cfg, pretrained=WEIGHTS if WEIGHTS.is_file() else None).to(device).train()
+        self.opts = TrainOptions(data=".", out=".")
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(_param_groups(self.model, self.opts), lr=self.opts.lr)
+        self.loss_fn = ContrastiveLoss()
+        self.data = torch.from_numpy(pixels).to(device)
+        self.hwc = pixels.transpose(0, 2, 3, 1).copy()
+        self.rng = np.random.default_rng(0)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.labels = torch.arange(p, device=device).repeat_interleave(k)
+
+    def batch(self, mode: str) -> torch.Tensor:
+        idx = self.rng.choice(len(self.pixels), self.n, replace=False)
+        if mode == "baseline-pil":
+            b = np.stack([pil_augment(self.hwc[i], self.rng) for i in idx]).transpose(0, 3, 1, 2)
+            return torch.from_numpy(np.ascontiguousarray(b)).to(self.device).float().div_(255.0)
+        return augment_batch(self.data[torch.from_numpy(idx).to(self.device)], self.gen)
+
+    def step(self, mode: str, amp_dtype, scaler) -> None:
+        x = self.batch(mode)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            emb = self.model(x)
+        loss = self.loss_fn(emb.float(), self.labels)
+        self.opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(self.opt)
+        scaler.update()
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(self, mode: str, amp: str, steps: int) -> float:
+        """images/s over ``steps`` steps."""
+        amp_dtype = _amp_dtype(TrainOptions(data=".", out=".", amp=amp), self.device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step(mode, amp_dtype, scaler)
+        self.sync()
+        return self.n * steps / (time.perf_counter() - t0)
+
+    def augment_only(self, mode: str, reps: int) -> float:
+        """images/s of the input pipeline alone (gather + augment + copy to the device)."""
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            self.batch(mode)
+        self.sync()
+        return self.n * reps / (time.perf_counter() - t0)
+
+
+def measure_device(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int, rounds: int,
+                   warmup: int) -> list[dict]:
+    """Modes are interleaved round by round (so a load change on a shared machine hits them alike);
+    each mode's figure is the median over rounds."""
+    bench = Bench(device, pixels, p, k)
+    modes = [("facesearch", "auto"), ("baseline-pil", "auto")]
+    if device.type == "cuda":
+        modes.insert(1, ("facesearch-fp32", "off"))
+    for mode, amp in modes:
+        bench.run("baseline-pil" if mode == "baseline-pil" else "facesearch", amp, warmup)
+    per_mode: dict[str, list[float]] = {m: [] for m, _ in modes}
+    for _ in range(rounds):
+        for mode, amp in modes:
+            per_mode[mode].append(bench.run("baseline-pil" if mode == "baseline-pil" else "facesearch", amp, steps))
+    rows = []
+    for mode, amp in modes:
+        v = per_mode[mode]
+        amp_dtype = _amp_dtype(TrainOptions(data=".", out=".", amp=amp), device)
+        rows.append({
+            "mode": mode, "device": device.type, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+            "batch": bench.n, "steps_per_round": steps, "rounds": rounds,
+            "images_per_s": round(float(np.median(v)), 1), "images_per_s_rounds": [round(x, 1) for x in v],
+        })
+    reps = 20 if device.type == "cuda" else 5
+    for r in rows:
+        src = "baseline-pil" if r["mode"] == "baseline-pil" else "facesearch"
+        r["input_pipeline_images_per_s"] = round(bench.augment_only(src, reps), 1)
+    return rows
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu{os.cpu_count()}"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", help="auto: CPU, and CUDA too when present; or cpu / cuda")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--batch", type=int, nargs=2, default=None, metavar=("P", "K"),
+                    help="default: 16 4 on the CPU, 64 4 on CUDA")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round and mode (default 2 CPU, 20 CUDA)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args(argv)
+    devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
+    if args.device == "auto" and torch.cuda.is_available() or args.device.startswith("cuda"):
+        devices = [torch.device("cuda" if args.device == "auto" else args.device)] + (
+            [] if args.device.startswith("cuda") else devices)
+    load_start = os.getloadavg()
+    pixels = load_images(2048, args.size)
+    rows = []
+    for dev in devices:
+        p, k = args.batch or ((64, 4) if dev.type == "cuda" else (16, 4))
+        steps = args.steps or (20 if dev.type == "cuda" else 2)
+        warmup = args.warmup if args.warmup is not None else (10 if dev.type == "cuda" else 1)
+        for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup):
+            rows.append(r)
+            print(f"{dev.type:5s} {r['mode']:16s} amp={r['amp']:8s} batch={r['batch']:4d} "
+                  f"{r['images_per_s']:9.1f} img/s (rounds {r['images_per_s_rounds']})", file=sys.stderr, flush=True)
+    base = {d: next(r for r in rows if r["device"] == d and r["mode"] == "facesearch")["images_per_s"]
+            for d in {r["device"] for r in rows}}
+    for r in rows:
+        r["ratio_vs_facesearch"] = round(r["images_per_s"] / base[r["device"]], 3)
+    main_dev = devices[0]
+    res = {
+        "benchmark": "training step throughput, MobileNetV2, contrastive P x K batches",
+        "input_size": args.size,
+        "pretrained": WEIGHTS.is_file(),
+        "images": "LFW deep-funneled 112 px" if LFW_ZIP.is_file() else "random pixels",
+        "results": rows,
+        "machine": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
+        "note": ("images_per_s: median over interleaved rounds of whole training steps; input_pipeline_images_per_s: "
+                 "gather + augment + copy to the device alone. CPU figures depend on whatever else runs on the "
+                 "machine (see load_average_*); on the CPU the network step dominates, so the input pipeline "
+                 "matters little there; it bounds throughput on a GPU."),
+    }
+    out = Path(args.output) if args.output else ROOT / "benchmarks" / "results" / f"train-speed-{machine_name(main_dev)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"\n{'device':6s} {'mode':16s} {'amp':6s} {'batch':>5s} {'images/s':>9s} {'ratio':>6s} {'input only':>11s}")
+    for r in rows:
+        print(f"{r['device']:6s} {r['mode']:16s} {r['amp']:6s} {r['batch']:5d} {r['images_per_s']:9.1f} "
+              f"{r['ratio_vs_facesearch']:6.2f} {r['input_pipeline_images_per_s']:11.1f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
