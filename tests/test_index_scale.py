@@ -1,0 +1,115 @@
+"""The approximate-index path: ``auto`` switches to IVF above EXACT_MAX, keeps recall against exact search
+on clustered (face-like) data, and still removes faces. Small and fast: thresholds are lowered here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facesearch import distance
+from facesearch import index as vindex
+
+DIM = 128
+
+
+def clustered(n_people: int, per_person: int, seed: int = 0, spread: float = 0.55):
+    """Unit vectors clustered by identity around a shared mean direction (like face embeddings), plus
+    one unseen probe image per identity. Returns (gallery, labels, probes, probe_labels)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(DIM).astype(np.float32) * 0.08
+    centres = mean + rng.standard_normal((n_people, DIM)).astype(np.float32) / np.sqrt(DIM)
+    labels = np.repeat(np.arange(n_people), per_person)
+    noise = lambda k: rng.standard_normal((k, DIM)).astype(np.float32) * spread / np.sqrt(DIM)  # noqa: E731
+    gallery = distance.normalize(centres[labels] + noise(len(labels)))
+    probes = distance.normalize(centres + noise(n_people))
+    return gallery, labels, probes, np.arange(n_people)
+
+
+def chunks(x, start_id: int = 1, size: int = 1000):
+    ids = np.arange(start_id, start_id + len(x), dtype=np.int64)
+    return [(ids[i : i + size], x[i : i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.fixture
+def small_exact_max(monkeypatch):
+    monkeypatch.setattr(vindex, "EXACT_MAX", 2_000)
+    return 2_000
+
+
+def test_auto_is_exact_up_to_the_threshold_then_ivf(small_exact_max):
+    assert vindex.auto_factory(0) == "Flat"
+    assert vindex.auto_factory(small_exact_max) == "Flat"
+    above = vindex.auto_factory(small_exact_max + 1)
+    assert above.startswith("IVF")
+    nlist = int(above[3:].split(",")[0])
+    assert nlist >= 64 and nlist & (nlist - 1) == 0  # a power of two
+    # the number of lists never shrinks as the gallery grows
+    sizes = [small_exact_max + 1, 10_000, 100_000, 1_000_000, 10_000_000]
+    nl = [int(vindex.auto_factory(n)[3:].split(",")[0]) for n in sizes]
+    assert nl == sorted(nl)
+    # an explicit factory string overrides auto
+    assert vindex.create(DIM, 10 * small_exact_max, "Flat", "faiss-cpu").factory == "Flat"
+
+
+def test_the_production_threshold_keeps_small_galleries_exact():
+    assert vindex.auto_factory(10_000) == "Flat"
+    assert vindex.auto_factory(1_000_000).startswith("IVF")
+
+
+def test_ivf_recall_against_exact_on_clustered_data(small_exact_max):
+    gallery, labels, probes, _ = clustered(n_people=1500, per_person=4)
+    n = len(gallery)
+    ivf = vindex.build(DIM, chunks(gallery), n, "auto", "faiss-cpu")
+    assert ivf.factory.startswith("IVF") and ivf.ntotal == n
+    exact = vindex.build(DIM, chunks(gallery), n, "Flat", "faiss-cpu")
+    d0, i0 = exact.search(probes, 10)
+    d1, i1 = ivf.search(probes, 10)
+    r1 = np.mean((i1[:, 0] == i0[:, 0]) | (d1[:, 0] <= d0[:, 0] + 1e-6))
+    r10 = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i1.tolist(), i0.tolist())])
+    assert r1 >= 0.99, r1
+    assert r10 >= 0.8, r10  # the identity's own faces are found; far impostors in the top 10 may be missed
+    # distances are the one distance: 1 - inner product, ascending
+    assert np.all(np.diff(d1, axis=1) >= -1e-6)
+    np.testing.assert_allclose(d1[:, 0], 1 - np.sum(probes * gallery[i1[:, 0] - 1], axis=1), atol=1e-5)
+
+
+def test_remove_works_on_ivf(small_exact_max):
+    gallery, labels, probes, _ = clustered(n_people=1000, per_person=4, seed=1)
+    n = len(gallery)
+    ivf = vindex.build(DIM, chunks(gallery), n, "auto", "faiss-cpu")
+    assert ivf.factory.startswith("IVF")
+    _, top = ivf.search(probes[:50], 5)
+    victims = np.unique(top[:, 0])
+    assert ivf.remove(victims.tolist()) == len(victims)
+    assert ivf.ntotal == n - len(victims)
+    _, after = ivf.search(probes[:50], 5)
+    assert not np.isin(after, victims).any()
+    # the removal survives a save/load round trip
+    data = ivf.to_bytes()
+    stamp = vindex.Stamp("m", 1, ivf.ntotal, DIM, ivf.factory, "faiss-cpu")
+    again = vindex.FaissIndex.from_bytes(data, stamp)
+    assert again.ntotal == ivf.ntotal
+    assert not np.isin(again.search(probes[:50], 5)[1], victims).any()
+
+
+def test_gallery_switches_to_ivf_transparently_and_removes_in_place(fs, monkeypatch):
+    """Through the service: faces added beyond EXACT_MAX turn the index into IVF on the next flush;
+    removing an identity then updates the IVF index in place (no rebuild)."""
+    monkeypatch.setattr(vindex, "EXACT_MAX", 1_000)
+    gallery, labels, probes, _ = clustered(n_people=600, per_person=4, seed=2)
+    rows = [(f"p{lab:04d}", f"synthetic/{i}", f"{i:064x}", e, None) for i, (e, lab) in enumerate(zip(gallery, labels))]
+    fs.store.add_faces(fs.model_id, rows[:800])
+    fs.flush()
+    assert fs.index().factory == "Flat" and fs.index().ntotal == 800
+    fs.store.add_faces(fs.model_id, rows[800:])
+    fs.flush()
+    idx = fs.index()
+    assert idx.factory.startswith("IVF") and idx.ntotal == len(rows)
+    res = fs.search_embeddings(probes[:100], top_k=1)
+    hit = np.mean([r.matches[0].identity == f"p{i:04d}" for i, r in enumerate(res)])
+    exact = (probes[:100] @ gallery.T).argmax(1)
+    assert hit >= np.mean(labels[exact] == np.arange(100)) - 0.02
+    assert fs.remove_identity("p0000") == 4
+    assert fs._index is idx  # applied in place, not rebuilt
+    assert fs.search_embeddings(probes[:1], top_k=3)[0].matches[0].identity != "p0000"
+    assert fs.index().ntotal == len(rows) - 4
