@@ -576,11 +576,32 @@ class FaceSearch:
                 return results
             k = min(n, k * 4)
 
+    @contextlib.contextmanager
+    def _single_thread(self):
+        """One probe gains nothing from a parallel region on the CPU, and on a busy machine a 2-thread
+        region waits for the second core (measured: 24 ms vs 0.24 ms for a 10k exact search, ~1.5 s vs
+        ~10 ms for one embedding; benchmarks/README.md). Torch and FAISS run single-threaded inside."""
+        if self.model.device.type != "cpu":
+            yield
+            return
+        import faiss
+        import torch
+
+        before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+        torch.set_num_threads(1)
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before_torch)
+            faiss.omp_set_num_threads(before_faiss)
+
     def query(self, image: ImageInput, top_k: int = 5) -> QueryResult:
         """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the threshold."""
         crop, _ = self._prepare(image)
-        return self.search_embeddings(self._embed_crops([crop]), top_k,
-                                      [image if isinstance(image, str) else str(image)[:80]])[0]
+        with self._single_thread():
+            return self.search_embeddings(self._embed_crops([crop]), top_k,
+                                          [image if isinstance(image, str) else str(image)[:80]])[0]
 
     def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
                    progress: Progress | None = None) -> list[QueryResult | Failure]:
@@ -605,7 +626,8 @@ class FaceSearch:
 
     def verify(self, a: ImageInput, b: ImageInput) -> VerifyResult:
         """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold``."""
-        ea, eb = self.embed([a]), self.embed([b])
+        with self._single_thread():
+            ea, eb = self.embed([a]), self.embed([b])
         d = float(distance.clip(distance.paired(ea, eb))[0])
         return VerifyResult(d, self.threshold, bool(distance.is_match(d, self.threshold)))
 
