@@ -17,6 +17,7 @@ a match is ``distance <= threshold`` with the threshold calibrated and stored wi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -285,8 +286,6 @@ class FaceSearch:
     def _prepare(self, image: ImageInput) -> tuple[np.ndarray, str]:
         """Read one image -> (3 x S x S uint8 crop, sha256)."""
         if isinstance(image, (bytes, bytearray)):
-            import hashlib
-
             pixels, sha = images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
         else:
             loaded = images.load(image)
@@ -446,8 +445,6 @@ class FaceSearch:
                     raw = bytes(data)
                 else:
                     raw = images.read_bytes(data)
-                import hashlib
-
                 sha = hashlib.sha256(raw).hexdigest()
                 pixels = images.decode(raw, source)
                 crop = images.prepare(pixels, self.config)

@@ -16,6 +16,7 @@ from facesearch.errors import InvalidIdentityError, UnknownIdentityError
 from facesearch.store import Base, Store, alembic_config
 from tests import pg
 from tests.conftest import PEOPLE
+from tests.test_store import add_model, emb  # the same tiny model and vectors as the SQLite tests
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL tests")
 
@@ -45,19 +46,6 @@ def store(db_url):
     s = Store.open(db_url)
     yield s
     s.close()
-
-
-def add_model(store):
-    cfg = {"name": "m", "embedding_dim": 4, "distance": "cosine", "threshold": 0.4, "input_size": 112,
-           "crop_fraction": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    rec = store.register_model("m@1", cfg, "0" * 64, "/nowhere")
-    store.set_active_model(rec.id)
-    return rec.id
-
-
-def emb(*v):
-    a = np.asarray(v, np.float32)
-    return a / np.linalg.norm(a)
 
 
 # ---- schema ------------------------------------------------------------------------------------
