@@ -82,7 +82,7 @@ def test_models_json_and_active_flag_round_trip(store):
     mid = add_model(store)
     rec = store.active_model()
     assert rec.id == mid and rec.active is True
-    assert rec.preprocessing == {"input_size": 112, "crop_fraction": 1.0, "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert rec.preprocessing == {"input_size": 112, "crop_fraction": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}
     assert rec.config["name"] == "m" and rec.threshold == pytest.approx(0.4)
     other = store.register_model("m@2", dict(rec.config, name="m2"), "1" * 64, "/elsewhere")
     assert other.active is False  # the Boolean default
