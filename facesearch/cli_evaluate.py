@@ -109,6 +109,13 @@ def format_identify(r) -> str:
     return "\n".join(out)
 
 
+def _model_or_global(model):
+    """``--model`` of the subcommand, else the global ``facesearch --model``, else None (the shipped model)."""
+    if model is not None:
+        return model
+    return getattr(click.get_current_context().find_root().obj, "model", None)
+
+
 _model_opt = click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path), default=None,
                           help="model directory (model.json + weights.pt); default: the shipped model")
 _device_opt = click.option("--device", default="auto", show_default=True,
@@ -144,7 +151,7 @@ def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
     from facesearch import report
 
     try:
-        result = ev.evaluate_lfw(pairs, images, model=model, device=device, batch_size=batch_size,
+        result = ev.evaluate_lfw(pairs, images, model=_model_or_global(model), device=device, batch_size=batch_size,
                                  progress=_progress(quiet))
         paths = report.write_lfw_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:
@@ -189,7 +196,7 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
 
     try:
         result = ev.evaluate_identify(
-            images, model=model, device=device, gallery_per_identity=gallery_per_identity,
+            images, model=_model_or_global(model), device=device, gallery_per_identity=gallery_per_identity,
             probes_per_identity=probes_per_identity, enrolled_fraction=enrolled_fraction,
             max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
         )

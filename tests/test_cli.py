@@ -106,3 +106,16 @@ def test_empty_folder_is_an_error(run, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run("enroll", str(tmp_path / "empty"), ok=False)
     assert r.exit_code == 1 and "no identity folders" in r.output
+
+
+def test_evaluate_uses_the_global_model_option(model_dir, tmp_path):
+    from tests.conftest import LFW_DIR, LFW_ZIP
+
+    lines = (LFW_DIR / "pairsDevTest.txt").read_text().splitlines()
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(["2"] + lines[1:3] + lines[501:503]) + "\n")  # View 1 layout: 2 matched, 2 mismatched
+    r = CliRunner().invoke(cli, ["--model", str(model_dir), "evaluate", "lfw", "--pairs", str(pairs),
+                                 "--images", str(LFW_ZIP), "--json", "-q", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert str(model_dir) in json.dumps(out)
