@@ -109,6 +109,21 @@ def format_identify(r) -> str:
     return "\n".join(out)
 
 
+def _emit(result, paths, as_json: bool, formatter) -> None:
+    """Print a result as JSON (with the report's files) or as the readable table."""
+    from facesearch import report
+
+    if as_json:
+        data = result.summary()
+        if paths:
+            data["report"] = {k: str(v) for k, v in paths.items()}
+        click.echo(report.dumps(data))
+    else:
+        click.echo(formatter(result))
+        if paths:
+            click.echo(f"report: {paths['html']}")
+
+
 def _model_or_global(model):
     """``--model`` of the subcommand, else the global ``facesearch --model``, else None (the shipped model)."""
     if model is not None:
@@ -156,15 +171,7 @@ def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
         paths = report.write_lfw_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:
         raise click.ClickException(str(e)) from e
-    if as_json:
-        data = result.summary()
-        if paths:
-            data["report"] = {k: str(v) for k, v in paths.items()}
-        click.echo(report.dumps(data))
-    else:
-        click.echo(format_lfw(result))
-        if paths:
-            click.echo(f"report: {paths['html']}")
+    _emit(result, paths, as_json, format_lfw)
 
 
 @evaluate.command("identify")
@@ -203,12 +210,4 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
         paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:
         raise click.ClickException(str(e)) from e
-    if as_json:
-        data = result.summary()
-        if paths:
-            data["report"] = {k: str(v) for k, v in paths.items()}
-        click.echo(report.dumps(data))
-    else:
-        click.echo(format_identify(result))
-        if paths:
-            click.echo(f"report: {paths['html']}")
+    _emit(result, paths, as_json, format_identify)
