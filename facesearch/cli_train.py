@@ -66,6 +66,14 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
               help="Mixed precision on CUDA (ignored on the CPU).")
 @click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation.")
+@click.option("--flip-average/--no-flip-average", default=True, show_default=True,
+              help="The model embeds each face and its mirror image and averages the two (stored in "
+                   "model.json; enroll, query and verify then do the same).")
+@click.option("--decode-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory that keeps the decoded images between runs (and processes): repeated "
+                   "trainings on the same data skip decoding.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds between resumable checkpoints (written at the end of an epoch; 0: every epoch).")
 @click.option("--calibration-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Share of identities held out to calibrate the match threshold.")
 @click.option("--exclude-lfw-fold", "exclude_folds", type=click.IntRange(1, 10), multiple=True,
@@ -85,8 +93,9 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, time_budget, pk,
           identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
-          weight_decay, warmup, seed, device, amp, no_augment, calibration_fraction, exclude_folds, people_file,
-          exclude_people, include_people, resume, keep_checkpoint, name, notes, quiet, as_json):
+          weight_decay, warmup, seed, device, amp, no_augment, flip_average, decode_cache, checkpoint_every,
+          calibration_fraction, exclude_folds, people_file, exclude_people, include_people, resume, keep_checkpoint,
+          name, notes, quiet, as_json):
     """Train a face encoder on DATA (a folder of identities, or a zip of one such as the LFW pack).
 
     Contrastive loss on cosine distance over P x K batches; the match threshold is calibrated on
@@ -121,7 +130,8 @@ def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, ti
         seed=seed, device=device, amp=amp, time_budget=time_budget * 60.0 if time_budget else None,
         resume=resume, keep_checkpoint=keep_checkpoint, exclude_people=frozenset(excluded),
         include_people=_names_file(include_people) if include_people is not None else None,
-        calibration_fraction=calibration_fraction, augment=not no_augment, name=name, notes=notes,
+        calibration_fraction=calibration_fraction, augment=not no_augment, flip_average=flip_average,
+        decode_cache=decode_cache, checkpoint_interval_s=checkpoint_every, name=name, notes=notes,
     )
     log = None if (quiet or as_json) else (lambda line: click.echo(_epoch_line(line), err=True))
     try:

@@ -39,6 +39,9 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     distance: str = distance.NAME
+    #: embed each face and its mirror image and use the normalised mean of the two embeddings
+    #: (applies to every embedding: enroll, query, verify, calibration, evaluation alike)
+    flip_average: bool = False
     threshold: float | None = None
     #: how the threshold was chosen, on which pairs
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +56,7 @@ class ModelConfig:
             raise ModelFileError("embedding_dim must be positive and input_size at least 16")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ModelFileError("crop_fraction must be in (0, 1]")
+        self.flip_average = bool(self.flip_average)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
 

@@ -6,6 +6,8 @@ it is read member by member, without extraction.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import zipfile
@@ -65,8 +67,17 @@ class ImageFolder:
         except KeyError as e:
             raise FaceSearchError(f"image {name} #{number} not found in {self.root}") from e
 
-    def load_prepared(self, keys: list[str], config, threads: int | None = None, progress=None) -> np.ndarray:
-        """Decode and prepare ``keys`` into an N x 3 x S x S uint8 array, decoding in threads."""
+    def load_prepared(self, keys: list[str], config, threads: int | None = None, progress=None,
+                      cache: str | os.PathLike | None = None) -> np.ndarray:
+        """Decode and prepare ``keys`` into an N x 3 x S x S uint8 array, decoding in threads.
+
+        With ``cache`` (a directory), every image of the folder is decoded once for this preprocessing
+        and kept there as one ``.npy`` file (owner-only); later calls, also from other processes, read
+        their rows from it instead of decoding. The file is named after the data's path, size and
+        modification time and the preprocessing, so a changed data set or model gets a new file.
+        """
+        if cache is not None:
+            return self._from_cache(Path(cache), keys, config, threads, progress)
         s = config.input_size
         out = np.zeros((len(keys), 3, s, s), np.uint8)
 
@@ -79,4 +90,55 @@ class ImageFolder:
             for _ in pool.map(work, range(len(keys))):
                 if progress is not None:
                     progress(1)
+        return out
+
+    # ------------------------------------------------------------------ decoded-pixel cache
+
+    def cache_path(self, cache_dir: str | os.PathLike, config) -> Path:
+        st = self.root.stat()
+        files = hashlib.sha256()
+        if self._zip is None:  # a directory: every image's size and modification time
+            for name in self.identities():
+                for key in self.items[name]:
+                    fs = os.stat(key)
+                    files.update(f"{key}\0{fs.st_size}\0{fs.st_mtime_ns}\n".encode())
+        ident = json.dumps({"root": str(self.root.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                            "files": files.hexdigest(), "images": len(self), "input_size": config.input_size,
+                            "crop_fraction": config.crop_fraction, "format": 1}, sort_keys=True)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        return Path(cache_dir) / f"{self.root.stem}-{config.input_size}px-{digest}.npy"
+
+    def _from_cache(self, cache_dir: Path, keys: list[str], config, threads, progress) -> np.ndarray:
+        all_keys = [k for name in self.identities() for k in self.items[name]]
+        row = {k: i for i, k in enumerate(all_keys)}
+        try:
+            rows = np.fromiter((row[k] for k in keys), np.int64, len(keys))
+        except KeyError as e:
+            raise FaceSearchError(f"{e.args[0]} is not an image of {self.root}") from e
+        path = self.cache_path(cache_dir, config)
+        shape = (len(all_keys), 3, config.input_size, config.input_size)
+        arr = None
+        if path.is_file():
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                arr = None
+            if arr is not None and (arr.shape != shape or arr.dtype != np.uint8):
+                arr = None  # not ours (or truncated): rebuild it
+        if arr is None:
+            pixels = self.load_prepared(all_keys, config, threads=threads, progress=progress)
+            cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, pixels, allow_pickle=False)
+                os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return pixels[rows]
+        out = np.asarray(arr[rows])
+        if progress is not None:
+            progress(len(keys))
         return out

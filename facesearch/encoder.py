@@ -136,13 +136,23 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> En
 
 @torch.inference_mode()
 def embed(model: Encoder, batch_uint8: np.ndarray | torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """Embed N x 3 x S x S uint8 images; returns N x D float32 unit vectors."""
+    """Embed N x 3 x S x S uint8 images; returns N x D float32 unit vectors.
+
+    With ``model.config.flip_average`` each image is embedded together with its mirror image and the
+    result is the normalised mean of the two embeddings (every facesearch embedding goes through here,
+    so enrolled faces, probes, calibration and evaluation all see the same embedding)."""
     model.eval()
     x = torch.as_tensor(batch_uint8)
+    flip = bool(getattr(model.config, "flip_average", False))
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(model.device, non_blocking=True).float().div_(255.0)
-        out.append(model(xb).cpu())
+        if flip:
+            n = len(xb)
+            e = model(torch.cat([xb, xb.flip(3)]))
+            out.append(distance.normalize(e[:n] + e[n:]).cpu())
+        else:
+            out.append(model(xb).cpu())
     if not out:
         return np.zeros((0, model.config.embedding_dim), np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)

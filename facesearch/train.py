@@ -29,7 +29,9 @@ How it works:
   budget, less an estimate of the time calibration and saving take, is spent.
 * **AMP** on CUDA: bf16 autocast where supported, else fp16 with a grad scaler.
 * A checkpoint (model, optimiser, sampler and RNG state) is written to
-  ``out/checkpoint.pt`` after every epoch; ``resume=True`` continues from it.
+  ``out/checkpoint.pt`` at the end of an epoch once ``checkpoint_interval_s``
+  have passed since the last one, and when training ends; ``resume=True``
+  continues from it.
   It is removed after a successful run unless ``keep_checkpoint``.
 
 This module imports neither faiss nor SQLAlchemy.
@@ -123,6 +125,12 @@ class TrainOptions:
     threads: int | None = None
     #: at most this many calibration pairs of each kind (genuine, impostor)
     calibration_pairs: int = 3000
+    #: the model embeds each face and its mirror image and averages (ModelConfig.flip_average)
+    flip_average: bool = True
+    #: directory for a decoded-pixel cache shared by runs and processes (None: decode every run)
+    decode_cache: str | os.PathLike | None = None
+    #: write the resumable checkpoint after an epoch at most this often (seconds; 0: every epoch)
+    checkpoint_interval_s: float = 60.0
     #: model name written to model.json
     name: str | None = None
     #: free text stored in model.json's training section (e.g. which data it must not be scored on)
@@ -161,6 +169,8 @@ class TrainOptions:
             raise TrainingError("amp must be auto, bf16, fp16 or off")
         if self.time_budget is not None and self.time_budget <= 0:
             raise TrainingError("time_budget must be positive (seconds)")
+        if self.checkpoint_interval_s < 0:
+            raise TrainingError("checkpoint_interval_s must be >= 0")
         if self.input_size < 32:
             raise TrainingError("input_size must be at least 32")
 
@@ -168,6 +178,7 @@ class TrainOptions:
         """The recipe as plain JSON (people sets as counts and a hash, not lists)."""
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
+        d["decode_cache"] = None if self.decode_cache is None else str(self.decode_cache)
         if self.pretrained is not None and self.pretrained != "imagenet":
             d["pretrained"] = f"file:{Path(self.pretrained).name}"
         d["exclude_people"] = {"count": len(self.exclude_people), "sha256": people_hash(self.exclude_people)}
@@ -446,6 +457,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         backbone=options.backbone,
         embedding_dim=options.embedding_dim,
         input_size=options.input_size,
+        flip_average=options.flip_average,
     )
     ckpt_path = out / CHECKPOINT_FILE
     ckpt = None
@@ -476,7 +488,8 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         keys.extend(folder.items[name])
         cal_labels.extend([j] * len(folder.items[name]))
     bar = _bar(progress, total=len(keys), desc="decoding", unit="img")
-    pixels = folder.load_prepared(keys, config, threads=options.threads, progress=bar.update if bar else None)
+    pixels = folder.load_prepared(keys, config, threads=options.threads, progress=bar.update if bar else None,
+                                  cache=options.decode_cache)
     if bar:
         bar.close()
     decode_s = time.time() - t0
@@ -491,7 +504,9 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
 
     # ---- optimiser
     loss_fn = ContrastiveLoss(options.pos_margin, options.neg_margin, options.mining)
-    opt = torch.optim.AdamW(_param_groups(model, options), lr=options.lr, weight_decay=options.weight_decay)
+    # on CUDA the fused AdamW: one kernel per parameter group instead of several per tensor
+    opt = torch.optim.AdamW(_param_groups(model, options), lr=options.lr, weight_decay=options.weight_decay,
+                            **({"fused": True} if device.type == "cuda" else {}))
     amp_dtype = _amp_dtype(options, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -536,6 +551,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     # reading values back from a GPU waits for it: there, log every few steps only
     log_every = 1 if device.type == "cpu" else 10
     acc = float("nan")
+    last_ckpt = time.time()
     while epoch < options.epochs and not stop:
         bar = _bar(progress, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch")
         ep_loss = torch.zeros((), device=device)
@@ -544,8 +560,8 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
             f = lr_factor(progress_now(), options.warmup_fraction, options.min_lr_factor)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
-            xb = data[torch.from_numpy(idx).to(device)]
-            yb = torch.from_numpy(lab).to(device)
+            xb = data[_to_device(idx, device)]
+            yb = _to_device(lab, device)
             xb = augment_batch(xb, gen) if options.augment else xb.float().div_(255.0)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -600,28 +616,31 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
             "partial": stop,
         }
         history.append(rec)
-        state = {
-            "run": run_id,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "train_s": train_s,
-            "images_seen": images_seen,
-            "threshold_ema": threshold_ema,
-            "history": json.dumps(history),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "gen_rng": gen.get_state(),
-            "finished": stop or epoch >= options.epochs,
-            "stopped_by_time_budget": stopped_by_budget,
-        }
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        _save_checkpoint(ckpt_path, state)
-        if log:  # after the checkpoint: an exception raised here leaves a resumable run
+        finished = stop or epoch >= options.epochs
+        if finished or time.time() - last_ckpt >= options.checkpoint_interval_s:
+            state = {
+                "run": run_id,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "train_s": train_s,
+                "images_seen": images_seen,
+                "threshold_ema": threshold_ema,
+                "history": json.dumps(history),
+                "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+                "gen_rng": gen.get_state(),
+                "finished": finished,
+                "stopped_by_time_budget": stopped_by_budget,
+            }
+            if scaler.is_enabled():
+                state["scaler"] = scaler.state_dict()
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            _save_checkpoint(ckpt_path, state)
+            last_ckpt = time.time()
+        if log:  # after the checkpoint: an exception raised here leaves a run resumable from the last one
             log(json.dumps(rec))
 
     # ---- calibrate on held-out identities with the final model
@@ -687,6 +706,15 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         "calibration_seconds": round(cal_s, 1),
         "total_seconds": round(time.time() - t_start, 1),
     }
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on the device. On CUDA through pinned memory without waiting: a plain copy from
+    pageable memory would make every step wait for the previous one to finish on the GPU."""
+    t = torch.from_numpy(a)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _batch_pair_accuracy(emb: torch.Tensor, labels: torch.Tensor, threshold: float, rng: np.random.Generator):

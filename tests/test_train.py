@@ -47,6 +47,7 @@ def tiny_options(out, people, **kw):
         data=LFW_ZIP, out=out, backbone="mobilenet_v2", pretrained=str(WEIGHTS), input_size=48, epochs=4,
         identities_per_batch=8, images_per_identity=4, include_people=people, calibration_fraction=0.25,
         lr=1e-3, neg_margin=0.6, seed=0, device="cpu", threads=2, calibration_pairs=500,
+        checkpoint_interval_s=0,
     )
     base.update(kw)
     return TrainOptions(**base)
@@ -228,12 +229,45 @@ def test_cli_trains_and_reports_json(tmp_path, people):
     result = CliRunner().invoke(train_cmd, [
         str(LFW_ZIP), "--out", str(out), "--pretrained", str(WEIGHTS), "--input-size", "48", "--epochs", "1",
         "--pk", "8", "2", "--include-people", str(names), "--calibration-fraction", "0.2", "--device", "cpu",
-        "--json",
+        "--no-flip-average", "--json",
     ])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert ModelConfig.load(out / "model.json").threshold == summary["threshold"]
+    cfg = ModelConfig.load(out / "model.json")
+    assert cfg.threshold == summary["threshold"]
+    assert cfg.flip_average is False
     assert summary["training"]["images_per_s"] > 0
+
+
+@needs_lfw
+def test_cli_decode_cache_is_filled_once_and_reused(tmp_path):
+    from tests.conftest import extract_people
+
+    data = extract_people(tmp_path / "faces", {n: 3 for n in _people_with(3)[:8]})
+    args = [str(data), "--pretrained", str(WEIGHTS), "--input-size", "32", "--epochs", "1", "--pk", "4", "2",
+            "--calibration-fraction", "0.25", "--device", "cpu", "--decode-cache", str(tmp_path / "cache"), "--json"]
+    first = CliRunner().invoke(train_cmd, [*args, "--out", str(tmp_path / "m1")])
+    assert first.exit_code == 0, first.output
+    cfg = ModelConfig.load(tmp_path / "m1" / "model.json")
+    path = ImageFolder(data).cache_path(tmp_path / "cache", cfg)
+    assert np.load(path, mmap_mode="r").shape == (24, 3, 32, 32)
+    stamp = path.stat().st_mtime_ns
+    second = CliRunner().invoke(train_cmd, [*args, "--out", str(tmp_path / "m2")])
+    assert second.exit_code == 0, second.output
+    assert path.stat().st_mtime_ns == stamp  # read, not rewritten
+    assert json.loads(second.output)["threshold"] == pytest.approx(json.loads(first.output)["threshold"], abs=1e-4)
+
+
+def _people_with(n: int) -> list[str]:
+    folder = ImageFolder(LFW_ZIP)
+    return [p for p in folder.identities() if len(folder.items[p]) >= n]
+
+
+@needs_lfw
+def test_models_trained_by_default_embed_with_the_mirror_image(trained):
+    opts, summary, _ = trained
+    assert ModelConfig.load(Path(opts.out) / "model.json").flip_average is True
+    assert summary["training"]["options"]["flip_average"] is True
 
 
 def test_cli_reports_errors_clearly(tmp_path):
