@@ -127,19 +127,29 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_folds(model_dir: Path, folder: ImageFolder, pairs, folds: list[int], device: str) -> dict:
-    """Embed the pairs of ``folds`` with the model; returns {fold: {"dist": [...], "same": [...]}}."""
+def score_folds(model_dir: Path, folder: ImageFolder, pairs, folds: list[int], device: str,
+                cache: str | None = None) -> dict:
+    """Embed the pairs of ``folds`` with the model; returns {fold: {"dist": [...], "same": [...]}}.
+    For a model with ``flip_average`` also ``dist_plain``: the same pairs with single-view embeddings."""
     model = encoder.load(model_dir, device=encoder.resolve_device(device))
     keys = sorted({folder.lfw_key(n, i) for k in folds for a, i1, b, i2, _ in pairs[k - 1]
                    for n, i in ((a, i1), (b, i2))})
     pos = {k: j for j, k in enumerate(keys)}
-    emb = encoder.embed(model, folder.load_prepared(keys, model.config))
+    pixels = folder.load_prepared(keys, model.config, cache=cache)
+    emb = encoder.embed(model, pixels)
+    emb_plain = None
+    if model.config.flip_average:
+        model.config.flip_average = False
+        emb_plain = encoder.embed(model, pixels)
+        model.config.flip_average = True
     out = {}
     for k in folds:
         ia = [pos[folder.lfw_key(a, i1)] for a, i1, _, _, _ in pairs[k - 1]]
         ib = [pos[folder.lfw_key(b, i2)] for _, _, b, i2, _ in pairs[k - 1]]
         d = distance.paired(emb[ia], emb[ib])
         out[k] = {"dist": [float(x) for x in d], "same": [bool(p[4]) for p in pairs[k - 1]]}
+        if emb_plain is not None:
+            out[k]["dist_plain"] = [float(x) for x in distance.paired(emb_plain[ia], emb_plain[ib])]
     return out
 
 
@@ -163,6 +173,7 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, amp=args.amp,
         time_budget=args.time_budget * 60.0 if args.time_budget else None, exclude_people=excluded,
         calibration_fraction=args.calibration_fraction, resume=args.resume and (model_dir / "checkpoint.pt").exists(),
+        flip_average=args.flip_average, decode_cache=args.decode_cache,
         notes=f"LFW protocol unit {unit}: people of sets {scored} excluded",
     )
     t0 = time.time()
@@ -170,7 +181,7 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
                   log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
     train_s = time.time() - t0
     t1 = time.time()
-    scores = score_folds(model_dir, folder, pairs, scored, args.device)
+    scores = score_folds(model_dir, folder, pairs, scored, args.device, cache=args.decode_cache)
     own_thr = ModelConfig.load(model_dir / "model.json").threshold
     record = {
         "unit": unit,
@@ -182,6 +193,11 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         "train_wall_s": round(train_s, 1),
         "score_wall_s": round(time.time() - t1, 1),
         "images_per_s": summary["training"]["images_per_s"],
+        "images_seen": summary["training"]["images_seen"],
+        "epochs": summary["training"]["epochs"],
+        "steps": summary["training"]["steps"],
+        "calibration": summary["calibration"],
+        "concurrent_trainings": args.concurrent,
         "machine": machine(),
     }
     (work / f"unit-{unit}.json").write_text(json.dumps(record, indent=1))
@@ -211,12 +227,23 @@ def merge(args, work: Path) -> dict | None:
     res = {"protocol": PROTOCOL, "scheme": records[0].get("scheme", args.scheme),
            "name": args.name, **protocol_metrics(fold_dist, fold_same)}
     res["accuracy_with_each_models_own_calibrated_threshold"] = own_correct / own_n
+    if all("dist_plain" in v for r in records for v in r["scores"].values()):
+        plain = {int(k): np.asarray(v["dist_plain"]) for r in records for k, v in r["scores"].items()}
+        pm = protocol_metrics(plain, fold_same)
+        res["without_flip_average"] = {
+            "note": "the same models, each face embedded once (no mirror-image average)",
+            **{k: pm[k] for k in ("fold_accuracy", "mean_accuracy", "std_accuracy", "auc", "tar_at_far_1e-3")}}
     res["model_config"] = records[0]["model_config"]
-    res["units"] = [{k: r[k] for k in ("unit", "scored_folds", "own_threshold", "train_wall_s", "score_wall_s",
-                                       "images_per_s")} | {"machine": r["machine"]} for r in records]
+    res["units"] = [{k: r.get(k) for k in ("unit", "scored_folds", "own_threshold", "train_wall_s", "score_wall_s",
+                                           "images_per_s", "images_seen", "epochs", "steps",
+                                           "concurrent_trainings")} | {"machine": r["machine"]} for r in records]
     res["timing"] = {"train_wall_s_total": round(sum(r["train_wall_s"] for r in records), 1),
                      "score_wall_s_total": round(sum(r["score_wall_s"] for r in records), 1)}
     res["images_per_s"] = float(np.mean([r["images_per_s"] for r in records]))
+    conc = max(int(r.get("concurrent_trainings") or 1) for r in records)
+    if conc > 1:  # units that shared one device at the same time: their rates add up
+        res["concurrent_trainings"] = conc
+        res["aggregate_images_per_s"] = float(sum(r["images_per_s"] for r in records))
     res["machine"] = records[-1]["machine"]
     res["command"] = args.command_line
     out = RESULTS / f"lfw-{args.name}.json" if args.output is None else Path(args.output)
@@ -232,7 +259,7 @@ def score_model(args, folder, pairs, sets) -> dict:
     cfg = ModelConfig.load(model_dir / "model.json")
     folds = args.folds or list(range(1, 11))
     t0 = time.time()
-    scores = score_folds(model_dir, folder, pairs, folds, args.device)
+    scores = score_folds(model_dir, folder, pairs, folds, args.device, cache=args.decode_cache)
     d = np.concatenate([np.asarray(scores[k]["dist"]) for k in folds])
     s = np.concatenate([np.asarray(scores[k]["same"], bool) for k in folds])
     oracle_thr, oracle_acc = metrics.best_threshold(d, s)
@@ -301,13 +328,20 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--calibration-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
+                   help="models embed each face and its mirror image (the facesearch train default)")
+    p.add_argument("--decode-cache", default=None, help="directory for the decoded-pixel cache (shared by units)")
+    p.add_argument("--record-command", default=None,
+                   help="the command to record as the one that reproduces the result (e.g. a driver script)")
+    p.add_argument("--concurrent", type=int, default=1,
+                   help="how many trainings shared the device at once (recorded with each unit)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto")
     p.add_argument("--resume", action="store_true", help="resume a unit from its checkpoint if one exists")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.command_line = " ".join(shlex.quote(a) for a in [sys.executable and "python", *sys.argv])
+    args.command_line = args.record_command or " ".join(shlex.quote(a) for a in [sys.executable and "python", *sys.argv])
     if args.pretrained.lower() == "none":
         args.pretrained = None
     work = args.work_dir or RESULTS / f"lfw-{args.name}-units"

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from facesearch import encoder  # noqa: E402
 from facesearch.config import ModelConfig  # noqa: E402
 from facesearch.losses import ContrastiveLoss  # noqa: E402
-from facesearch.train import TrainOptions, _amp_dtype, _param_groups, augment_batch  # noqa: E402
+from facesearch.train import TrainOptions, _amp_dtype, _param_groups, _to_device, augment_batch  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
@@ -64,12 +64,12 @@ def pil_augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(im)
 
 
-def load_images(n: int, size: int) -> np.ndarray:
+def load_images(n: int, size: int, data: Path = LFW_ZIP) -> np.ndarray:
     """n real LFW faces (N x 3 x S x S uint8) when the shared pack exists, else random pixels."""
-    if LFW_ZIP.is_file():
+    if data.is_file():
         from facesearch.datasets import ImageFolder
 
-        folder = ImageFolder(LFW_ZIP)
+        folder = ImageFolder(data)
         keys = [k for name in folder.identities() for k in folder.items[name]][:n]
         return folder.load_prepared(keys, ModelConfig(input_size=size))
     return np.random.default_rng(0).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
@@ -78,15 +78,17 @@ def load_images(n: int, size: int) -> np.ndarray:
 class Bench:
     """One model + optimiser on ``device``; ``run(mode, steps)`` times ``steps`` training steps."""
 
-    def __init__(self, device: torch.device, pixels: np.ndarray, p: int, k: int):
+    def __init__(self, device: torch.device, pixels: np.ndarray, p: int, k: int, weights: Path = WEIGHTS):
         torch.manual_seed(0)
         self.device, self.pixels, self.n = device, pixels, p * k
         cfg = ModelConfig(backbone="mobilenet_v2", input_size=pixels.shape[-1])
-        self.model = encoder.build(cfg, pretrained=WEIGHTS if WEIGHTS.is_file() else None).to(device).train()
+        self.model = encoder.build(cfg, pretrained=weights if weights.is_file() else None).to(device).train()
         self.opts = TrainOptions(data=".", out=".")
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(_param_groups(self.model, self.opts), lr=self.opts.lr)
+        # as train.py: the fused AdamW on CUDA
+        self.opt = torch.optim.AdamW(_param_groups(self.model, self.opts), lr=self.opts.lr,
+                                     **({"fused": True} if device.type == "cuda" else {}))
         self.loss_fn = ContrastiveLoss()
         self.data = torch.from_numpy(pixels).to(device)
         self.hwc = pixels.transpose(0, 2, 3, 1).copy()
@@ -99,7 +101,7 @@ class Bench:
         if mode == "baseline-pil":
             b = np.stack([pil_augment(self.hwc[i], self.rng) for i in idx]).transpose(0, 3, 1, 2)
             return torch.from_numpy(np.ascontiguousarray(b)).to(self.device).float().div_(255.0)
-        return augment_batch(self.data[torch.from_numpy(idx).to(self.device)], self.gen)
+        return augment_batch(self.data[_to_device(idx, self.device)], self.gen)
 
     def step(self, mode: str, amp_dtype, scaler) -> None:
         x = self.batch(mode)
@@ -139,10 +141,10 @@ class Bench:
 
 
 def measure_device(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int, rounds: int,
-                   warmup: int) -> list[dict]:
+                   warmup: int, weights: Path = WEIGHTS) -> list[dict]:
     """Modes are interleaved round by round (so a load change on a shared machine hits them alike);
     each mode's figure is the median over rounds."""
-    bench = Bench(device, pixels, p, k)
+    bench = Bench(device, pixels, p, k, weights)
     modes = [("facesearch", "auto"), ("baseline-pil", "auto")]
     if device.type == "cuda":
         modes.insert(1, ("facesearch-fp32", "off"))
@@ -186,19 +188,21 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--output", default=None)
+    ap.add_argument("--data", type=Path, default=LFW_ZIP, help="LFW pack (random pixels if missing)")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS, help="ImageNet MobileNetV2 checkpoint")
     args = ap.parse_args(argv)
     devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
     if args.device == "auto" and torch.cuda.is_available() or args.device.startswith("cuda"):
         devices = [torch.device("cuda" if args.device == "auto" else args.device)] + (
             [] if args.device.startswith("cuda") else devices)
     load_start = os.getloadavg()
-    pixels = load_images(2048, args.size)
+    pixels = load_images(2048, args.size, args.data)
     rows = []
     for dev in devices:
         p, k = args.batch or ((64, 4) if dev.type == "cuda" else (16, 4))
         steps = args.steps or (20 if dev.type == "cuda" else 2)
         warmup = args.warmup if args.warmup is not None else (10 if dev.type == "cuda" else 1)
-        for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup):
+        for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup, args.weights):
             rows.append(r)
             print(f"{dev.type:5s} {r['mode']:16s} amp={r['amp']:8s} batch={r['batch']:4d} "
                   f"{r['images_per_s']:9.1f} img/s (rounds {r['images_per_s_rounds']})", file=sys.stderr, flush=True)
@@ -210,8 +214,8 @@ def main(argv=None) -> int:
     res = {
         "benchmark": "training step throughput, MobileNetV2, contrastive P x K batches",
         "input_size": args.size,
-        "pretrained": WEIGHTS.is_file(),
-        "images": "LFW deep-funneled 112 px" if LFW_ZIP.is_file() else "random pixels",
+        "pretrained": args.weights.is_file(),
+        "images": "LFW deep-funneled 112 px" if args.data.is_file() else "random pixels",
         "results": rows,
         "machine": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

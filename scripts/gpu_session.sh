@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Everything facesearch measures on a GPU, in one call of about 8 minutes on one H200:
+#   1. decode the LFW pack once into a shared cache (facesearch train --decode-cache),
+#   2. training-step throughput, facesearch's step against a per-image PIL pipeline (benchmarks/train_speed.py),
+#   3. exact GPU search in torch, 1M and 10M faces (python -m benchmarks.gpu),
+#   4. the identity-disjoint LFW View 2 protocol: 10 trainings, the one that scores fold k never sees a person
+#      of people.txt set k (benchmarks/lfw_protocol.py --scheme tenfold), and the built-in model trained on all
+#      LFW people (facesearch train), all 11 at once on the one GPU, each with the same time budget,
+#   5. merge the 10 folds into benchmarks/results/lfw-NAME.json and print a table.
+#
+#   SHARED=../shared OUT=runs/gpu bash scripts/gpu_session.sh
+#
+# SHARED holds data/lfw/{lfw-deepfunneled-112.zip,people.txt,pairs.txt} and weights/mobilenet_v2-b0353104.pth
+# (see ../shared/docs/data.md). DEADLINE is the number of seconds from the start by which everything has
+# finished; the trainings get what is left after steps 1-3. Needs torch + torchvision only (no faiss, no SQL).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+OUT=${OUT:-runs/gpu}
+NAME=${NAME:-mnv2-tenfold}
+DEADLINE=${DEADLINE:-500}
+DEVICE=${DEVICE:-cuda}
+LR=${LR:-5e-4}
+SIZE=${SIZE:-112}   # input side in pixels (smaller only for a quick dry run of this script on a CPU)
+PK=${PK:-32 4}      # identities x images per batch
+PY=${PYTHON:-python3}
+ZIP=$SHARED/data/lfw/lfw-deepfunneled-112.zip
+PEOPLE=$SHARED/data/lfw/people.txt
+PAIRS=$SHARED/data/lfw/pairs.txt
+CKPT=$SHARED/weights/mobilenet_v2-b0353104.pth
+SCRATCH=${SCRATCH:-$OUT/work}   # decoded cache, per-fold models and logs; OUT gets 7 files at the end
+CACHE=$SCRATCH/cache
+WORK=$SCRATCH/units
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+exec > >(tee -a "$OUT/session.log") 2>&1
+echo "== $(date -u) $(uname -n); deadline ${DEADLINE}s"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== 1. decode LFW once ($(elapsed)s)"
+$PY - "$ZIP" "$CACHE" "$SIZE" <<'EOF'
+import sys, time
+from facesearch.config import ModelConfig
+from facesearch.datasets import ImageFolder
+t = time.time()
+f = ImageFolder(sys.argv[1])
+keys = [k for n in f.identities() for k in f.items[n]]
+cfg = ModelConfig(input_size=int(sys.argv[3]))
+f.load_prepared(keys[:1], cfg, threads=16, cache=sys.argv[2])
+print(f"decoded {len(keys)} images into {f.cache_path(sys.argv[2], cfg)} in {time.time() - t:.1f}s")
+EOF
+
+echo "== 2. training-step throughput ($(elapsed)s)"
+timeout 60 $PY benchmarks/train_speed.py --device "$DEVICE" --size "$SIZE" --batch $PK --steps 10 --rounds 3 \
+  --warmup 5 --data "$ZIP" --weights "$CKPT" --output "$OUT/train-speed-gpu.json" || echo "train_speed failed ($?)"
+
+echo "== 3. exact GPU search ($(elapsed)s)"
+timeout 75 $PY -m benchmarks.gpu --sizes 1M,10M --out "$OUT/gpu-search.json" || echo "gpu search failed ($?)"
+
+LEFT=$(( DEADLINE - $(elapsed) - 45 ))
+BUDGET=$($PY -c "print(round($LEFT / 60, 2))")
+echo "== 4. 11 trainings at once, ${BUDGET} min each ($(elapsed)s)"
+export OMP_NUM_THREADS=1
+COMMON=(--data "$ZIP" --people "$PEOPLE" --pairs "$PAIRS" --pretrained "$CKPT" --decode-cache "$CACHE"
+        --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" --margin 0.6
+        --mining hard --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --concurrent 11 --quiet)
+pids=()
+for k in 1 2 3 4 5 6 7 8 9 10; do
+  $PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --folds $k --work-dir "$WORK" "${COMMON[@]}" \
+    --output "$OUT/lfw-$NAME.json" \
+    > "$WORK/fold$k.log" 2>&1 &
+  pids+=($!)
+done
+$PY -c "from facesearch.cli_train import train; train()" "$ZIP" --out "$SCRATCH/default-model" --pretrained "$CKPT" \
+  --decode-cache "$CACHE" --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" \
+  --margin 0.6 --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --json \
+  --name facesearch-mobilenet_v2-lfw-all \
+  --notes "Trained by scripts/gpu_session.sh on all LFW deep-funneled 112 px people with at least 2 images (LFW: a research benchmark of news photos, no licence file), 10% of them held out to calibrate the threshold. It has seen LFW's test people, so it is never scored on LFW; the recipe's LFW accuracy comes from the identity-disjoint protocol (benchmarks/results/lfw-$NAME.json)." \
+  > "$OUT/default-model.json" 2> "$WORK/default-model.log" &
+pids+=($!)
+i=0
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
+  sleep 5; i=$((i + 1))
+  if [ $((i % 6)) -eq 0 ]; then
+    echo "   $(elapsed)s: $(jobs -rp | wc -l) running; $(ls "$WORK"/unit-*.json 2>/dev/null | wc -l) folds done;" \
+      "GPU $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)"
+  fi
+  if [ "$(elapsed)" -gt $(( DEADLINE + 20 )) ]; then echo "past the deadline: stopping"; kill "${pids[@]}" 2>/dev/null; fi
+done
+for k in 1 2 3 4 5 6 7 8 9 10; do tail -n 2 "$WORK/fold$k.log"; done
+tail -n 3 "$WORK/default-model.log"
+
+echo "== 5. merge ($(elapsed)s)"
+$PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --merge --work-dir "$WORK" \
+  --output "$OUT/lfw-$NAME.json" --concurrent 11 \
+  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
+  || echo "merge failed"
+tar -czf "$OUT/units.tar.gz" -C "$SCRATCH" --exclude='model-*' units 2>/dev/null
+[ -f "$SCRATCH/default-model/weights.pt" ] && \
+  tar -cf "$OUT/default-model.tar" -C "$SCRATCH" default-model/model.json default-model/weights.pt
+rm -rf "$CACHE"
+$PY - "$OUT" "$NAME" <<'EOF'
+import json, sys
+from pathlib import Path
+out, name = Path(sys.argv[1]), sys.argv[2]
+print("\n=== summary")
+p = out / f"lfw-{name}.json"
+if p.is_file():
+    r = json.loads(p.read_text())
+    print(f"LFW View 2, identity-disjoint 10-fold: {100 * r['mean_accuracy']:.2f}% +- {100 * r['std_accuracy']:.2f} "
+          f"AUC {r['auc']:.4f} TAR@FAR1e-3 {r['tar_at_far_1e-3']:.3f}")
+    print("  folds:", " ".join(f"{100 * a:.1f}" for a in r["fold_accuracy"]))
+    if "without_flip_average" in r:
+        w = r["without_flip_average"]
+        print(f"  without flip average: {100 * w['mean_accuracy']:.2f}% +- {100 * w['std_accuracy']:.2f}")
+    print(f"  own thresholds: {100 * r['accuracy_with_each_models_own_calibrated_threshold']:.2f}%; "
+          f"per training {r['images_per_s']:.0f} img/s, all at once {r.get('aggregate_images_per_s', 0):.0f} img/s")
+else:
+    print("no merged LFW result")
+d = out / "default-model.json"
+try:
+    s = json.loads(d.read_text())
+    t = s["training"]
+    print(f"default model: {t['people']} people, {t['images']} images, {t['steps']} steps, {t['images_per_s']:.0f} img/s, "
+          f"threshold {s['threshold']:.4f}, held-out accuracy {s['calibration']['accuracy']:.4f}")
+except Exception as e:
+    print(f"default model: none ({e})")
+for f in ("train-speed-gpu.json", "gpu-search.json"):
+    try:
+        r = json.loads((out / f).read_text())
+    except Exception as e:
+        print(f"{f}: none ({e})")
+        continue
+    for row in r.get("results", r.get("queries", [])):
+        print(f"{f}: " + ", ".join(f"{k}={row[k]}" for k in ("mode", "label", "gallery", "batch", "images_per_s", "p50_ms")
+                                   if k in row))
+EOF
+echo "== done ($(elapsed)s)"
