@@ -343,7 +343,8 @@ def db_current(app: App):
 
 
 def _register_optional() -> None:
-    for mod, name in (("facesearch.cli_train", "train"), ("facesearch.cli_evaluate", "evaluate")):
+    for mod, name in (("facesearch.cli_train", "train"), ("facesearch.cli_train", "calibrate"),
+                      ("facesearch.cli_evaluate", "evaluate")):
         try:
             module = __import__(mod, fromlist=[name])
         except ImportError as e:

@@ -66,7 +66,7 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
               help="Mixed precision on CUDA (ignored on the CPU).")
 @click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation.")
-@click.option("--flip-average/--no-flip-average", default=True, show_default=True,
+@click.option("--flip-average/--no-flip-average", default=False, show_default=True,
               help="The model embeds each face and its mirror image and averages the two (stored in "
                    "model.json; enroll, query and verify then do the same).")
 @click.option("--decode-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -105,17 +105,7 @@ def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, ti
 
     if pk is not None:
         identities_per_batch, images_per_identity = pk
-    excluded: set[str] = set()
-    fold_note = None
-    if exclude_folds:
-        sets = _read_people(_people_file(data, people_file), read_lfw_people)
-        for k in exclude_folds:
-            if k > len(sets):
-                raise click.BadParameter(f"people file has {len(sets)} sets", param_hint="--exclude-lfw-fold")
-            excluded.update(sets[k - 1])
-        fold_note = f"people of LFW View 2 set(s) {sorted(set(exclude_folds))} excluded from training"
-    if exclude_people is not None:
-        excluded.update(_names_file(exclude_people))
+    excluded, fold_note = _excluded(data, exclude_folds, people_file, exclude_people, read_lfw_people)
     if notes is None:
         notes = fold_note
     elif fold_note:
@@ -153,6 +143,22 @@ def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, ti
                + (f" (cross-validated {cv:.3f})" if cv is not None else ""))
 
 
+def _excluded(data: Path, exclude_folds, people_file, exclude_people, reader) -> tuple[set[str], str | None]:
+    """Names left out by --exclude-lfw-fold and --exclude-people, and a note saying which folds."""
+    excluded: set[str] = set()
+    fold_note = None
+    if exclude_folds:
+        sets = _read_people(_people_file(data, people_file), reader)
+        for k in exclude_folds:
+            if k > len(sets):
+                raise click.BadParameter(f"people file has {len(sets)} sets", param_hint="--exclude-lfw-fold")
+            excluded.update(sets[k - 1])
+        fold_note = f"people of LFW View 2 set(s) {sorted(set(exclude_folds))} excluded from training"
+    if exclude_people is not None:
+        excluded.update(_names_file(exclude_people))
+    return excluded, fold_note
+
+
 def _read_people(path: Path, reader):
     try:
         return reader(path)
@@ -164,3 +170,48 @@ def _epoch_line(line: str) -> str:
     r = json.loads(line)
     return (f"epoch {r['epoch']}: loss {r['loss']:.4f}, pair accuracy {r['pair_accuracy']:.3f} at threshold "
             f"{r['threshold']:.3f}, {r['images_per_s']:.0f} images/s, {r['elapsed_s'] / 60:.1f} min")
+
+
+@click.command("calibrate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
+@click.option("--flip-average/--no-flip-average", default=None,
+              help="Change whether the model averages each face with its mirror image (default: keep).")
+@click.option("--exclude-lfw-fold", "exclude_folds", type=click.IntRange(1, 10), multiple=True,
+              help="As given to `facesearch train` (repeatable).")
+@click.option("--people", "people_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="LFW people.txt for --exclude-lfw-fold (default: next to DATA).")
+@click.option("--exclude-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="As given to `facesearch train`.")
+@click.option("--include-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="As given to `facesearch train`.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def calibrate(model_dir, data, flip_average, exclude_folds, people_file, exclude_people, include_people, device,
+              as_json):
+    """Choose MODEL_DIR's match threshold again on its held-out identities (from DATA, default: the data
+    it was trained on) and store it in MODEL_DIR/model.json. The weights are not changed.
+
+    A gallery enrolled with the model before a --flip-average change must be re-embedded:
+    `facesearch reindex --model MODEL_DIR`.
+    """
+    from facesearch.config import ModelConfig
+    from facesearch.train import read_lfw_people, recalibrate
+
+    try:
+        if data is None:
+            data = Path(ModelConfig.load(model_dir / "model.json").training.get("options", {}).get("data", ""))
+        excluded, _ = _excluded(data, exclude_folds, people_file, exclude_people, read_lfw_people)
+        res = recalibrate(model_dir, data, flip_average=flip_average, exclude_people=excluded,
+                          include_people=_names_file(include_people) if include_people is not None else None,
+                          device=device)
+    except FaceSearchError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    c = res["calibration"]
+    prev = res["previous_threshold"]
+    click.echo(f"threshold {res['threshold']:.4f} (was {'none' if prev is None else f'{prev:.4f}'}), flip average "
+               f"{'on' if res['flip_average'] else 'off'}; chosen on {c['pairs']} pairs of {c['source']}: "
+               f"accuracy {c['accuracy']:.3f}")

@@ -135,6 +135,13 @@ def _png(chw_uint8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def model_key(config: ModelConfig, model_dir: Path) -> str:
+    """What identifies a model's embeddings: its name, its weights and, when on, mirror-image averaging
+    (a gallery embedded one way cannot be searched with probes embedded the other)."""
+    key = f"{config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+    return key + "+flip" if config.flip_average else key
+
+
 def _inference_copy(model: encoder.Encoder) -> encoder.Encoder:
     """The same encoder, faster on the CPU: batch norms folded into the convolutions and channels-last
     layout (embeddings equal to the original's within 1e-6; 2.5x less CPU per image, measured in
@@ -243,7 +250,7 @@ class FaceSearch:
             net = encoder.load(model_dir, dev)
             if net.config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
-            key = f"{net.config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+            key = model_key(net.config, model_dir)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 raise ModelMismatchError(
                     f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
@@ -665,7 +672,7 @@ class FaceSearch:
             net = encoder.load(model_dir, self.model.device)
             if net.config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold")
-            key = f"{net.config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+            key = model_key(net.config, model_dir)
             rec = self.store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir),
                                             str(model_dir))
             self.model, self.model_key, self.model_id = net, key, rec.id

@@ -163,6 +163,36 @@ def test_another_model_is_refused_until_reindex(tmp_path, model_dir, other_model
         FaceSearch.open(home=home, model=model_dir)
 
 
+def test_the_same_weights_with_mirror_averaging_are_another_model(tmp_path, model_dir, gallery_src):
+    import shutil
+
+    from facesearch.config import ModelConfig
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(model_dir, flipped)
+    cfg = ModelConfig.load(flipped / "model.json")
+    cfg.flip_average = True
+    cfg.save(flipped / "model.json")
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        fs.enroll_folder(g)
+    # same weights, but probes would be embedded another way than the gallery: refused
+    with pytest.raises(ModelMismatchError, match="reindex"):
+        FaceSearch.open(home=home, model=flipped)
+    with FaceSearch.open(home=home, model=flipped, strict=False) as fs:
+        fs.reindex(model=flipped)
+        assert fs.config.flip_average is True
+        probe = g / "Hugo_Chavez" / "Hugo_Chavez_0001.webp"
+        assert fs.query(probe).matches[0].distance == pytest.approx(0, abs=1e-5)
+        # the mirror image of an enrolled face is now (up to resampling) that face
+        from PIL import Image, ImageOps
+
+        mirror = tmp_path / "mirror.png"
+        ImageOps.mirror(Image.open(probe)).save(mirror)
+        assert fs.query(mirror).matches[0].distance == pytest.approx(0, abs=1e-4)
+
+
 def test_an_interrupted_enroll_loses_nothing_enrolled(tmp_path, model_dir, gallery_src):
     home = tmp_path / "home"
     files = sorted(gallery_src.rglob("*.webp"))

@@ -264,10 +264,10 @@ def _people_with(n: int) -> list[str]:
 
 
 @needs_lfw
-def test_models_trained_by_default_embed_with_the_mirror_image(trained):
+def test_models_trained_by_default_embed_a_single_view(trained):
     opts, summary, _ = trained
-    assert ModelConfig.load(Path(opts.out) / "model.json").flip_average is True
-    assert summary["training"]["options"]["flip_average"] is True
+    assert ModelConfig.load(Path(opts.out) / "model.json").flip_average is False
+    assert summary["training"]["options"]["flip_average"] is False
 
 
 def test_cli_reports_errors_clearly(tmp_path):
@@ -276,3 +276,38 @@ def test_cli_reports_errors_clearly(tmp_path):
     assert result.exit_code != 0 and "people.txt" in result.output
     result = CliRunner().invoke(train_cmd, [str(tmp_path), "--out", str(tmp_path / "m"), "--pretrained", "none"])
     assert result.exit_code == 1 and "training identities" in result.output
+
+
+@needs_lfw
+def test_calibrate_rebuilds_the_held_out_identities_and_can_switch_mirror_averaging(trained, tmp_path, people):
+    import shutil
+
+    from facesearch.cli_train import calibrate as calibrate_cmd
+
+    opts, summary, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(opts.out, model, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    names = tmp_path / "people.txt"
+    names.write_text("\n".join(sorted(people)) + "\n")
+    base = [str(model), str(LFW_ZIP), "--include-people", str(names), "--device", "cpu", "--json"]
+    on = CliRunner().invoke(calibrate_cmd, [*base, "--flip-average"])
+    assert on.exit_code == 0, on.output
+    cfg = ModelConfig.load(model / "model.json")
+    assert cfg.flip_average is True and cfg.threshold == json.loads(on.output)["threshold"]
+    assert cfg.calibration["recalibrated"]["previous_threshold"] == summary["threshold"]
+    # the threshold is the best one for mirror-averaged embeddings of the held-out identities
+    _, (cal_x, cal_y), _ = held_out_and_train_images(opts)
+    pairs, same = calibration_pairs(cal_y, opts.calibration_pairs, np.random.default_rng(opts.seed + 1))
+    emb = encoder.embed(encoder.load(model), cal_x)
+    assert cfg.threshold == pytest.approx(metrics.best_threshold(distance.paired(emb[pairs[:, 0]], emb[pairs[:, 1]]),
+                                                                 same)[0], abs=1e-6)
+    # back to single-view embeddings: the very threshold training chose
+    off = CliRunner().invoke(calibrate_cmd, [*base, "--no-flip-average"])
+    assert off.exit_code == 0, off.output
+    assert ModelConfig.load(model / "model.json").threshold == pytest.approx(summary["threshold"], abs=1e-6)
+    # other identities than training used: refused, model.json unchanged
+    names.write_text("\n".join(sorted(people)[:-5]) + "\n")
+    before = (model / "model.json").read_bytes()
+    bad = CliRunner().invoke(calibrate_cmd, base)
+    assert bad.exit_code == 1 and "could not be rebuilt" in bad.output
+    assert (model / "model.json").read_bytes() == before
