@@ -30,12 +30,11 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/scale.py
+	$(PY) -m benchmarks.run
 
+# on a GPU machine: the 10 identity-disjoint LFW trainings + the built-in model + GPU benchmarks (~8 min)
 lfw-protocol: setup
-	$(PY) benchmarks/lfw_protocol.py --name mnv2-tenfold --scheme tenfold --time-budget 9 \
-	  --data $(SHARED)/data/lfw/lfw-deepfunneled-112.zip --people $(SHARED)/data/lfw/people.txt \
-	  --pairs $(SHARED)/data/lfw/pairs.txt --pretrained $(SHARED)/weights/mobilenet_v2-b0353104.pth
+	SHARED=$(SHARED) PYTHON=$(CURDIR)/$(PY) bash scripts/gpu_session.sh
 
 clean:
 	rm -rf demo-home build *.egg-info .pytest_cache

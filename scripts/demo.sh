@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on real faces: enroll 3 photos each of 25 LFW people, then query a 4th, unseen
-# photo of each and print the ranked matches. The people come from LFW View 2 set 10, which the
-# built-in model never saw in training. Uses the built-in model and the default SQLite store.
+# photo of each and print the ranked matches. The people come from LFW View 2 set 10; the built-in
+# model was trained on all LFW people, so this shows the workflow, not accuracy (see README: The model).
+# Uses the built-in model and the default SQLite store.
 set -euo pipefail
 SHARED=${SHARED:-../shared}
 HOME_DIR=${DEMO_HOME:-demo-home}

@@ -27,16 +27,7 @@ mkdir -p "$OUT" "$SCRATCH/units"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee -a "$OUT/ablation.log") 2>&1
 echo "== $(date -u); deadline ${DEADLINE}s"
-$PY - "$ZIP" "$SCRATCH/cache" "$SIZE" "$BIG" <<'EOF'
-import sys, time
-from facesearch.config import ModelConfig
-from facesearch.datasets import ImageFolder
-f = ImageFolder(sys.argv[1])
-for s in sys.argv[3:]:
-    t = time.time()
-    f.load_prepared(f.items[f.identities()[0]][:1], ModelConfig(input_size=int(s)), threads=16, cache=sys.argv[2])
-    print(f"decoded {len(f)} images at {s} px in {time.time() - t:.1f}s")
-EOF
+$PY scripts/decode_cache.py "$ZIP" "$SCRATCH/cache" "$SIZE" "$BIG"
 BUDGET=$($PY -c "print(round(($DEADLINE - $(elapsed) - 30) / 60, 2))")
 echo "== 5 trainings at once, ${BUDGET} min each ($(elapsed)s)"
 export OMP_NUM_THREADS=1
