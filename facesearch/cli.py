@@ -281,7 +281,8 @@ def info(app: App, as_json):
     click.echo(f"identities:  {d['identities']}")
     click.echo(f"faces:       {d['faces']}")
     ix = d["index"]
-    click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors ({ix['file']})")
+    probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
+    click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
     click.echo(f"device:      {d['device']}")
 
 

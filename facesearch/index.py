@@ -28,10 +28,13 @@ FORMAT = 1
 #: single-probe p50 is ~2.6 ms at 50k and ~5 ms at 100k with one thread, while IVF at 100k answers in
 #: ~0.2 ms with recall@1 1.0 against exact
 EXACT_MAX = 50_000
-#: IVF lists probed per query by the automatic approximate index. Measured at 1M faces shaped like a
-#: trained model's (benchmarks/README.md): nprobe 8 already gives recall@1 1.0 against exact; 32 keeps
-#: recall@10 >= 0.999 and leaves margin for other models, at ~1 ms per probe
+#: IVF lists probed per query when nothing better is known (a new, empty IVF index). A built IVF index
+#: chooses its own (``tune_nprobe``): how many lists a model's embeddings need depends on the model, e.g.
+#: at 1M faces 32 gave recall@1 0.998 for one built-in model and 0.975 for the next (benchmarks/README.md)
 IVF_NPROBE = 32
+#: the recall@1 (nearest other face, against exact search) that ``tune_nprobe`` asks for
+TARGET_RECALL = 0.99
+NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
 
 
 class StaleIndex(Exception):
@@ -108,13 +111,15 @@ class FaissIndex(VectorIndex):
                  index=None):
         import faiss
 
+        loaded = index is not None
         self.dim, self.factory = dim, factory
         self.backend = "faiss-gpu" if gpu else "faiss-cpu"
         if index is None:
             base = faiss.index_factory(dim, factory, distance.faiss_metric())
             index = base if factory.startswith("IVF") else faiss.IndexIDMap2(base)
         self.cpu_index = index
-        self.nprobe = nprobe
+        # a new index starts at IVF_NPROBE; a loaded one keeps the nprobe it was saved with
+        self.nprobe = nprobe if nprobe is not None else (IVF_NPROBE if loaded is False else None)
         self._apply_params()
         self._gpu = None
         if gpu:
@@ -126,8 +131,16 @@ class FaissIndex(VectorIndex):
 
         ivf = faiss.try_extract_index_ivf(self.cpu_index)
         if ivf is not None:
-            ivf.nprobe = self.nprobe or IVF_NPROBE
-            self.nprobe = ivf.nprobe
+            if self.nprobe is not None:
+                ivf.nprobe = int(self.nprobe)
+            self.nprobe = int(ivf.nprobe)
+        else:
+            self.nprobe = None
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = nprobe
+        self._apply_params()
+        self._sync()
 
     @property
     def is_trained(self) -> bool:
@@ -295,7 +308,72 @@ def build(dim: int, chunks, n: int, factory: str = "auto", backend: str = "auto"
         index.train(sample)
     for ids, x in chunks:
         index.add(ids, x)
+    if isinstance(index, FaissIndex) and index.nprobe is not None and chunks:
+        tune_nprobe(index, chunks, seed=seed)
     return index
+
+
+def tune_nprobe(index: "FaissIndex", chunks, queries: int = 1000, target: float = TARGET_RECALL,
+                seed: int = 0) -> dict:
+    """Give an IVF index the smallest nprobe (at least IVF_NPROBE) whose recall@1 is at least ``target``
+    against exact search.
+
+    The queries are stored faces, and the answer sought is each one's nearest *other* face (as a new
+    photo of an enrolled person would find one of that person's faces). Exact answers come from a
+    chunked matmul over the whole gallery. The measured recall is a sample, so an nprobe is taken only
+    when a cautious lower bound (hits less two standard deviations of the misses) reaches ``target``.
+    Returns what was measured (also kept as ``index.tuning``).
+    """
+    ids_all = np.concatenate([c[0] for c in chunks])
+    n = len(ids_all)
+    rng = np.random.default_rng(seed + 1)
+    pick = np.sort(rng.choice(n, min(queries, n), replace=False))
+    q_ids = ids_all[pick]
+    pos, q_parts = 0, []
+    for cids, x in chunks:  # gather the query vectors without concatenating the gallery
+        sel = pick[(pick >= pos) & (pick < pos + len(cids))] - pos
+        q_parts.append(np.asarray(x, np.float32)[sel])
+        pos += len(cids)
+    q = np.ascontiguousarray(np.concatenate(q_parts))
+    best_s = np.full(len(q), -np.inf, np.float32)
+    best_i = np.full(len(q), -1, np.int64)
+    for cids, x in chunks:  # exact nearest other face
+        s = q @ np.asarray(x, np.float32).T
+        s[q_ids[:, None] == np.asarray(cids)[None, :]] = -np.inf
+        j = s.argmax(1)
+        sj = s[np.arange(len(q)), j]
+        better = sj > best_s
+        best_s[better], best_i[better] = sj[better], np.asarray(cids)[j[better]]
+    nlist = faiss_nlist(index)
+    tried, lower = {}, {}
+    chosen = None
+    # never fewer than IVF_NPROBE lists: recall@1 is what is tuned, and the extra lists keep the rest of
+    # the top 10 close to exact too
+    for nprobe in [p for p in NPROBE_CHOICES if IVF_NPROBE <= p < nlist] + [nlist]:
+        index.set_nprobe(nprobe)
+        sims, found = index.cpu_index.search(q, 2)
+        other = np.where(found[:, 0] == q_ids, found[:, 1], found[:, 0])
+        other_s = np.where(found[:, 0] == q_ids, sims[:, 1], sims[:, 0])
+        ok = (other == best_i) | (other_s >= best_s - 1e-6)  # ties count as found
+        tried[nprobe] = float(ok.mean())
+        misses = int((~ok).sum())
+        lower[nprobe] = float((ok.sum() - 2.0 * np.sqrt(max(misses, 1))) / len(q)) if misses else 1.0
+        if lower[nprobe] >= target:
+            chosen = nprobe
+            break
+    if chosen is None:  # not reached even probing every list: keep the best tried
+        chosen = max(tried, key=lambda p: (tried[p], -p))
+        index.set_nprobe(chosen)
+    index.tuning = {"nprobe": chosen, "target_recall_at_1": target, "queries": int(len(q)),
+                    "recall_at_1_by_nprobe": tried, "lower_bound_by_nprobe": lower}
+    return index.tuning
+
+
+def faiss_nlist(index: "FaissIndex") -> int:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.cpu_index)
+    return int(ivf.nlist) if ivf is not None else 0
 
 
 def save(index: VectorIndex, path: str | os.PathLike, stamp: Stamp) -> None:

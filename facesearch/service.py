@@ -715,7 +715,7 @@ class FaceSearch:
             "identities": self.store.count_identities(),
             "faces": self.store.count_faces(),
             "index": {"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
-                      "file": str(self.index_path)},
+                      "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)},
             "device": str(self.model.device),
         }
 

@@ -73,6 +73,27 @@ def test_ivf_recall_against_exact_on_clustered_data(small_exact_max):
     np.testing.assert_allclose(d1[:, 0], 1 - np.sum(probes * gallery[i1[:, 0] - 1], axis=1), atol=1e-5)
 
 
+def test_built_ivf_chooses_the_smallest_nprobe_that_reaches_the_recall_target(small_exact_max, tmp_path):
+    # diffuse identities (spread 0.9): few lists are not enough, so the choice matters
+    gallery, labels, probes, _ = clustered(n_people=1500, per_person=4, seed=3, spread=0.9)
+    n = len(gallery)
+    ivf = vindex.build(DIM, chunks(gallery), n, "IVF256,Flat", "faiss-cpu")
+    t = ivf.tuning
+    tried, lower = t["recall_at_1_by_nprobe"], t["lower_bound_by_nprobe"]
+    assert ivf.nprobe == t["nprobe"] and tried[ivf.nprobe] >= lower[ivf.nprobe] >= vindex.TARGET_RECALL
+    assert all(b < vindex.TARGET_RECALL for p, b in lower.items() if p < ivf.nprobe)  # the smallest such
+    assert tried[min(tried)] < vindex.TARGET_RECALL  # with this data the first choice was not enough
+    # checked independently, on new photos of the people rather than on stored faces
+    exact = vindex.build(DIM, chunks(gallery), n, "Flat", "faiss-cpu")
+    d0, i0 = exact.search(probes, 1)
+    d1, i1 = ivf.search(probes, 1)
+    assert np.mean((i1[:, 0] == i0[:, 0]) | (d1[:, 0] <= d0[:, 0] + 1e-6)) >= 0.97
+    # the choice is saved with the index and survives loading
+    stamp = vindex.Stamp("m", 1, ivf.ntotal, DIM, ivf.factory, "faiss-cpu")
+    vindex.save(ivf, tmp_path / "i.fsx", stamp)
+    assert vindex.load(tmp_path / "i.fsx", stamp, "faiss-cpu").nprobe == ivf.nprobe
+
+
 def test_remove_works_on_ivf(small_exact_max):
     gallery, labels, probes, _ = clustered(n_people=1000, per_person=4, seed=1)
     n = len(gallery)
@@ -105,6 +126,7 @@ def test_gallery_switches_to_ivf_transparently_and_removes_in_place(fs, monkeypa
     fs.flush()
     idx = fs.index()
     assert idx.factory.startswith("IVF") and idx.ntotal == len(rows)
+    assert fs.info()["index"]["nprobe"] == idx.nprobe >= vindex.IVF_NPROBE  # tuned when built
     res = fs.search_embeddings(probes[:100], top_k=1)
     hit = np.mean([r.matches[0].identity == f"p{i:04d}" for i, r in enumerate(res)])
     exact = (probes[:100] @ gallery.T).argmax(1)
