@@ -180,7 +180,8 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
     t_build = time.perf_counter() - t
     out["auto"] = {"factory": auto_idx.factory, "params": _params_of(auto_idx), "rebuild_index_s": round(t_build, 2),
                    "index_file_bytes": fs.index_path.stat().st_size,
-                   "what": "FaceSearch.rebuild_index: read embeddings from SQLite, train, add, save file"}
+                   "nprobe_tuning": getattr(auto_idx, "tuning", None),
+                   "what": "FaceSearch.rebuild_index: read embeddings from SQLite, train, add, tune nprobe, save file"}
     out["process_peak_rss_after_build_bytes"] = peak_rss_bytes()
     log(f"  {n}: auto -> {auto_idx.factory} {_params_of(auto_idx)}, rebuild_index {t_build:.1f}s")
 
