@@ -337,13 +337,16 @@ def tune_nprobe(index: "FaissIndex", chunks, queries: int = 1000, target: float 
     q = np.ascontiguousarray(np.concatenate(q_parts))
     best_s = np.full(len(q), -np.inf, np.float32)
     best_i = np.full(len(q), -1, np.int64)
-    for cids, x in chunks:  # exact nearest other face
-        s = q @ np.asarray(x, np.float32).T
-        s[q_ids[:, None] == np.asarray(cids)[None, :]] = -np.inf
-        j = s.argmax(1)
-        sj = s[np.arange(len(q)), j]
-        better = sj > best_s
-        best_s[better], best_i[better] = sj[better], np.asarray(cids)[j[better]]
+    step = 8192  # rows of the gallery per matmul: about 32 MB of scores for 1,000 queries
+    for cids_all, x_all in chunks:  # exact nearest other face
+        for a in range(0, len(cids_all), step):
+            cids, x = np.asarray(cids_all[a : a + step]), np.asarray(x_all[a : a + step], np.float32)
+            s = q @ x.T
+            s[q_ids[:, None] == cids[None, :]] = -np.inf
+            j = s.argmax(1)
+            sj = s[np.arange(len(q)), j]
+            better = sj > best_s
+            best_s[better], best_i[better] = sj[better], cids[j[better]]
     nlist = faiss_nlist(index)
     tried, lower = {}, {}
     chosen = None
