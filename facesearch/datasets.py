@@ -73,8 +73,9 @@ class ImageFolder:
 
         With ``cache`` (a directory), every image of the folder is decoded once for this preprocessing
         and kept there as one ``.npy`` file (owner-only); later calls, also from other processes, read
-        their rows from it instead of decoding. The file is named after the data's path, size and
-        modification time and the preprocessing, so a changed data set or model gets a new file.
+        their rows from it instead of decoding. The file is named after the data (its path, size and
+        modification time; for a directory, every image's) and the preprocessing, so a changed data set
+        or input size gets a new file.
         """
         if cache is not None:
             return self._from_cache(Path(cache), keys, config, threads, progress)
@@ -125,8 +126,11 @@ class ImageFolder:
                 arr = None
             if arr is not None and (arr.shape != shape or arr.dtype != np.uint8):
                 arr = None  # not ours (or truncated): rebuild it
-        if arr is None:
-            pixels = self.load_prepared(all_keys, config, threads=threads, progress=progress)
+        if arr is None:  # decode the whole folder (a caller's progress counts its own keys only)
+            whole = progress if len(keys) == len(all_keys) else None
+            pixels = self.load_prepared(all_keys, config, threads=threads, progress=whole)
+            if progress is not None and whole is None:
+                progress(len(keys))
             cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
