@@ -65,15 +65,19 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(float(a) / float(b), 3)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    cpu = cpu_name()
     mem = 0
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -111,16 +111,10 @@ def protocol_metrics(fold_dist: dict[int, np.ndarray], fold_same: dict[int, np.n
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.common import cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "python": platform.python_version()}
 
 

@@ -37,6 +37,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
 from facesearch import encoder  # noqa: E402
 from facesearch.config import ModelConfig  # noqa: E402
 from facesearch.losses import ContrastiveLoss  # noqa: E402
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
         "pretrained": args.weights.is_file(),
         "images": "LFW deep-funneled 112 px" if args.data.is_file() else "random pixels",
         "results": rows,
-        "machine": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
@@ -235,16 +236,6 @@ def main(argv=None) -> int:
               f"{r['ratio_vs_facesearch']:6.2f} {r['input_pipeline_images_per_s']:11.1f}")
     print(f"wrote {out}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
