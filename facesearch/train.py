@@ -360,8 +360,13 @@ def calibration_pairs(labels: np.ndarray, max_pairs: int, rng: np.random.Generat
     return pairs, same
 
 
-def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int) -> dict[str, Any]:
-    """Pick the threshold on pairs of held-out identities; also a 2-fold (by identity) honest estimate."""
+HELD_OUT = "held-out identities, never trained on"
+
+
+def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int, source: str = HELD_OUT
+              ) -> dict[str, Any]:
+    """Pick the threshold on pairs of held-out identities; also a 2-fold (by identity) honest estimate.
+    ``source`` says which identities they are (stored with the result, after their count)."""
     rng = np.random.default_rng(seed + 1)
     pairs, same = calibration_pairs(labels, max_pairs, rng)
     if same.sum() == 0 or (~same).sum() == 0:
@@ -387,6 +392,10 @@ def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int) ->
         "impostor_pairs": int((~same).sum()),
         "genuine_distance_mean": float(dist[same].mean()),
         "impostor_distance_mean": float(dist[~same].mean()),
+        "source": f"{len(ids)} {source}",
+        "people": int(len(ids)),
+        "images": int(len(labels)),
+        "method": "facesearch.metrics.best_threshold (maximum accuracy on genuine + impostor pairs)",
     }
 
 
@@ -650,18 +659,12 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     if len(split.calibration) >= 2:
         cal_emb = encoder.embed(model, cal_pixels)
         cal = calibrate(cal_emb, np.asarray(cal_labels), options.calibration_pairs, options.seed)
-        cal["source"] = f"{len(split.calibration)} held-out identities, never trained on"
-        cal["people"] = len(split.calibration)
-        cal["images"] = len(cal_labels)
     else:  # calibration_fraction == 0: the best available, and said to be optimistic
         n = min(n_train_images, 4000)
         sel = np.sort(rng.choice(n_train_images, n, replace=False))
         lab = np.searchsorted(offsets, sel, side="right") - 1
-        cal = calibrate(encoder.embed(model, pixels[sel]), lab, options.calibration_pairs, options.seed)
-        cal["source"] = "training identities (optimistic: no identities were held out)"
-        cal["people"] = int(len(np.unique(lab)))
-        cal["images"] = int(n)
-    cal["method"] = "facesearch.metrics.best_threshold (maximum accuracy on genuine + impostor pairs)"
+        cal = calibrate(encoder.embed(model, pixels[sel]), lab, options.calibration_pairs, options.seed,
+                        source="training identities (optimistic: no identities were held out)")
     cal_s = time.time() - t_cal
 
     final_rate = images_seen / max(train_s, 1e-9)
@@ -761,10 +764,6 @@ def recalibrate(model_dir: str | os.PathLike, data: str | os.PathLike | None = N
     before = cfg.threshold
     cal = calibrate(encoder.embed(model, folder.load_prepared(keys, cfg, threads=threads)), np.asarray(labels),
                     opts.calibration_pairs, opts.seed)
-    cal["source"] = f"{len(split.calibration)} held-out identities, never trained on"
-    cal["people"] = len(split.calibration)
-    cal["images"] = len(labels)
-    cal["method"] = "facesearch.metrics.best_threshold (maximum accuracy on genuine + impostor pairs)"
     cal["recalibrated"] = {"previous_threshold": before, "flip_average": cfg.flip_average}
     cfg.threshold = cal.pop("threshold")
     cfg.calibration = cal
