@@ -12,9 +12,11 @@ with an older revision is stale and gets rebuilt.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import unicodedata
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +38,16 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from facesearch.errors import InvalidIdentityError, SchemaError, UnknownIdentityError
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: SQLite migrations there run unserialised (see _migration_lock)
+    fcntl = None
 
 MAX_IDENTITY_LENGTH = 200
 NAMING = {
@@ -143,11 +150,44 @@ class IdentityInfo:
     created_at: dt.datetime
 
 
-def _sqlite_path(url: str) -> Path | None:
+def _sqlite_path(url: str | URL) -> Path | None:
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not u.database.startswith("file:"):
         return Path(u.database)
     return None
+
+
+@contextmanager
+def _migration_lock(db_path: Path | None) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``<db>.migrate.lock`` while a SQLite file is migrated.
+
+    SQLite runs Alembic's DDL outside any transaction, so two processes opening a brand-new
+    database at once would both see no ``alembic_version`` and both create the schema (one fails
+    with "table ... already exists"). PostgreSQL is serialised with an advisory lock instead; an
+    in-memory database (``db_path`` None) belongs to one connection and needs no lock.
+
+    The lock file is created owner-only next to the database and left there (removing it would
+    reopen the race). ``flock`` locks belong to the open file, so threads of one process are
+    serialised too. Where there is no ``fcntl`` (Windows) this lock is a no-op, and so is it where
+    the lock file cannot be created because the folder or filesystem is read-only: nobody can
+    create the database there either.
+    """
+    if db_path is None or fcntl is None:
+        yield
+        return
+    lock_path = db_path.with_name(db_path.name + ".migrate.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until whoever is migrating has finished
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def migrations_dir() -> Path:
@@ -234,15 +274,16 @@ class Store:
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":  # two processes opening a new database: one migrates
+        # two processes opening a new database: one migrates, the other then finds it at head
+        with _migration_lock(_sqlite_path(self.engine.url)), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(7242351)"))
             command.upgrade(alembic_config(conn), revision)
 
     def downgrade(self, revision: str) -> None:
         from alembic import command
 
-        with self.engine.begin() as conn:
+        with _migration_lock(_sqlite_path(self.engine.url)), self.engine.begin() as conn:
             command.downgrade(alembic_config(conn), revision)
 
     # ---- revision counter ---------------------------------------------------------------

@@ -1,5 +1,7 @@
+import multiprocessing
 import os
 import stat
+import traceback
 
 import numpy as np
 import pytest
@@ -63,6 +65,54 @@ def test_database_file_is_owner_only(tmp_path):
     Store.open(f"sqlite:///{tmp_path / 'sub' / 'f.db'}").close()
     assert stat.S_IMODE(os.stat(tmp_path / "sub" / "f.db").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+
+
+def _open_at_the_barrier(url, barrier, results):
+    """Child process: Store.open a database at the same instant as its siblings, report how it went."""
+    try:
+        barrier.wait(timeout=60)  # Store is imported in every child: from here on they race to open
+        s = Store.open(url)
+        results.put(("ok", s.current_revision()))
+        s.close()
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+def test_processes_creating_one_new_database_at_once_migrate_it_once(tmp_path):
+    n = 6
+    db = tmp_path / "db" / "f.db"
+    url = f"sqlite:///{db}"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_at_the_barrier, args=(url, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        got = [results.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    errors = [detail for status, detail in got if status != "ok"]
+    assert not errors, errors[0]
+    assert [p.exitcode for p in procs] == [0] * n
+
+    s = Store.open(url)
+    try:
+        head = s.head_revision()
+        assert [detail for _, detail in got] == [head] * n
+        with s.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+        mid = add_model(s)
+        ids, _ = s.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+        assert [(i.name, i.faces) for i in s.identities()] == [("a", 1)]
+        assert s.face_info(ids)[ids[0]].identity == "a"
+        np.testing.assert_allclose(s.embeddings(ids), [emb(1, 0, 0, 0)])
+    finally:
+        s.close()
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(f"{db}.migrate.lock").st_mode) == 0o600  # the lock file they took turns on
 
 
 @pytest.mark.parametrize("name", ["", " x", "a/b", "..", "../etc", "a\\b", "tab\there", "nl\n", "\x00x", ".hidden",
