@@ -165,7 +165,7 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         identities_per_batch=args.pk[0], images_per_identity=args.pk[1], pos_margin=args.pos_margin,
         neg_margin=args.margin, mining=args.mining, lr=args.lr, backbone_lr_factor=args.backbone_lr_factor,
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, amp=args.amp,
-        time_budget=args.time_budget * 60.0 if args.time_budget else None, exclude_people=excluded,
+        cuda_graph=args.cuda_graph, time_budget=args.time_budget * 60.0 if args.time_budget else None, exclude_people=excluded,
         calibration_fraction=args.calibration_fraction, resume=args.resume and (model_dir / "checkpoint.pt").exists(),
         flip_average=args.flip_average, decode_cache=args.decode_cache,
         notes=f"LFW protocol unit {unit}: people of sets {scored} excluded",
@@ -331,6 +331,7 @@ def main(argv=None) -> int:
                    help="how many trainings shared the device at once (recorded with each unit)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto")
+    p.add_argument("--cuda-graph", action="store_true", help="train with the CUDA graph step (train --cuda-graph)")
     p.add_argument("--resume", action="store_true", help="resume a unit from its checkpoint if one exists")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--quiet", action="store_true")

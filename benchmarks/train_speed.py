@@ -12,7 +12,13 @@ Measures, for MobileNetV2 at 112 px (ImageNet init when the shared checkpoint is
 * ``baseline-pil``: the same step, but each image augmented on the CPU one at a time with PIL
   (flip, affine, brightness/contrast), then stacked and copied to the device: the usual
   Dataset + transforms pipeline without worker processes.
-* on CUDA also ``facesearch-fp32``: the facesearch step without autocast.
+* on CUDA also ``facesearch-fp32``: the facesearch step without autocast, and ``facesearch-graph`` /
+  ``facesearch-graph-fp32``: the same steps captured once as a CUDA graph and replayed
+  (``train --cuda-graph``, ``train.TrainStep``), each with its own model and optimiser.
+
+On CUDA it first checks that the graph step trains like the eager one (``graph_check``: the same
+initial weights, batches and learning-rate schedule for 20 steps, fp32; the losses must agree and the
+weights must end where the eager step takes them), and records the check in the JSON.
 
 Modes are interleaved round by round and each figure is the median over rounds, so a load change on
 a shared machine hits every mode alike. Also reports the input pipeline alone (gather + augment + copy).
@@ -41,7 +47,8 @@ from benchmarks.common import cpu_name  # noqa: E402
 from facesearch import encoder  # noqa: E402
 from facesearch.config import ModelConfig  # noqa: E402
 from facesearch.losses import ContrastiveLoss  # noqa: E402
-from facesearch.train import TrainOptions, _amp_dtype, _param_groups, _to_device, augment_batch  # noqa: E402
+from facesearch.train import (  # noqa: E402
+    TrainOptions, TrainStep, _amp_dtype, _to_device, augment_batch, make_optimizer)
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
@@ -77,25 +84,35 @@ def load_images(n: int, size: int, data: Path = LFW_ZIP) -> np.ndarray:
 
 
 class Bench:
-    """One model + optimiser on ``device``; ``run(mode, steps)`` times ``steps`` training steps."""
+    """One model + optimiser on ``device``; ``run(mode, amp, steps)`` times ``steps`` training steps.
+    ``graph``: the optimiser is capturable and every amp setting gets its own CUDA graph step (so a graph
+    Bench serves one amp setting: two graphs over one optimiser would fight over the gradients)."""
 
-    def __init__(self, device: torch.device, pixels: np.ndarray, p: int, k: int, weights: Path = WEIGHTS):
+    def __init__(self, device: torch.device, pixels: np.ndarray, p: int, k: int, weights: Path = WEIGHTS,
+                 graph: bool = False, input_size: int | None = None):
         torch.manual_seed(0)
-        self.device, self.pixels, self.n = device, pixels, p * k
-        cfg = ModelConfig(backbone="mobilenet_v2", input_size=pixels.shape[-1])
-        self.model = encoder.build(cfg, pretrained=weights if weights.is_file() else None).to(device).train()
+        self.device, self.pixels, self.n, self.graph = device, pixels, p * k, graph
+        cfg = ModelConfig(backbone="mobilenet_v2", input_size=input_size or pixels.shape[-1])
+        self.model = encoder.build(cfg, pretrained=weights if weights and weights.is_file() else None)
+        self.model = self.model.to(device).train()
         self.opts = TrainOptions(data=".", out=".")
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        # as train.py: the fused AdamW on CUDA
-        self.opt = torch.optim.AdamW(_param_groups(self.model, self.opts), lr=self.opts.lr,
-                                     **({"fused": True} if device.type == "cuda" else {}))
+        self.opt = make_optimizer(self.model, self.opts, device, capturable=graph)  # as train.run
         self.loss_fn = ContrastiveLoss()
         self.data = torch.from_numpy(pixels).to(device)
         self.hwc = pixels.transpose(0, 2, 3, 1).copy()
         self.rng = np.random.default_rng(0)
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.labels = torch.arange(p, device=device).repeat_interleave(k)
+        self.trainers: dict[str, TrainStep] = {}
+
+    def trainer(self, amp: str) -> TrainStep:
+        if amp not in self.trainers:
+            amp_dtype = _amp_dtype(TrainOptions(data=".", out=".", amp=amp), self.device)
+            self.trainers[amp] = TrainStep(self.model, self.loss_fn, self.opt, amp_dtype, self.device,
+                                           cuda_graph=self.graph)
+        return self.trainers[amp]
 
     def batch(self, mode: str) -> torch.Tensor:
         idx = self.rng.choice(len(self.pixels), self.n, replace=False)
@@ -104,17 +121,11 @@ class Bench:
             return torch.from_numpy(np.ascontiguousarray(b)).to(self.device).float().div_(255.0)
         return augment_batch(self.data[_to_device(idx, self.device)], self.gen)
 
-    def step(self, mode: str, amp_dtype, scaler) -> None:
+    def step(self, mode: str, amp: str) -> torch.Tensor:
         x = self.batch(mode)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            emb = self.model(x)
-        loss = self.loss_fn(emb.float(), self.labels)
-        self.opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(self.opt)
-        scaler.update()
+        return self.trainer(amp)(x, self.labels)[0]
 
     def sync(self):
         if self.device.type == "cuda":
@@ -122,12 +133,10 @@ class Bench:
 
     def run(self, mode: str, amp: str, steps: int) -> float:
         """images/s over ``steps`` steps."""
-        amp_dtype = _amp_dtype(TrainOptions(data=".", out=".", amp=amp), self.device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
-            self.step(mode, amp_dtype, scaler)
+            self.step(mode, amp)
         self.sync()
         return self.n * steps / (time.perf_counter() - t0)
 
@@ -141,33 +150,86 @@ class Bench:
         return self.n * reps / (time.perf_counter() - t0)
 
 
+def compare_trainers(make_a, make_b, batches: list[torch.Tensor], labels: torch.Tensor,
+                     factors: list[float]) -> dict:
+    """Train two (model, TrainStep) pairs, built by ``make_a()`` / ``make_b()`` from the same initial
+    weights, on the same ``batches`` with learning-rate factors ``factors`` (one per batch); compare.
+
+    ``ok`` needs every loss to agree (relative difference <= 1e-2) and B's final weights to be much
+    closer to A's than A's are to where they started (``param_diff_ratio`` <= 0.05): B applied the same
+    updates, not merely similar losses (a step that never updates shows a ratio near 1)."""
+    (ma, ta), (mb, tb) = make_a(), make_b()
+    start = [q.detach().clone() for q in ma.parameters()]
+    la, lb = [], []
+    for x, f in zip(batches, factors):
+        ta.set_lr(f)
+        tb.set_lr(f)
+        la.append(float(ta(x, labels)[0].detach()))
+        lb.append(float(tb(x, labels)[0].detach()))
+    moved = sum(float((a.detach() - s).pow(2).sum()) for a, s in zip(ma.parameters(), start)) ** 0.5
+    apart = sum(float((a.detach() - b.detach()).pow(2).sum()) for a, b in zip(ma.parameters(), mb.parameters())) ** 0.5
+    rel = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(la, lb))
+    ratio = apart / max(moved, 1e-12)
+    return {"steps": len(batches), "loss_a": la, "loss_b": lb, "max_loss_rel_diff": rel,
+            "update_norm": moved, "param_diff_norm": apart, "param_diff_ratio": ratio,
+            "ok": bool(rel <= 1e-2 and ratio <= 0.05)}
+
+
+def graph_check(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int = 20,
+                weights: Path = WEIGHTS, graph: bool = True) -> dict:
+    """Does the CUDA graph step (``graph``) train exactly like the eager one? fp32, same start, same
+    augmented batches, no dropout, a learning rate falling from 1x to 0.1x (so set_lr must reach the graph)."""
+    data = torch.from_numpy(pixels).to(device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(steps):
+        x = augment_batch(data[_to_device(rng.choice(len(pixels), p * k, replace=False), device)], gen)
+        batches.append(x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x)
+    labels = torch.arange(p, device=device).repeat_interleave(k)
+    factors = list(np.linspace(1.0, 0.1, steps))
+
+    def make(g):
+        def build():
+            b = Bench(device, pixels[:p * k], p, k, weights, graph=g)
+            b.model.dropout.p = 0.0  # the two runs draw different dropout masks; the check is of the step
+            return b.model, b.trainer("off")
+        return build
+
+    res = compare_trainers(make(False), make(graph), batches, labels, factors)
+    res["compared"] = "eager vs " + ("cuda graph" if graph else "eager")
+    return res
+
+
 def measure_device(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int, rounds: int,
                    warmup: int, weights: Path = WEIGHTS) -> list[dict]:
     """Modes are interleaved round by round (so a load change on a shared machine hits them alike);
     each mode's figure is the median over rounds."""
-    bench = Bench(device, pixels, p, k, weights)
-    modes = [("facesearch", "auto"), ("baseline-pil", "auto")]
+    eager = Bench(device, pixels, p, k, weights)
+    # (mode, amp, bench, input source)
+    modes = [("facesearch", "auto", eager, "facesearch")]
     if device.type == "cuda":
-        modes.insert(1, ("facesearch-fp32", "off"))
-    for mode, amp in modes:
-        bench.run("baseline-pil" if mode == "baseline-pil" else "facesearch", amp, warmup)
-    per_mode: dict[str, list[float]] = {m: [] for m, _ in modes}
+        modes += [("facesearch-fp32", "off", eager, "facesearch"),
+                  ("facesearch-graph", "auto", Bench(device, pixels, p, k, weights, graph=True), "facesearch"),
+                  ("facesearch-graph-fp32", "off", Bench(device, pixels, p, k, weights, graph=True), "facesearch")]
+    modes.append(("baseline-pil", "auto", eager, "baseline-pil"))
+    for _, amp, bench, src in modes:
+        bench.run(src, amp, max(warmup, TrainStep.WARMUP + 1 if bench.graph else 0))
+    per_mode: dict[str, list[float]] = {m[0]: [] for m in modes}
     for _ in range(rounds):
-        for mode, amp in modes:
-            per_mode[mode].append(bench.run("baseline-pil" if mode == "baseline-pil" else "facesearch", amp, steps))
+        for mode, amp, bench, src in modes:
+            per_mode[mode].append(bench.run(src, amp, steps))
     rows = []
-    for mode, amp in modes:
+    reps = 20 if device.type == "cuda" else 5
+    for mode, amp, bench, src in modes:
         v = per_mode[mode]
         amp_dtype = _amp_dtype(TrainOptions(data=".", out=".", amp=amp), device)
         rows.append({
             "mode": mode, "device": device.type, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-            "batch": bench.n, "steps_per_round": steps, "rounds": rounds,
+            "cuda_graph": bench.graph, "batch": bench.n, "steps_per_round": steps, "rounds": rounds,
             "images_per_s": round(float(np.median(v)), 1), "images_per_s_rounds": [round(x, 1) for x in v],
+            "input_pipeline_images_per_s": round(bench.augment_only(src, reps), 1),
         })
-    reps = 20 if device.type == "cuda" else 5
-    for r in rows:
-        src = "baseline-pil" if r["mode"] == "baseline-pil" else "facesearch"
-        r["input_pipeline_images_per_s"] = round(bench.augment_only(src, reps), 1)
     return rows
 
 
@@ -198,14 +260,19 @@ def main(argv=None) -> int:
             [] if args.device.startswith("cuda") else devices)
     load_start = os.getloadavg()
     pixels = load_images(2048, args.size, args.data)
-    rows = []
+    rows, checks = [], {}
     for dev in devices:
         p, k = args.batch or ((64, 4) if dev.type == "cuda" else (16, 4))
+        if dev.type == "cuda":
+            c = graph_check(dev, pixels, p, k, weights=args.weights)
+            checks[dev.type] = {key: v for key, v in c.items() if key not in ("loss_a", "loss_b")}
+            print(f"cuda graph check: {'ok' if c['ok'] else 'FAILED'} (max loss rel diff {c['max_loss_rel_diff']:.2e}, "
+                  f"weights apart / moved {c['param_diff_ratio']:.2e})", file=sys.stderr, flush=True)
         steps = args.steps or (20 if dev.type == "cuda" else 2)
         warmup = args.warmup if args.warmup is not None else (10 if dev.type == "cuda" else 1)
         for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup, args.weights):
             rows.append(r)
-            print(f"{dev.type:5s} {r['mode']:16s} amp={r['amp']:8s} batch={r['batch']:4d} "
+            print(f"{dev.type:5s} {r['mode']:21s} amp={r['amp']:8s} batch={r['batch']:4d} "
                   f"{r['images_per_s']:9.1f} img/s (rounds {r['images_per_s_rounds']})", file=sys.stderr, flush=True)
     base = {d: next(r for r in rows if r["device"] == d and r["mode"] == "facesearch")["images_per_s"]
             for d in {r["device"] for r in rows}}
@@ -218,6 +285,7 @@ def main(argv=None) -> int:
         "pretrained": args.weights.is_file(),
         "images": "LFW deep-funneled 112 px" if args.data.is_file() else "random pixels",
         "results": rows,
+        "cuda_graph_check": checks or None,
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "torch": torch.__version__, "python": platform.python_version(),
@@ -230,9 +298,9 @@ def main(argv=None) -> int:
     out = Path(args.output) if args.output else ROOT / "benchmarks" / "results" / f"train-speed-{machine_name(main_dev)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"\n{'device':6s} {'mode':16s} {'amp':6s} {'batch':>5s} {'images/s':>9s} {'ratio':>6s} {'input only':>11s}")
+    print(f"\n{'device':6s} {'mode':21s} {'amp':6s} {'batch':>5s} {'images/s':>9s} {'ratio':>6s} {'input only':>11s}")
     for r in rows:
-        print(f"{r['device']:6s} {r['mode']:16s} {r['amp']:6s} {r['batch']:5d} {r['images_per_s']:9.1f} "
+        print(f"{r['device']:6s} {r['mode']:21s} {r['amp']:6s} {r['batch']:5d} {r['images_per_s']:9.1f} "
               f"{r['ratio_vs_facesearch']:6.2f} {r['input_pipeline_images_per_s']:11.1f}")
     print(f"wrote {out}")
     return 0

@@ -28,6 +28,10 @@ How it works:
   time instead of steps: it reaches its end (and training stops) when the
   budget, less an estimate of the time calibration and saving take, is spent.
 * **AMP** on CUDA: bf16 autocast where supported, else fp16 with a grad scaler.
+* **CUDA graph** (``cuda_graph``, opt-in): the whole step (forward, loss,
+  backward, AdamW) is captured once and replayed (:class:`TrainStep`); the
+  learning rate lives in device tensors so the schedule still reaches it.
+  ``benchmarks/train_speed.py`` checks that it trains like the eager step.
 * A checkpoint (model, optimiser, sampler and RNG state) is written to
   ``out/checkpoint.pt`` at the end of an epoch once ``checkpoint_interval_s``
   have passed since the last one, and when training ends; ``resume=True``
@@ -107,6 +111,9 @@ class TrainOptions:
     device: str = "auto"
     #: mixed precision on CUDA: "auto" (bf16 if supported else fp16), "bf16", "fp16" or "off"; CPU runs fp32
     amp: str = "auto"
+    #: on CUDA, capture the training step (forward, loss, backward, AdamW) once as a CUDA graph and replay
+    #: it: the same kernels, without launching each one from Python (see TrainStep); bf16 or fp32 only
+    cuda_graph: bool = False
     #: seconds for the whole run (decode, train, calibrate, save); None: run all epochs
     time_budget: float | None = None
     resume: bool = False
@@ -174,6 +181,9 @@ class TrainOptions:
             raise TrainingError("checkpoint_interval_s must be >= 0")
         if self.input_size < 32:
             raise TrainingError("input_size must be at least 32")
+        if self.cuda_graph and self.amp == "fp16":
+            raise TrainingError("cuda_graph needs amp bf16, auto or off: fp16's gradient scaler waits on the GPU "
+                                "every step, which a CUDA graph cannot")
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as plain JSON (people sets as counts and a hash, not lists)."""
@@ -320,6 +330,102 @@ def _param_groups(model: encoder.Encoder, options: TrainOptions) -> list[dict]:
     return out
 
 
+def make_optimizer(model: encoder.Encoder, options: TrainOptions, device: torch.device,
+                   capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW over the parameter groups of :func:`_param_groups`; on CUDA the fused kernel (one launch per
+    group instead of several per tensor). ``capturable``: learning rates live in device tensors, so a
+    captured CUDA graph sees :meth:`TrainStep.set_lr` changes."""
+    groups = _param_groups(model, options)
+    kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    if capturable:
+        for g in groups:
+            g["lr"] = torch.tensor(g["lr"], dtype=torch.float32, device=device)
+        kw["capturable"] = True
+    return torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay, **kw)
+
+
+class TrainStep:
+    """One optimisation step: forward (autocast on CUDA), contrastive loss, backward, AdamW.
+
+    ``TrainStep(...)(x, labels)`` returns ``(loss, embeddings)``, device tensors (nothing waits on the GPU).
+
+    With ``cuda_graph`` the first :attr:`WARMUP` calls run eagerly on a side stream (real steps, as CUDA
+    graph capture requires), the next one captures the whole step into a CUDA graph, and every call from
+    then on copies its batch into the graph's fixed input tensors and replays it. The kernels are the same;
+    what goes away is launching each of a MobileNetV2 step's several hundred kernels from Python, which
+    bounds a small batch on a fast GPU. The returned tensors are then the graph's own outputs: read them
+    before the next call. Needs fixed batch shapes (a P x K batch always has P*K images), a capturable
+    optimiser (:func:`make_optimizer`) and no fp16 gradient scaler.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model: torch.nn.Module, loss_fn: ContrastiveLoss, opt: torch.optim.Optimizer,
+                 amp_dtype: torch.dtype | None, device: torch.device, cuda_graph: bool = False):
+        if cuda_graph:
+            if device.type != "cuda":
+                raise TrainingError("cuda_graph needs a CUDA device")
+            if amp_dtype == torch.float16:
+                raise TrainingError("cuda_graph needs bf16 or fp32: fp16's gradient scaler syncs every step")
+            if not all(g.get("capturable") and torch.is_tensor(g["lr"]) for g in opt.param_groups):
+                raise TrainingError("cuda_graph needs make_optimizer(..., capturable=True)")
+        self.model, self.loss_fn, self.opt = model, loss_fn, opt
+        self.amp_dtype, self.device, self.cuda_graph = amp_dtype, device, cuda_graph
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.calls = 0
+        self._graph = None
+        self._x = self._y = self._out = None
+
+    def set_lr(self, factor: float) -> None:
+        """Every group's learning rate to ``base_lr * factor`` (in place when it is a device tensor)."""
+        for g in self.opt.param_groups:
+            lr = g["base_lr"] * factor
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # autocast's weight-cast cache must be off while capturing: cached casts would outlive the graph
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None, cache_enabled=not self.cuda_graph):
+            emb = self.model(x)
+        loss = self.loss_fn(emb.float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss, emb
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        if not self.cuda_graph:
+            self.opt.zero_grad(set_to_none=True)
+            return self._forward_backward(x, y)
+        if self._x is None:
+            self._x, self._y = torch.empty_like(x), torch.empty_like(y)
+        if x.shape != self._x.shape or y.shape != self._y.shape:
+            raise TrainingError(f"a CUDA graph step needs one batch shape: got {tuple(x.shape)}, "
+                                f"captured {tuple(self._x.shape)}")
+        self._x.copy_(x)
+        self._y.copy_(y)
+        if self._graph is None and self.calls <= self.WARMUP:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.opt.zero_grad(set_to_none=True)
+                out = self._forward_backward(self._x, self._y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self._graph is None:
+            self.opt.zero_grad(set_to_none=True)  # the graph allocates the gradients itself
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._out = self._forward_backward(self._x, self._y)
+            self._graph = graph  # capture records only: this call's batch runs in the replay below
+        self._graph.replay()
+        return self._out
+
+
 def _amp_dtype(options: TrainOptions, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or options.amp == "off":
         return None
@@ -453,6 +559,8 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     device = encoder.resolve_device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("device cuda requested but CUDA is not available")
+    if options.cuda_graph and device.type != "cuda":
+        raise TrainingError(f"cuda_graph needs a CUDA device, not {device}")
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     gen = torch.Generator(device=device)
@@ -514,17 +622,20 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
 
     # ---- optimiser
     loss_fn = ContrastiveLoss(options.pos_margin, options.neg_margin, options.mining)
-    # on CUDA the fused AdamW: one kernel per parameter group instead of several per tensor
-    opt = torch.optim.AdamW(_param_groups(model, options), lr=options.lr, weight_decay=options.weight_decay,
-                            **({"fused": True} if device.type == "cuda" else {}))
+    opt = make_optimizer(model, options, device, capturable=options.cuda_graph)
     amp_dtype = _amp_dtype(options, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    train_step = TrainStep(model, loss_fn, opt, amp_dtype, device, cuda_graph=options.cuda_graph)
+    scaler = train_step.scaler
 
     epoch, step, train_s, images_seen = 0, 0, 0.0, 0
     threshold_ema = (options.pos_margin + options.neg_margin) / 2.0
     history: list[dict] = []
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
+        for g in opt.param_groups:  # the saved groups carry the saving run's capturable flag and lr (type, device)
+            g["capturable"] = options.cuda_graph
+            lr = float(g["lr"])
+            g["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if options.cuda_graph else lr
         if "scaler" in ckpt and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step, train_s, images_seen = ckpt["epoch"], ckpt["step"], ckpt["train_s"], ckpt["images_seen"]
@@ -568,20 +679,13 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         ep_acc, ep_n, ep_acc_n = 0.0, 0, 0
         for idx, lab in sampler.epoch():
             f = lr_factor(progress_now(), options.warmup_fraction, options.min_lr_factor)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * f
+            train_step.set_lr(f)
             xb = data[_to_device(idx, device)]
             yb = _to_device(lab, device)
             xb = augment_batch(xb, gen) if options.augment else xb.float().div_(255.0)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                emb = model(xb)
-            loss = loss_fn(emb.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss, emb = train_step(xb, yb)
             step += 1
             images_seen += batch_n
             ep_loss += loss.detach()

@@ -12,13 +12,16 @@ from facesearch import distance, encoder, metrics
 from facesearch.cli_train import train as train_cmd
 from facesearch.config import ModelConfig
 from facesearch.datasets import ImageFolder
+from facesearch.losses import ContrastiveLoss
 from facesearch.train import (
     PKSampler,
     TrainingError,
     TrainOptions,
+    TrainStep,
     augment_batch,
     calibration_pairs,
     lr_factor,
+    make_optimizer,
     read_lfw_people,
     run,
     split_identities,
@@ -219,6 +222,54 @@ def test_bad_options_are_rejected(tmp_path):
         run(TrainOptions(data=tmp_path, out=tmp_path / "m", images_per_identity=1), progress=False)
     with pytest.raises(TrainingError, match="margins"):
         run(TrainOptions(data=tmp_path, out=tmp_path / "m", pos_margin=0.7, neg_margin=0.5), progress=False)
+
+
+def test_cuda_graph_step_is_refused_where_it_cannot_run(tmp_path):
+    with pytest.raises(TrainingError, match="fp16"):
+        TrainOptions(data=tmp_path, out=tmp_path / "m", cuda_graph=True, amp="fp16").validate()
+    with pytest.raises(TrainingError, match="CUDA device"):
+        run(TrainOptions(data=tmp_path, out=tmp_path / "m", cuda_graph=True, device="cpu"), progress=False)
+    model = encoder.build(ModelConfig(input_size=32), pretrained=None)
+    opts = TrainOptions(data=".", out=".")
+    with pytest.raises(TrainingError, match="CUDA device"):
+        TrainStep(model, ContrastiveLoss(), make_optimizer(model, opts, torch.device("cpu")), None,
+                  torch.device("cpu"), cuda_graph=True)
+
+
+def _tiny_trainer(lr_scale: float = 1.0):
+    """A random-init 32 px model and its eager TrainStep, the same start every call."""
+    torch.manual_seed(0)
+    model = encoder.build(ModelConfig(input_size=32), pretrained=None).train()
+    model.dropout.p = 0.0
+    opt = make_optimizer(model, TrainOptions(data=".", out="."), torch.device("cpu"))
+    for g in opt.param_groups:
+        g["base_lr"] *= lr_scale
+    return model, TrainStep(model, ContrastiveLoss(), opt, None, torch.device("cpu"))
+
+
+def test_step_comparison_passes_the_same_step_and_catches_one_that_does_not_train():
+    # the check the GPU run uses to trust the CUDA graph step (benchmarks/train_speed.py graph_check)
+    from benchmarks.train_speed import compare_trainers
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(8, 3, 32, 32, generator=gen) for _ in range(4)]
+    labels = torch.arange(4).repeat_interleave(2)
+    factors = [1.0, 0.7, 0.4, 0.1]
+    same = compare_trainers(_tiny_trainer, _tiny_trainer, batches, labels, factors)
+    assert same["ok"] and same["param_diff_ratio"] < 1e-6 and same["update_norm"] > 0
+    frozen = compare_trainers(_tiny_trainer, lambda: _tiny_trainer(0.0), batches, labels, factors)
+    assert not frozen["ok"] and frozen["param_diff_ratio"] > 0.5
+    slower = compare_trainers(_tiny_trainer, lambda: _tiny_trainer(0.5), batches, labels, factors)
+    assert not slower["ok"]  # half the learning rate: the set_lr schedule did not arrive
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_trains_like_the_eager_step():
+    from benchmarks.train_speed import graph_check
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 3, 64, 64), dtype=np.uint8)
+    res = graph_check(torch.device("cuda"), pixels, 8, 4, steps=10, weights=WEIGHTS)
+    assert res["ok"], res
 
 
 @needs_lfw
