@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything facesearch measures on a GPU, in one call of about 8 minutes on one H200:
 #   1. decode the LFW pack once into a shared cache (facesearch train --decode-cache),
-#   2. training-step throughput, facesearch's step against a per-image PIL pipeline (benchmarks/train_speed.py),
+#   2. training-step throughput at 112 px, facesearch's step (eager and CUDA graph, bf16 and fp32) against a
+#      per-image PIL pipeline, and the check that the CUDA graph step trains like the eager one
+#      (benchmarks/train_speed.py),
 #   3. exact GPU search in torch, 1M and 10M faces (python -m benchmarks.gpu),
 #   4. the identity-disjoint LFW View 2 protocol: 10 trainings, the one that scores fold k never sees a person
 #      of people.txt set k (benchmarks/lfw_protocol.py --scheme tenfold), and the built-in model trained on all
@@ -9,7 +11,13 @@
 #   5. merge the 10 folds into benchmarks/results/lfw-NAME.json and print a table.
 #
 #   SHARED=../shared OUT=runs/gpu bash scripts/gpu_session.sh
-#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 bash scripts/gpu_session.sh   # the next run
+#   # the next run: 160 px, no search benchmark (measured), trainings on the CUDA graph step if its check passes
+#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=auto SEARCH=0 DEADLINE=540 bash scripts/gpu_session.sh
+#
+# GRAPH: 0 (default) eager training steps; 1 the CUDA graph step (train --cuda-graph); auto: whichever step
+# 2 measured fastest of eager / graph x bf16 / fp32 (sets AMP too), graph only if step 2's check passed (the
+# graph step trains like the eager one: benchmarks/train_speed.py graph_check). SEARCH=0 skips step 3;
+# DEFAULT_MODEL=0 skips the built-in model's training (10 trainings share the GPU instead of 11).
 #
 # SHARED holds data/lfw/{lfw-deepfunneled-112.zip,people.txt,pairs.txt} and weights/mobilenet_v2-b0353104.pth
 # (see ../shared/docs/data.md). DEADLINE is the number of seconds from the start by which everything has
@@ -27,6 +35,10 @@ LR=${LR:-5e-4}
 # 112 px crops upsampled to 160 px 1.6 points better, so the next run is: NAME=mnv2-160-tenfold SIZE=160.
 SIZE=${SIZE:-112}
 PK=${PK:-32 4}      # identities x images per batch
+GRAPH=${GRAPH:-0}
+AMP=${AMP:-auto}    # mixed precision of the trainings (auto: bf16 on a GPU that has it); GRAPH=auto may pick off
+SEARCH=${SEARCH:-1}
+DEFAULT_MODEL=${DEFAULT_MODEL:-1}
 PY=${PYTHON:-python3}
 ZIP=$SHARED/data/lfw/lfw-deepfunneled-112.zip
 PEOPLE=$SHARED/data/lfw/people.txt
@@ -47,20 +59,40 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 echo "== 1. decode LFW once ($(elapsed)s)"
 $PY scripts/decode_cache.py "$ZIP" "$CACHE" "$SIZE"
 
-echo "== 2. training-step throughput ($(elapsed)s)"
-timeout 60 $PY benchmarks/train_speed.py --device "$DEVICE" --size "$SIZE" --batch $PK --steps 10 --rounds 3 \
+echo "== 2. training-step throughput at 112 px, eager and CUDA graph, with the graph step's check ($(elapsed)s)"
+timeout 100 $PY benchmarks/train_speed.py --device "$DEVICE" --size 112 --batch $PK --steps 10 --rounds 3 \
   --warmup 5 --data "$ZIP" --weights "$CKPT" --output "$OUT/train-speed-gpu.json" || echo "train_speed failed ($?)"
+if [ "$GRAPH" = auto ]; then
+  # the fastest measured step for the trainings: eager or graph (graph only if its check passed), bf16 or fp32
+  read -r GRAPH AMP < <($PY -c '
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    ok = bool(r["cuda_graph_check"]["cuda"]["ok"])
+    rows = [x for x in r["results"] if x["mode"].startswith("facesearch") and (ok or not x["cuda_graph"])]
+    best = max(rows, key=lambda x: x["images_per_s"])
+    print(int(best["cuda_graph"]), "off" if best["amp"] == "off" else "auto")
+except Exception:
+    print(0, sys.argv[2])
+' "$OUT/train-speed-gpu.json" "$AMP")
+  echo "   GRAPH=auto -> GRAPH=$GRAPH AMP=$AMP"
+fi
+GRAPH_FLAG=(); [ "$GRAPH" = 1 ] && GRAPH_FLAG=(--cuda-graph)
 
-echo "== 3. exact GPU search ($(elapsed)s)"
-timeout 75 $PY -m benchmarks.gpu --sizes 1M,10M --out "$OUT/gpu-search.json" || echo "gpu search failed ($?)"
+if [ "$SEARCH" = 1 ]; then
+  echo "== 3. exact GPU search ($(elapsed)s)"
+  timeout 75 $PY -m benchmarks.gpu --sizes 1M,10M --out "$OUT/gpu-search.json" || echo "gpu search failed ($?)"
+fi
 
 LEFT=$(( DEADLINE - $(elapsed) - 45 ))
 BUDGET=$($PY -c "print(round($LEFT / 60, 2))")
-echo "== 4. 11 trainings at once, ${BUDGET} min each ($(elapsed)s)"
+N=$(( 10 + DEFAULT_MODEL ))
+echo "== 4. $N trainings at once, ${BUDGET} min each, GRAPH=$GRAPH ($(elapsed)s)"
 export OMP_NUM_THREADS=1
 COMMON=(--data "$ZIP" --people "$PEOPLE" --pairs "$PAIRS" --pretrained "$CKPT" --decode-cache "$CACHE"
         --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" --margin 0.6
-        --mining hard --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --concurrent 11 --quiet)
+        --mining hard --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --concurrent $N --quiet
+        --amp "$AMP" "${GRAPH_FLAG[@]}")
 pids=()
 for k in 1 2 3 4 5 6 7 8 9 10; do
   $PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --folds $k --work-dir "$WORK" "${COMMON[@]}" \
@@ -68,9 +100,10 @@ for k in 1 2 3 4 5 6 7 8 9 10; do
     > "$WORK/fold$k.log" 2>&1 &
   pids+=($!)
 done
-$PY -c "from facesearch.cli_train import train; train()" "$ZIP" --out "$SCRATCH/default-model" --pretrained "$CKPT" \
+[ "$DEFAULT_MODEL" = 1 ] && $PY -c "from facesearch.cli_train import train; train()" "$ZIP" \
+  --out "$SCRATCH/default-model" --pretrained "$CKPT" \
   --decode-cache "$CACHE" --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" \
-  --margin 0.6 --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --json \
+  --margin 0.6 --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --json --amp "$AMP" "${GRAPH_FLAG[@]}" \
   --name facesearch-mobilenet_v2-lfw-all \
   --notes "Trained by scripts/gpu_session.sh on all LFW deep-funneled 112 px people with at least 2 images (LFW: a research benchmark of news photos, no licence file), 10% of them held out to calibrate the threshold. It has seen LFW's test people, so it is never scored on LFW; the recipe's LFW accuracy comes from the identity-disjoint protocol (benchmarks/results/lfw-$NAME.json)." \
   > "$OUT/default-model.json" 2> "$WORK/default-model.log" &
@@ -85,12 +118,12 @@ while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
   if [ "$(elapsed)" -gt $(( DEADLINE + 20 )) ]; then echo "past the deadline: stopping"; kill "${pids[@]}" 2>/dev/null; fi
 done
 for k in 1 2 3 4 5 6 7 8 9 10; do tail -n 2 "$WORK/fold$k.log"; done
-tail -n 3 "$WORK/default-model.log"
+[ -f "$WORK/default-model.log" ] && tail -n 3 "$WORK/default-model.log"
 
 echo "== 5. merge ($(elapsed)s)"
 $PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --merge --work-dir "$WORK" \
-  --output "$OUT/lfw-$NAME.json" --concurrent 11 \
-  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
+  --output "$OUT/lfw-$NAME.json" --concurrent $N \
+  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE GRAPH=$GRAPH AMP=$AMP SEARCH=$SEARCH DEFAULT_MODEL=$DEFAULT_MODEL DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
   || echo "merge failed"
 tar -czf "$OUT/units.tar.gz" -C "$SCRATCH" --exclude='model-*' units 2>/dev/null
 [ -f "$SCRATCH/default-model/weights.pt" ] && \
@@ -131,5 +164,9 @@ for f in ("train-speed-gpu.json", "gpu-search.json"):
     for row in r.get("results", r.get("queries", [])):
         print(f"{f}: " + ", ".join(f"{k}={row[k]}" for k in ("mode", "label", "gallery", "batch", "images_per_s", "p50_ms")
                                    if k in row))
+    c = (r.get("cuda_graph_check") or {}).get("cuda")
+    if c:
+        print(f"{f}: cuda graph check ok={c['ok']} max loss rel diff {c['max_loss_rel_diff']:.2e}, "
+              f"weights apart/moved {c['param_diff_ratio']:.2e}")
 EOF
 echo "== done ($(elapsed)s)"
