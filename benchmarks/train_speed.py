@@ -202,15 +202,16 @@ def graph_check(device: torch.device, pixels: np.ndarray, p: int, k: int, steps:
 
 
 def measure_device(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int, rounds: int,
-                   warmup: int, weights: Path = WEIGHTS) -> list[dict]:
+                   warmup: int, weights: Path = WEIGHTS, graph: bool = True) -> list[dict]:
     """Modes are interleaved round by round (so a load change on a shared machine hits them alike);
     each mode's figure is the median over rounds."""
     eager = Bench(device, pixels, p, k, weights)
     # (mode, amp, bench, input source)
     modes = [("facesearch", "auto", eager, "facesearch")]
     if device.type == "cuda":
-        modes += [("facesearch-fp32", "off", eager, "facesearch"),
-                  ("facesearch-graph", "auto", Bench(device, pixels, p, k, weights, graph=True), "facesearch"),
+        modes.append(("facesearch-fp32", "off", eager, "facesearch"))
+    if device.type == "cuda" and graph:
+        modes += [("facesearch-graph", "auto", Bench(device, pixels, p, k, weights, graph=True), "facesearch"),
                   ("facesearch-graph-fp32", "off", Bench(device, pixels, p, k, weights, graph=True), "facesearch")]
     modes.append(("baseline-pil", "auto", eager, "baseline-pil"))
     for _, amp, bench, src in modes:
@@ -253,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None)
     ap.add_argument("--data", type=Path, default=LFW_ZIP, help="LFW pack (random pixels if missing)")
     ap.add_argument("--weights", type=Path, default=WEIGHTS, help="ImageNet MobileNetV2 checkpoint")
+    ap.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True,
+                    help="on CUDA also check and measure the CUDA graph step")
     args = ap.parse_args(argv)
     devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
     if args.device == "auto" and torch.cuda.is_available() or args.device.startswith("cuda"):
@@ -263,14 +266,14 @@ def main(argv=None) -> int:
     rows, checks = [], {}
     for dev in devices:
         p, k = args.batch or ((64, 4) if dev.type == "cuda" else (16, 4))
-        if dev.type == "cuda":
+        if dev.type == "cuda" and args.graph:
             c = graph_check(dev, pixels, p, k, weights=args.weights)
             checks[dev.type] = {key: v for key, v in c.items() if key not in ("loss_a", "loss_b")}
             print(f"cuda graph check: {'ok' if c['ok'] else 'FAILED'} (max loss rel diff {c['max_loss_rel_diff']:.2e}, "
                   f"weights apart / moved {c['param_diff_ratio']:.2e})", file=sys.stderr, flush=True)
         steps = args.steps or (20 if dev.type == "cuda" else 2)
         warmup = args.warmup if args.warmup is not None else (10 if dev.type == "cuda" else 1)
-        for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup, args.weights):
+        for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup, args.weights, args.graph):
             rows.append(r)
             print(f"{dev.type:5s} {r['mode']:21s} amp={r['amp']:8s} batch={r['batch']:4d} "
                   f"{r['images_per_s']:9.1f} img/s (rounds {r['images_per_s_rounds']})", file=sys.stderr, flush=True)
