@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from facesearch import distance
 from facesearch.errors import ModelFileError
@@ -91,14 +91,19 @@ class ModelConfig:
             raise ModelFileError(f"model config {path} is not valid: {e}") from e
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), readable by the owner only."""
+def write_private_atomic(path: Path, data: "bytes | Callable[[BinaryIO], None]") -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), readable by the owner only.
+    ``data`` is bytes, or a function that writes into the open file (for content too big to build first);
+    if it raises, the old file stays and the temp file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,6 +10,7 @@ store's face ids. The index is a cache of the store: it is written atomically wi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -89,7 +90,9 @@ class Stamp:
 
 
 class VectorIndex:
-    """Common interface: ``add``, ``remove``, ``search``; subclasses serialise to bytes."""
+    """Common interface: ``add``, ``remove``, ``search``; subclasses serialise as a stream of byte chunks
+    (``write_payload(write)`` / ``read_payload(read, stamp)``), so saving and loading never hold a second
+    copy of a large index in memory."""
 
     factory: str
     backend: str
@@ -186,20 +189,41 @@ class FaissIndex(VectorIndex):
         dist[ids < 0] = np.inf
         return dist, ids
 
-    def to_bytes(self) -> bytes:
+    def write_payload(self, write) -> None:
+        """FAISS's serialisation, handed to ``write(chunk)`` piece by piece (at most 1 MiB each)."""
         import faiss
 
-        return faiss.serialize_index(self.cpu_index).tobytes()
+        writer = faiss.PyCallbackIOWriter(write)
+        faiss.write_index(self.cpu_index, writer)
+        del writer  # flushes its buffer
+
+    @classmethod
+    def read_payload(cls, read, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
+        """From ``read(n) -> bytes`` (e.g. an open file's ``read``), consuming exactly the index's bytes."""
+        import faiss
+
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        return cls(stamp.dim, stamp.factory, gpu=gpu, index=index)
+
+    def to_bytes(self) -> bytes:
+        chunks: list[bytes] = []
+        self.write_payload(lambda b: chunks.append(bytes(b)))
+        return b"".join(chunks)
 
     @classmethod
     def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
-        import faiss
-
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(stamp.dim, stamp.factory, gpu=gpu, index=index)
+        return cls.read_payload(io.BytesIO(data).read, stamp, gpu=gpu)
 
     def memory_bytes(self) -> int:
-        return len(self.to_bytes())
+        """Size of the serialised index (counted as it streams; nothing is kept)."""
+        n = 0
+
+        def count(b):
+            nonlocal n
+            n += len(b)
+
+        self.write_payload(count)
+        return n
 
 
 class TorchIndex(VectorIndex):
@@ -260,19 +284,31 @@ class TorchIndex(VectorIndex):
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         return dist.astype(np.float32), ids
 
-    def to_bytes(self) -> bytes:
-        ids = self.ids.cpu().numpy().astype("<i8")
-        vec = self.vectors.float().cpu().numpy().astype("<f4")
-        return struct.pack("<q", len(ids)) + ids.tobytes() + vec.tobytes()
+    def write_payload(self, write, chunk: int = 1 << 16) -> None:
+        """The count, the ids, then the vectors as float32, in slices of ``chunk`` rows."""
+        write(struct.pack("<q", self.ntotal))
+        for start in range(0, self.ntotal, chunk):
+            write(self.ids[start : start + chunk].cpu().numpy().astype("<i8").tobytes())
+        for start in range(0, self.ntotal, chunk):
+            write(self.vectors[start : start + chunk].float().cpu().numpy().astype("<f4").tobytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = True) -> "TorchIndex":
-        (n,) = struct.unpack_from("<q", data)
-        ids = np.frombuffer(data, "<i8", n, 8)
-        vec = np.frombuffer(data, "<f4", n * stamp.dim, 8 + 8 * n).reshape(n, stamp.dim)
+    def read_payload(cls, read, stamp: Stamp, gpu: bool = True) -> "TorchIndex":
+        (n,) = struct.unpack("<q", _read_exactly(read, 8))
+        ids = np.frombuffer(_read_exactly(read, 8 * n), "<i8")
+        vec = np.frombuffer(_read_exactly(read, 4 * n * stamp.dim), "<f4").reshape(n, stamp.dim)
         idx = cls(stamp.dim, dtype=stamp.factory.split("-", 1)[1])
         idx.add(ids, vec)
         return idx
+
+    def to_bytes(self) -> bytes:
+        chunks: list[bytes] = []
+        self.write_payload(chunks.append)
+        return b"".join(chunks)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = True) -> "TorchIndex":
+        return cls.read_payload(io.BytesIO(data).read, stamp, gpu=gpu)
 
     def memory_bytes(self) -> int:
         return self.vectors.numel() * self.vectors.element_size() + self.ids.numel() * 8
@@ -379,12 +415,42 @@ def faiss_nlist(index: "FaissIndex") -> int:
     return int(ivf.nlist) if ivf is not None else 0
 
 
+def _read_exactly(read, n: int) -> bytes:
+    data = read(n)
+    if len(data) != n:
+        raise StaleIndex(f"index payload ends early ({len(data)} of {n} bytes)")
+    return data
+
+
 def save(index: VectorIndex, path: str | os.PathLike, stamp: Stamp) -> None:
-    """Write index + stamp atomically, owner-only; a checksum guards the payload."""
-    payload = index.to_bytes()
-    header = dict(stamp.__dict__, format=FORMAT, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+    """Write index + stamp atomically, owner-only; a checksum guards the payload.
+
+    The payload is streamed twice (once to hash it for the header, once into the file) rather than
+    held in memory: at 1M faces a serialised copy would be as big as the index itself."""
+    digest, size = hashlib.sha256(), 0
+
+    def hash_chunk(b):
+        nonlocal size
+        digest.update(b)
+        size += len(b)
+
+    index.write_payload(hash_chunk)
+    header = dict(stamp.__dict__, format=FORMAT, sha256=digest.hexdigest(), size=size)
     hb = json.dumps(header, sort_keys=True).encode()
-    write_private_atomic(Path(path), MAGIC + struct.pack("<I", len(hb)) + hb + payload)
+    written = hashlib.sha256()
+
+    def body(f):
+        f.write(MAGIC + struct.pack("<I", len(hb)) + hb)
+
+        def write(b):
+            written.update(b)
+            f.write(b)
+
+        index.write_payload(write)
+        if written.hexdigest() != header["sha256"]:  # the index changed between the two passes
+            raise RuntimeError("index changed while it was being saved")
+
+    write_private_atomic(Path(path), body)
 
 
 def read_stamp(path: str | os.PathLike) -> tuple[Stamp, dict]:
@@ -412,22 +478,31 @@ def load(path: str | os.PathLike, expect: Stamp, backend: str) -> VectorIndex:
     for field in ("model_key", "revision", "ntotal", "dim"):
         if getattr(stamp, field) != getattr(expect, field):
             raise StaleIndex(f"index {field} is {getattr(stamp, field)!r}, store has {getattr(expect, field)!r}")
-    data = path.read_bytes()
-    off = len(MAGIC) + 4 + struct.unpack_from("<I", data, len(MAGIC))[0]
-    payload = data[off:]
-    if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise StaleIndex("index file is truncated or corrupt (checksum mismatch)")
-    try:
-        if stamp.backend == "torch-cuda":
-            if backend != "torch-cuda":
-                raise StaleIndex("index was built for torch-cuda")
-            index = TorchIndex.from_bytes(payload, stamp)
-        else:
-            index = FaissIndex.from_bytes(payload, stamp, gpu=backend == "faiss-gpu")
-    except StaleIndex:
-        raise
-    except Exception as e:
-        raise StaleIndex(f"index file cannot be read: {e}") from e
+    if stamp.backend == "torch-cuda" and backend != "torch-cuda":
+        raise StaleIndex("index was built for torch-cuda")
+    # one open file for both passes: a writer replaces the file by rename, so both read the same bytes.
+    # First the checksum, in 1 MiB pieces, then (only if it matches) the index straight from the file:
+    # no copy of the payload is held besides the index being built.
+    with open(path, "rb") as f:
+        f.seek(len(MAGIC))
+        off = len(MAGIC) + 4 + struct.unpack("<I", f.read(4))[0]
+        f.seek(off)
+        digest, size = hashlib.sha256(), 0
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        if size != header.get("size") or digest.hexdigest() != header.get("sha256"):
+            raise StaleIndex("index file is truncated or corrupt (checksum mismatch)")
+        f.seek(off)
+        try:
+            if stamp.backend == "torch-cuda":
+                index = TorchIndex.read_payload(f.read, stamp)
+            else:
+                index = FaissIndex.read_payload(f.read, stamp, gpu=backend == "faiss-gpu")
+        except StaleIndex:
+            raise
+        except Exception as e:
+            raise StaleIndex(f"index file cannot be read: {e}") from e
     if index.ntotal != expect.ntotal:
         raise StaleIndex("index size differs from its stamp")
     return index

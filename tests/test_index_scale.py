@@ -135,3 +135,46 @@ def test_gallery_switches_to_ivf_transparently_and_removes_in_place(fs, monkeypa
     assert fs._index is idx  # applied in place, not rebuilt
     assert fs.search_embeddings(probes[:1], top_k=3)[0].matches[0].identity != "p0000"
     assert fs.index().ntotal == len(rows) - 4
+
+
+def test_saved_file_streams_the_same_bytes_and_loads_the_same_index(tmp_path):
+    # save/load stream the payload in pieces; the file is still header + FAISS's own serialisation, so
+    # index files written before (one buffer) and after read the same
+    gallery, _, probes, _ = clustered(n_people=300, per_person=3, seed=3)
+    idx = vindex.build(DIM, chunks(gallery), len(gallery), "Flat", "faiss-cpu")
+    stamp = vindex.Stamp("m", 7, idx.ntotal, DIM, idx.factory, "faiss-cpu")
+    path = tmp_path / "i.fsx"
+    vindex.save(idx, path, stamp)
+    data = path.read_bytes()
+    payload = idx.to_bytes()
+    assert data.endswith(payload) and len(payload) == idx.memory_bytes()
+    _, header = vindex.read_stamp(path)
+    assert header["size"] == len(payload)
+    again = vindex.load(path, stamp, "faiss-cpu")
+    d0, i0 = idx.search(probes[:20], 5)
+    d1, i1 = again.search(probes[:20], 5)
+    assert np.array_equal(i0, i1) and np.allclose(d0, d1)
+    # a byte changed inside the payload is caught by the checksum before FAISS reads anything
+    b = bytearray(data)
+    b[len(data) - len(payload) // 2] ^= 0x01
+    path.write_bytes(bytes(b))
+    with pytest.raises(vindex.StaleIndex, match="checksum"):
+        vindex.load(path, stamp, "faiss-cpu")
+
+
+def test_a_failed_streamed_write_keeps_the_old_file(tmp_path):
+    from facesearch.config import write_private_atomic
+
+    path = tmp_path / "f.bin"
+    write_private_atomic(path, b"old")
+
+    def half_then_fail(f):
+        f.write(b"new but")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_private_atomic(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
+    write_private_atomic(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and (path.stat().st_mode & 0o777) == 0o600
