@@ -138,13 +138,31 @@ def _probe_files(paths) -> list[Path]:
     return files
 
 
+def _threshold_options(f):
+    """--threshold / --far for the commands that decide match or not."""
+    f = click.option("--far", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Decide with the model's stored threshold for this false accept rate (e.g. 1e-3: "
+                          "stricter, for searching many people) instead of its balanced one.")(f)
+    f = click.option("--threshold", type=click.FloatRange(0, 2), default=None,
+                     help="Decide with this distance instead of the model's threshold.")(f)
+    return f
+
+
+def _decision_threshold(fs, threshold, far) -> float:
+    try:
+        return fs.threshold_at(far=far, threshold=threshold)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+
 @cli.command()
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="How many identities to list.")
+@_threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for several probes.")
 @click.pass_obj
-def query(app: App, images_, top_k, as_json):
+def query(app: App, images_, top_k, threshold, far, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
 
     Several images or a folder are embedded and searched in batches.
@@ -155,18 +173,19 @@ def query(app: App, images_, top_k, as_json):
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGE")
     fs = app.open()
+    thr = _decision_threshold(fs, threshold, far)
     if len(files) == 1:
-        results = [fs.query(files[0], top_k)]
+        results = [fs.query(files[0], top_k, threshold=thr)]
     else:
         with _progress(len(files), "query") as bar:
-            results = fs.query_many(files, top_k, progress=bar.update)
+            results = fs.query_many(files, top_k, progress=bar.update, threshold=thr)
     if as_json:
         out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
                for r in results]
         _echo_json(out[0] if len(out) == 1 else out)
     else:
         for r in results:
-            _print_result(r, fs.threshold)
+            _print_result(r, thr)
     if all(isinstance(r, Failure) for r in results):
         sys.exit(1)
 
@@ -195,11 +214,13 @@ def _print_result(r, threshold) -> None:
 @cli.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
+@_threshold_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def verify(app: App, a, b, as_json):
+def verify(app: App, a, b, threshold, far, as_json):
     """Are A and B the same person? same = distance <= the model's threshold."""
-    r = app.open().verify(a, b)
+    fs = app.open()
+    r = fs.verify(a, b, threshold=_decision_threshold(fs, threshold, far))
     if as_json:
         _echo_json(r.to_dict())
     else:
@@ -278,6 +299,9 @@ def info(app: App, as_json):
     click.echo(f"database:    {d['database']} (schema {d['schema_revision']})")
     click.echo(f"model:       {m['key']} ({m['backbone']}, {m['embedding_dim']}-d, {m['input_size']} px)")
     click.echo(f"threshold:   {m['threshold']:.4f} ({m['distance']} distance; match when distance <= threshold)")
+    for op in m.get("operating_points") or []:
+        click.echo(f"  --far {op['far']:g}: {op['threshold']:.4f} (accepts {100 * op['tar']:.1f}% of genuine "
+                   f"held-out pairs)")
     click.echo(f"identities:  {d['identities']}")
     click.echo(f"faces:       {d['faces']}")
     ix = d["index"]

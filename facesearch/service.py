@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -285,6 +286,29 @@ class FaceSearch:
         """The model's calibrated distance threshold: a match when distance <= threshold."""
         return float(self.config.threshold)
 
+    def operating_points(self) -> list[dict]:
+        """Stricter thresholds stored by calibration: ``[{"far": 0.01, "threshold": t, "tar": x}, ...]``,
+        each the largest threshold whose false accept rate on the held-out impostor pairs was at most ``far``."""
+        return list((self.config.calibration or {}).get("operating_points") or [])
+
+    def threshold_at(self, far: float | None = None, threshold: float | None = None) -> float:
+        """The threshold to decide with: ``threshold`` if given, else the stored operating point for ``far``,
+        else the model's calibrated threshold. Raises ValueError for a bad threshold or an unknown ``far``."""
+        if threshold is not None and far is not None:
+            raise ValueError("give a threshold or a far, not both")
+        if threshold is not None:
+            if not distance.MIN <= threshold <= distance.MAX:
+                raise ValueError(f"threshold is a {self.config.distance} distance in [{distance.MIN}, {distance.MAX}]")
+            return float(threshold)
+        if far is None:
+            return self.threshold
+        for op in self.operating_points():
+            if math.isclose(op["far"], far, rel_tol=1e-9):
+                return float(op["threshold"])
+        have = ", ".join(f"{op['far']:g}" for op in self.operating_points()) or "none"
+        raise ValueError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
+                         f"`facesearch calibrate MODEL DATA` stores them")
+
     @property
     def index_path(self) -> Path:
         return self.home / INDEX_FILE
@@ -548,15 +572,16 @@ class FaceSearch:
         report.identities.update(r[0] for r in rows)
 
     # ---- searching ------------------------------------------------------------------------
-    def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None
-                          ) -> list[QueryResult]:
-        """Ranked identities (best face each) for each query embedding."""
+    def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None,
+                          threshold: float | None = None) -> list[QueryResult]:
+        """Ranked identities (best face each) for each query embedding. ``threshold``: decide matches with
+        this distance instead of the model's (see :meth:`threshold_at`)."""
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
+        thr = self.threshold_at(threshold=threshold)
         idx = self.index()
         emb = np.atleast_2d(np.asarray(emb, np.float32))
         n = idx.ntotal
-        thr = self.threshold
         if n == 0:
             return [QueryResult([], thr, p) for p in (probes or [""] * len(emb))]
         k = min(n, max(top_k * 4, top_k + 16))
@@ -600,16 +625,19 @@ class FaceSearch:
             torch.set_num_threads(before_torch)
             faiss.omp_set_num_threads(before_faiss)
 
-    def query(self, image: ImageInput, top_k: int = 5) -> QueryResult:
-        """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the threshold."""
+    def query(self, image: ImageInput, top_k: int = 5, threshold: float | None = None) -> QueryResult:
+        """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the
+        threshold (the model's, or ``threshold``, e.g. ``fs.threshold_at(far=1e-3)``)."""
+        thr = self.threshold_at(threshold=threshold)
         crop, _ = self._prepare(image)
         with self._single_thread():
             return self.search_embeddings(self._embed_crops([crop]), top_k,
-                                          [image if isinstance(image, str) else str(image)[:80]])[0]
+                                          [image if isinstance(image, str) else str(image)[:80]], thr)[0]
 
     def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
-                   progress: Progress | None = None) -> list[QueryResult | Failure]:
+                   progress: Progress | None = None, threshold: float | None = None) -> list[QueryResult | Failure]:
         """Batched query: embeds and searches in batches. A bad image gives a Failure in its place."""
+        threshold = self.threshold_at(threshold=threshold)
         out: list[QueryResult | Failure] = []
         for batch in _batched(list(image_list), batch_size):
             crops, names, slots = [], [], []
@@ -622,18 +650,21 @@ class FaceSearch:
                 except InvalidImageError as e:
                     out.append(Failure(str(im), str(e)))
             if crops:
-                for slot, res in zip(slots, self.search_embeddings(self._embed_crops(crops), top_k, names)):
+                found = self.search_embeddings(self._embed_crops(crops), top_k, names, threshold)
+                for slot, res in zip(slots, found):
                     out[slot] = res
             if progress is not None:
                 progress(len(batch))
         return out
 
-    def verify(self, a: ImageInput, b: ImageInput) -> VerifyResult:
-        """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold``."""
+    def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None) -> VerifyResult:
+        """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold`` (the model's unless
+        given)."""
+        thr = self.threshold_at(threshold=threshold)
         with self._single_thread():
             ea, eb = self.embed([a]), self.embed([b])
         d = float(distance.clip(distance.paired(ea, eb))[0])
-        return VerifyResult(d, self.threshold, bool(distance.is_match(d, self.threshold)))
+        return VerifyResult(d, thr, bool(distance.is_match(d, thr)))
 
     # ---- managing identities --------------------------------------------------------------
     def identities(self):
@@ -711,6 +742,7 @@ class FaceSearch:
             "model": {"key": self.model_key, "name": self.config.name, "backbone": self.config.backbone,
                       "embedding_dim": self.config.embedding_dim, "input_size": self.config.input_size,
                       "distance": self.config.distance, "threshold": self.threshold,
+                      "operating_points": self.operating_points(),
                       "training": {k: v for k, v in self.config.training.items() if k != "people"}},
             "identities": self.store.count_identities(),
             "faces": self.store.count_faces(),

@@ -65,6 +65,8 @@ from facesearch.errors import FaceSearchError
 from facesearch.losses import MINING, ContrastiveLoss
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: false accept rates whose thresholds calibration stores next to the balanced one (``operating_points``)
+OPERATING_FARS = (1e-2, 1e-3)
 RECIPE = "contrastive-pk"
 
 
@@ -489,10 +491,17 @@ def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int, so
         if same[fit].any() and (~same[fit]).any() and score.any():
             t, _ = metrics.best_threshold(dist[fit], same[fit])
             cv.append(metrics.accuracy(dist[score], same[score], t))
+    operating_points = []
+    for far in OPERATING_FARS:
+        tar, t = metrics.tar_at_far(dist, same, far)
+        operating_points.append({"far": far, "threshold": t, "tar": tar})
     return {
         "threshold": thr,
         "accuracy": acc,
         "cross_validated_accuracy": float(np.mean(cv)) if cv else None,
+        # stricter thresholds on the same pairs, for 1:N search and high-security 1:1 (FaceSearch(far=...));
+        # with n impostor pairs a FAR below 1/n cannot be measured, so 1e-3 rests on few pairs
+        "operating_points": operating_points,
         "pairs": int(len(same)),
         "genuine_pairs": int(same.sum()),
         "impostor_pairs": int((~same).sum()),

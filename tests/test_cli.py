@@ -77,6 +77,37 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src):
     assert "current: 0001  head: 0001" in run("db", "current", model=False).output
 
 
+def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir, tmp_path):
+    run("enroll", str(gallery))
+    probe = gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp"  # enrolled: distance ~0 to itself
+    other = gallery / "Hugo_Chavez" / "Hugo_Chavez_0001.webp"
+    q = json.loads(run("query", str(probe), "--threshold", "0.0001", "--json").stdout)
+    assert q["threshold"] == 0.0001 and q["identity"] == "Tony_Blair"
+    assert [m["match"] for m in q["matches"]] == [True] + [False] * (len(q["matches"]) - 1)
+    assert json.loads(run("query", str(probe), "--json").stdout)["threshold"] == 0.3  # the model's
+    assert json.loads(run("verify", str(probe), str(other), "--threshold", "2", "--json").stdout)["same"] is True
+    v = json.loads(run("verify", str(probe), str(other), "--threshold", "0", "--json").stdout)
+    assert v["same"] is False and v["threshold"] == 0.0
+    # the test model stores no operating points: --far is refused with the way out, as is asking for both
+    r = run("query", str(probe), "--far", "1e-3", ok=False)
+    assert r.exit_code == 2 and "no threshold for FAR 0.001" in r.output and "facesearch calibrate" in r.output
+    r = run("verify", str(probe), str(other), "--far", "1e-3", "--threshold", "0.1", ok=False)
+    assert r.exit_code == 2 and "not both" in r.output
+    # a model whose calibration stored them: --far uses the stored threshold
+    cal = tmp_path / "calibrated"
+    shutil.copytree(model_dir, cal)
+    cfg = json.loads((cal / "model.json").read_text())
+    cfg["calibration"] = dict(cfg.get("calibration") or {}, operating_points=[
+        {"far": 0.01, "threshold": 0.2, "tar": 0.6}, {"far": 0.001, "threshold": 0.125, "tar": 0.3}])
+    (cal / "model.json").write_text(json.dumps(cfg))
+    argv = ["--home", str(tmp_path / "home"), "--device", "cpu", "--model", str(cal)]
+    r = CliRunner().invoke(cli, argv + ["verify", str(probe), str(other), "--far", "1e-3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["threshold"] == 0.125
+    r = CliRunner().invoke(cli, argv + ["info"])
+    assert "--far 0.001: 0.1250" in r.output
+
+
 def test_batch_query_of_a_folder(run, gallery, gallery_src, tmp_path):
     run("enroll", str(gallery))
     probes = tmp_path / "probes"

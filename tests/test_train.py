@@ -132,6 +132,14 @@ def test_stored_threshold_is_the_one_calibrated_on_held_out_pairs(trained):
     assert stored["threshold"] == pytest.approx(thr, abs=1e-6)
     assert stored["calibration"]["accuracy"] == pytest.approx(acc)
     assert 0.0 <= stored["threshold"] <= 2.0
+    # the stricter operating points: on these same pairs, each threshold's false accept rate is within its FAR
+    ops = stored["calibration"]["operating_points"]
+    assert [op["far"] for op in ops] == [1e-2, 1e-3]
+    for op in ops:
+        accepted = distance.is_match(d, op["threshold"])
+        assert accepted[~same].mean() <= op["far"] + 1e-12
+        assert accepted[same].mean() == pytest.approx(op["tar"], abs=1e-6)
+    assert ops[1]["threshold"] <= ops[0]["threshold"] <= stored["threshold"]
 
 
 @needs_lfw
