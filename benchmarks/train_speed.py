@@ -16,9 +16,10 @@ Measures, for MobileNetV2 at 112 px (ImageNet init when the shared checkpoint is
   ``facesearch-graph-fp32``: the same steps captured once as a CUDA graph and replayed
   (``train --cuda-graph``, ``train.TrainStep``), each with its own model and optimiser.
 
-On CUDA it first checks that the graph step trains like the eager one (``graph_check``: the same
-initial weights, batches and learning-rate schedule for 20 steps, fp32; the losses must agree and the
-weights must end where the eager step takes them), and records the check in the JSON.
+On CUDA it first checks that the graph step trains like the eager one (``graph_check``, fp32 and the
+training's autocast: the same initial weights, batches and learning-rate schedule for 20 steps; the
+losses must agree and the weights and BatchNorm statistics must end where the eager step takes them),
+and records the check in the JSON.
 
 Modes are interleaved round by round and each figure is the median over rounds, so a load change on
 a shared machine hits every mode alike. Also reports the input pipeline alone (gather + augment + copy).
@@ -150,35 +151,56 @@ class Bench:
         return self.n * reps / (time.perf_counter() - t0)
 
 
+def _float_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(parameters, floating-point buffers such as BatchNorm running statistics), copied."""
+    params = {k: v.detach().float().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().float().clone() for k, v in model.named_buffers() if v.is_floating_point()}
+    return params, buffers
+
+
+def _apart_over_moved(a: dict, b: dict, start: dict) -> tuple[float, float, float]:
+    moved = sum(float((a[n] - start[n]).pow(2).sum()) for n in a) ** 0.5
+    apart = sum(float((a[n] - b[n]).pow(2).sum()) for n in a) ** 0.5
+    return moved, apart, apart / max(moved, 1e-12)
+
+
 def compare_trainers(make_a, make_b, batches: list[torch.Tensor], labels: torch.Tensor,
                      factors: list[float]) -> dict:
     """Train two (model, TrainStep) pairs, built by ``make_a()`` / ``make_b()`` from the same initial
     weights, on the same ``batches`` with learning-rate factors ``factors`` (one per batch); compare.
 
-    ``ok`` needs every loss to agree (relative difference <= 1e-2) and B's final weights to be much
-    closer to A's than A's are to where they started (``param_diff_ratio`` <= 0.05): B applied the same
-    updates, not merely similar losses (a step that never updates shows a ratio near 1)."""
+    ``ok`` needs every loss to agree (relative difference <= 1e-2), the integer buffers (BatchNorm's
+    batch counters) to be equal, and B's final weights, and separately its BatchNorm running statistics,
+    to be much closer to A's than A's are to where they started (``param_diff_ratio``,
+    ``buffer_diff_ratio`` <= 0.05): B applied the same updates, not merely similar losses (a step that
+    never updates shows a ratio near 1)."""
     (ma, ta), (mb, tb) = make_a(), make_b()
-    start = [q.detach().clone() for q in ma.parameters()]
+    start_p, start_b = _float_state(ma)
     la, lb = [], []
     for x, f in zip(batches, factors):
         ta.set_lr(f)
         tb.set_lr(f)
         la.append(float(ta(x, labels)[0].detach()))
         lb.append(float(tb(x, labels)[0].detach()))
-    moved = sum(float((a.detach() - s).pow(2).sum()) for a, s in zip(ma.parameters(), start)) ** 0.5
-    apart = sum(float((a.detach() - b.detach()).pow(2).sum()) for a, b in zip(ma.parameters(), mb.parameters())) ** 0.5
+    (pa, ba), (pb, bb) = _float_state(ma), _float_state(mb)
+    moved, apart, ratio = _apart_over_moved(pa, pb, start_p)
+    _, _, buffer_ratio = _apart_over_moved(ba, bb, start_b)
+    ints_a = {k: v for k, v in ma.state_dict().items() if not v.is_floating_point()}
+    ints_b = {k: v for k, v in mb.state_dict().items() if not v.is_floating_point()}
+    counters_equal = all(torch.equal(ints_a[k].cpu(), ints_b[k].cpu()) for k in ints_a)
     rel = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(la, lb))
-    ratio = apart / max(moved, 1e-12)
     return {"steps": len(batches), "loss_a": la, "loss_b": lb, "max_loss_rel_diff": rel,
             "update_norm": moved, "param_diff_norm": apart, "param_diff_ratio": ratio,
-            "ok": bool(rel <= 1e-2 and ratio <= 0.05)}
+            "buffer_diff_ratio": buffer_ratio, "counters_equal": counters_equal,
+            "ok": bool(rel <= 1e-2 and ratio <= 0.05 and buffer_ratio <= 0.05 and counters_equal)}
 
 
 def graph_check(device: torch.device, pixels: np.ndarray, p: int, k: int, steps: int = 20,
-                weights: Path = WEIGHTS, graph: bool = True) -> dict:
-    """Does the CUDA graph step (``graph``) train exactly like the eager one? fp32, same start, same
-    augmented batches, no dropout, a learning rate falling from 1x to 0.1x (so set_lr must reach the graph)."""
+                weights: Path = WEIGHTS, amp: str = "off", graph: bool = True) -> dict:
+    """Does the CUDA graph step (``graph``) train exactly like the eager one? Same start, same augmented
+    batches, no dropout, a learning rate falling from 1x to 0.1x (so set_lr must reach the graph), cuDNN
+    in deterministic mode; ``amp`` as in training. Also runs eager against eager, the noise floor
+    (``eager_vs_eager``). Never raises: a failure is ``ok: False`` with the error."""
     data = torch.from_numpy(pixels).to(device)
     gen = torch.Generator(device=device).manual_seed(1)
     rng = np.random.default_rng(1)
@@ -193,11 +215,21 @@ def graph_check(device: torch.device, pixels: np.ndarray, p: int, k: int, steps:
         def build():
             b = Bench(device, pixels[:p * k], p, k, weights, graph=g)
             b.model.dropout.p = 0.0  # the two runs draw different dropout masks; the check is of the step
-            return b.model, b.trainer("off")
+            return b.model, b.trainer(amp)
         return build
 
-    res = compare_trainers(make(False), make(graph), batches, labels, factors)
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        noise = compare_trainers(make(False), make(False), batches, labels, factors)
+        res = compare_trainers(make(False), make(graph), batches, labels, factors)
+        res["eager_vs_eager"] = {k: noise[k] for k in ("max_loss_rel_diff", "param_diff_ratio", "ok")}
+    except Exception as e:  # a capture that fails is a failed check, not a failed benchmark
+        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
     res["compared"] = "eager vs " + ("cuda graph" if graph else "eager")
+    res["amp"] = amp
     return res
 
 
@@ -267,10 +299,16 @@ def main(argv=None) -> int:
     for dev in devices:
         p, k = args.batch or ((64, 4) if dev.type == "cuda" else (16, 4))
         if dev.type == "cuda" and args.graph:
-            c = graph_check(dev, pixels, p, k, weights=args.weights)
-            checks[dev.type] = {key: v for key, v in c.items() if key not in ("loss_a", "loss_b")}
-            print(f"cuda graph check: {'ok' if c['ok'] else 'FAILED'} (max loss rel diff {c['max_loss_rel_diff']:.2e}, "
-                  f"weights apart / moved {c['param_diff_ratio']:.2e})", file=sys.stderr, flush=True)
+            per_amp = {}
+            for amp in ("off", "auto"):  # fp32 and the training's autocast (bf16 where supported)
+                c = graph_check(dev, pixels, p, k, weights=args.weights, amp=amp)
+                per_amp[amp] = {key: v for key, v in c.items() if key not in ("loss_a", "loss_b")}
+                detail = c.get("error") or (f"max loss rel diff {c['max_loss_rel_diff']:.2e}, state apart / moved "
+                                            f"{c['param_diff_ratio']:.2e}; eager vs eager "
+                                            f"{c['eager_vs_eager']['param_diff_ratio']:.2e}")
+                print(f"cuda graph check, amp {amp}: {'ok' if c['ok'] else 'FAILED'} ({detail})",
+                      file=sys.stderr, flush=True)
+            checks[dev.type] = {"ok": all(c["ok"] for c in per_amp.values()), "by_amp": per_amp}
         steps = args.steps or (20 if dev.type == "cuda" else 2)
         warmup = args.warmup if args.warmup is not None else (10 if dev.type == "cuda" else 1)
         for r in measure_device(dev, pixels, p, k, steps, args.rounds, warmup, args.weights, args.graph):

@@ -376,6 +376,7 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.calls = 0
         self._graph = None
+        self._side = None
         self._x = self._y = self._out = None
 
     def set_lr(self, factor: float) -> None:
@@ -403,6 +404,11 @@ class TrainStep:
         if not self.cuda_graph:
             self.opt.zero_grad(set_to_none=True)
             return self._forward_backward(x, y)
+        # torch.cuda.graph captures on the *current* device's stream: make it the model's (cuda:1 ...)
+        with torch.cuda.device(self.device):
+            return self._graph_step(x, y)
+
+    def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._x is None:
             self._x, self._y = torch.empty_like(x), torch.empty_like(y)
         if x.shape != self._x.shape or y.shape != self._y.shape:
@@ -411,7 +417,9 @@ class TrainStep:
         self._x.copy_(x)
         self._y.copy_(y)
         if self._graph is None and self.calls <= self.WARMUP:
-            side = torch.cuda.Stream(self.device)
+            if self._side is None:
+                self._side = torch.cuda.Stream(self.device)
+            side = self._side
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self.opt.zero_grad(set_to_none=True)
@@ -570,6 +578,10 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         raise TrainingError("device cuda requested but CUDA is not available")
     if options.cuda_graph and device.type != "cuda":
         raise TrainingError(f"cuda_graph needs a CUDA device, not {device}")
+    amp_dtype = _amp_dtype(options, device)
+    if options.cuda_graph and amp_dtype == torch.float16:
+        raise TrainingError(f"cuda_graph needs bf16 or fp32, and amp={options.amp} means fp16 on {device} "
+                            "(no bf16): use --amp off")
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     gen = torch.Generator(device=device)
@@ -632,7 +644,6 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     # ---- optimiser
     loss_fn = ContrastiveLoss(options.pos_margin, options.neg_margin, options.mining)
     opt = make_optimizer(model, options, device, capturable=options.cuda_graph)
-    amp_dtype = _amp_dtype(options, device)
     train_step = TrainStep(model, loss_fn, opt, amp_dtype, device, cuda_graph=options.cuda_graph)
     scaler = train_step.scaler
 
@@ -641,10 +652,17 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     history: list[dict] = []
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
-        for g in opt.param_groups:  # the saved groups carry the saving run's capturable flag and lr (type, device)
+        # the saved groups carry the saving run's flags and lr type, and its step counters sit where that
+        # run kept them: make all of it this run's (a CPU checkpoint resumed on CUDA, eager <-> graph)
+        on_device = options.cuda_graph or device.type == "cuda"
+        for g in opt.param_groups:
             g["capturable"] = options.cuda_graph
+            g["fused"] = True if device.type == "cuda" else None
             lr = float(g["lr"])
             g["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if options.cuda_graph else lr
+        for st in opt.state.values():
+            if "step" in st:
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(device if on_device else "cpu")
         if "scaler" in ckpt and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step, train_s, images_seen = ckpt["epoch"], ckpt["step"], ckpt["train_s"], ckpt["images_seen"]

@@ -270,6 +270,16 @@ def test_step_comparison_passes_the_same_step_and_catches_one_that_does_not_trai
     slower = compare_trainers(_tiny_trainer, lambda: _tiny_trainer(0.5), batches, labels, factors)
     assert not slower["ok"]  # half the learning rate: the set_lr schedule did not arrive
 
+    def stale_statistics():  # trains the same weights but never updates BatchNorm's running statistics
+        model, step = _tiny_trainer()
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.0
+        return model, step
+
+    stale = compare_trainers(_tiny_trainer, stale_statistics, batches, labels, factors)
+    assert stale["param_diff_ratio"] < 1e-6 and stale["buffer_diff_ratio"] > 0.5 and not stale["ok"]
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_trains_like_the_eager_step():
