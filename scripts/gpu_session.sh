@@ -14,10 +14,12 @@
 #   # the next run: 160 px, no search benchmark (measured), trainings on the CUDA graph step if its check passes
 #   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=auto SEARCH=0 DEADLINE=540 bash scripts/gpu_session.sh
 #
-# GRAPH: 0 (default) eager training steps; 1 the CUDA graph step (train --cuda-graph); auto: whichever step
-# 2 measured fastest of eager / graph x bf16 / fp32 (sets AMP too), graph only if step 2's check passed (the
-# graph step trains like the eager one: benchmarks/train_speed.py graph_check). SEARCH=0 skips step 3;
-# DEFAULT_MODEL=0 skips the built-in model's training (10 trainings share the GPU instead of 11).
+# GRAPH: 0 (default) eager training steps; 1 the CUDA graph step (train --cuda-graph) without asking; auto:
+# the graph step only if step 2's check passed (it trains like the eager one, in fp32 and in bf16:
+# benchmarks/train_speed.py graph_check) and step 2 measured it faster than the eager step at the trainings'
+# AMP (a heuristic: step 2 is one process at 112 px, the trainings share the GPU at SIZE). AMP: auto (bf16,
+# the recipe) or off. SEARCH=0 skips step 3; DEFAULT_MODEL=0 skips the built-in model's training (10
+# trainings share the GPU instead of 11).
 #
 # SHARED holds data/lfw/{lfw-deepfunneled-112.zip,people.txt,pairs.txt} and weights/mobilenet_v2-b0353104.pth
 # (see ../shared/docs/data.md). DEADLINE is the number of seconds from the start by which everything has
@@ -36,9 +38,15 @@ LR=${LR:-5e-4}
 SIZE=${SIZE:-112}
 PK=${PK:-32 4}      # identities x images per batch
 GRAPH=${GRAPH:-0}
-AMP=${AMP:-auto}    # mixed precision of the trainings (auto: bf16 on a GPU that has it); GRAPH=auto may pick off
+AMP=${AMP:-auto}    # mixed precision of the trainings (auto: bf16 on a GPU that has it)
 SEARCH=${SEARCH:-1}
 DEFAULT_MODEL=${DEFAULT_MODEL:-1}
+case "$GRAPH:$AMP:$SEARCH:$DEFAULT_MODEL" in
+  [01]:auto:[01]:[01] | [01]:off:[01]:[01] | auto:auto:[01]:[01] | auto:off:[01]:[01]) ;;
+  *) echo "bad settings: GRAPH=$GRAPH (0, 1, auto) AMP=$AMP (auto, off) SEARCH=$SEARCH DEFAULT_MODEL=$DEFAULT_MODEL (0, 1)" >&2
+     exit 2 ;;
+esac
+GRAPH_ASKED=$GRAPH
 PY=${PYTHON:-python3}
 ZIP=$SHARED/data/lfw/lfw-deepfunneled-112.zip
 PEOPLE=$SHARED/data/lfw/people.txt
@@ -62,24 +70,23 @@ $PY scripts/decode_cache.py "$ZIP" "$CACHE" "$SIZE"
 echo "== 2. training-step throughput at 112 px ($(elapsed)s)"
 # with GRAPH=0 as in the recorded run of benchmarks/results/lfw-mnv2-tenfold.json: eager steps only, 60 s
 SPEED_ARGS=(--no-graph); SPEED_T=60
-[ "$GRAPH" != 0 ] && SPEED_ARGS=(--graph) && SPEED_T=100
+[ "$GRAPH" != 0 ] && SPEED_ARGS=(--graph) && SPEED_T=120
+rm -f "$OUT/train-speed-gpu.json"  # GRAPH=auto must never read an earlier session's check
 timeout $SPEED_T $PY benchmarks/train_speed.py --device "$DEVICE" --size 112 --batch $PK --steps 10 --rounds 3 \
   --warmup 5 --data "$ZIP" --weights "$CKPT" --output "$OUT/train-speed-gpu.json" "${SPEED_ARGS[@]}" \
   || echo "train_speed failed ($?)"
 if [ "$GRAPH" = auto ]; then
-  # the fastest measured step for the trainings: eager or graph (graph only if its check passed), bf16 or fp32
-  read -r GRAPH AMP < <($PY -c '
+  GRAPH=$($PY -c '
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))
-    ok = bool(r["cuda_graph_check"]["cuda"]["ok"])
-    rows = [x for x in r["results"] if x["mode"].startswith("facesearch") and (ok or not x["cuda_graph"])]
-    best = max(rows, key=lambda x: x["images_per_s"])
-    print(int(best["cuda_graph"]), "off" if best["amp"] == "off" else "auto")
+    speed = {x["mode"]: x["images_per_s"] for x in r["results"]}
+    sfx = "-fp32" if sys.argv[2] == "off" else ""
+    print(int(r["cuda_graph_check"]["cuda"]["ok"] is True and speed["facesearch-graph" + sfx] > speed["facesearch" + sfx]))
 except Exception:
-    print(0, sys.argv[2])
+    print(0)
 ' "$OUT/train-speed-gpu.json" "$AMP")
-  echo "   GRAPH=auto -> GRAPH=$GRAPH AMP=$AMP"
+  echo "   GRAPH=auto -> GRAPH=$GRAPH"
 fi
 GRAPH_FLAG=(); [ "$GRAPH" = 1 ] && GRAPH_FLAG=(--cuda-graph)
 
@@ -104,7 +111,9 @@ for k in 1 2 3 4 5 6 7 8 9 10; do
     > "$WORK/fold$k.log" 2>&1 &
   pids+=($!)
 done
-[ "$DEFAULT_MODEL" = 1 ] && $PY -c "from facesearch.cli_train import train; train()" "$ZIP" \
+rm -rf "$SCRATCH/default-model" "$WORK/default-model.log" "$OUT/default-model.json" "$OUT/default-model.tar"
+if [ "$DEFAULT_MODEL" = 1 ]; then
+$PY -c "from facesearch.cli_train import train; train()" "$ZIP" \
   --out "$SCRATCH/default-model" --pretrained "$CKPT" \
   --decode-cache "$CACHE" --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" \
   --margin 0.6 --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --json --amp "$AMP" "${GRAPH_FLAG[@]}" \
@@ -112,6 +121,7 @@ done
   --notes "Trained by scripts/gpu_session.sh on all LFW deep-funneled 112 px people with at least 2 images (LFW: a research benchmark of news photos, no licence file), 10% of them held out to calibrate the threshold. It has seen LFW's test people, so it is never scored on LFW; the recipe's LFW accuracy comes from the identity-disjoint protocol (benchmarks/results/lfw-$NAME.json)." \
   > "$OUT/default-model.json" 2> "$WORK/default-model.log" &
 pids+=($!)
+fi
 i=0
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
   sleep 5; i=$((i + 1))
@@ -127,7 +137,7 @@ for k in 1 2 3 4 5 6 7 8 9 10; do tail -n 2 "$WORK/fold$k.log"; done
 echo "== 5. merge ($(elapsed)s)"
 $PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --merge --work-dir "$WORK" \
   --output "$OUT/lfw-$NAME.json" --concurrent $N \
-  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE GRAPH=$GRAPH AMP=$AMP SEARCH=$SEARCH DEFAULT_MODEL=$DEFAULT_MODEL DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
+  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE GRAPH=$GRAPH_ASKED AMP=$AMP SEARCH=$SEARCH DEFAULT_MODEL=$DEFAULT_MODEL DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
   || echo "merge failed"
 tar -czf "$OUT/units.tar.gz" -C "$SCRATCH" --exclude='model-*' units 2>/dev/null
 [ -f "$SCRATCH/default-model/weights.pt" ] && \
