@@ -193,9 +193,7 @@ class FaissIndex(VectorIndex):
         """FAISS's serialisation, handed to ``write(chunk)`` piece by piece (at most 1 MiB each)."""
         import faiss
 
-        writer = faiss.PyCallbackIOWriter(write)
-        faiss.write_index(self.cpu_index, writer)
-        del writer  # flushes its buffer
+        faiss.write_index(self.cpu_index, faiss.PyCallbackIOWriter(write))
 
     @classmethod
     def read_payload(cls, read, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
@@ -453,40 +451,45 @@ def save(index: VectorIndex, path: str | os.PathLike, stamp: Stamp) -> None:
     write_private_atomic(Path(path), body)
 
 
+def _read_header(f, path) -> tuple[Stamp, dict]:
+    """The stamp and header at the start of open file ``f``; leaves ``f`` at the payload."""
+    head = f.read(len(MAGIC) + 4)
+    if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+        raise StaleIndex(f"{path} is not a facesearch index file")
+    (hl,) = struct.unpack("<I", head[len(MAGIC):])
+    try:
+        header = json.loads(f.read(hl))
+        stamp = Stamp(**{k: header[k] for k in Stamp.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError) as e:
+        raise StaleIndex(f"{path} has a damaged header") from e
+    return stamp, header
+
+
 def read_stamp(path: str | os.PathLike) -> tuple[Stamp, dict]:
     with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + 4)
-        if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
-            raise StaleIndex(f"{path} is not a facesearch index file")
-        (hl,) = struct.unpack("<I", head[len(MAGIC):])
-        try:
-            header = json.loads(f.read(hl))
-            stamp = Stamp(**{k: header[k] for k in Stamp.__dataclass_fields__})
-        except (ValueError, KeyError, TypeError) as e:
-            raise StaleIndex(f"{path} has a damaged header") from e
-    return stamp, header
+        return _read_header(f, path)
 
 
 def load(path: str | os.PathLike, expect: Stamp, backend: str) -> VectorIndex:
     """Load an index file whose stamp must equal ``expect`` (model, revision, size...); else StaleIndex."""
     path = Path(path)
-    if not path.exists():
-        raise StaleIndex("no index file")
-    stamp, header = read_stamp(path)
-    if header.get("format") != FORMAT:
-        raise StaleIndex("index file format differs")
-    for field in ("model_key", "revision", "ntotal", "dim"):
-        if getattr(stamp, field) != getattr(expect, field):
-            raise StaleIndex(f"index {field} is {getattr(stamp, field)!r}, store has {getattr(expect, field)!r}")
-    if stamp.backend == "torch-cuda" and backend != "torch-cuda":
-        raise StaleIndex("index was built for torch-cuda")
-    # one open file for both passes: a writer replaces the file by rename, so both read the same bytes.
-    # First the checksum, in 1 MiB pieces, then (only if it matches) the index straight from the file:
-    # no copy of the payload is held besides the index being built.
-    with open(path, "rb") as f:
-        f.seek(len(MAGIC))
-        off = len(MAGIC) + 4 + struct.unpack("<I", f.read(4))[0]
-        f.seek(off)
+    # one open file for the header and both passes over the payload: a writer replaces the file by
+    # rename, so all three read the same bytes. First the checksum, in 1 MiB pieces, then (only if it
+    # matches) the index straight from the file: no copy of the payload is held besides the index.
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise StaleIndex("no index file") from None
+    with f:
+        stamp, header = _read_header(f, path)
+        if header.get("format") != FORMAT:
+            raise StaleIndex("index file format differs")
+        for field in ("model_key", "revision", "ntotal", "dim"):
+            if getattr(stamp, field) != getattr(expect, field):
+                raise StaleIndex(f"index {field} is {getattr(stamp, field)!r}, store has {getattr(expect, field)!r}")
+        if stamp.backend == "torch-cuda" and backend != "torch-cuda":
+            raise StaleIndex("index was built for torch-cuda")
+        off = f.tell()
         digest, size = hashlib.sha256(), 0
         while chunk := f.read(1 << 20):
             digest.update(chunk)
