@@ -11,8 +11,9 @@
 #   5. merge the 10 folds into benchmarks/results/lfw-NAME.json and print a table.
 #
 #   SHARED=../shared OUT=runs/gpu bash scripts/gpu_session.sh
-#   # the next run: 160 px, no search benchmark (measured), trainings on the CUDA graph step if its check passes
-#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=auto SEARCH=0 DEADLINE=540 bash scripts/gpu_session.sh
+#   # the next run: 160 px, search measured at 1M only, trainings on the CUDA graph step if its check passes
+#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=auto SEARCH_SIZES=1M DEADLINE=540 \
+#     bash scripts/gpu_session.sh
 #
 # GRAPH: 0 (default) eager training steps; 1 the CUDA graph step (train --cuda-graph) without asking; auto:
 # the graph step only if step 2's check passed (it trains like the eager one, in fp32 and in bf16:
@@ -40,6 +41,7 @@ PK=${PK:-32 4}      # identities x images per batch
 GRAPH=${GRAPH:-0}
 AMP=${AMP:-auto}    # mixed precision of the trainings (auto: bf16 on a GPU that has it)
 SEARCH=${SEARCH:-1}
+SEARCH_SIZES=${SEARCH_SIZES:-1M,10M}
 DEFAULT_MODEL=${DEFAULT_MODEL:-1}
 case "$GRAPH:$AMP:$SEARCH:$DEFAULT_MODEL" in
   [01]:auto:[01]:[01] | [01]:off:[01]:[01] | auto:auto:[01]:[01] | auto:off:[01]:[01]) ;;
@@ -92,7 +94,7 @@ GRAPH_FLAG=(); [ "$GRAPH" = 1 ] && GRAPH_FLAG=(--cuda-graph)
 
 if [ "$SEARCH" = 1 ]; then
   echo "== 3. exact GPU search ($(elapsed)s)"
-  timeout 75 $PY -m benchmarks.gpu --sizes 1M,10M --out "$OUT/gpu-search.json" || echo "gpu search failed ($?)"
+  timeout 75 $PY -m benchmarks.gpu --sizes "$SEARCH_SIZES" --out "$OUT/gpu-search.json" || echo "gpu search failed ($?)"
 fi
 
 LEFT=$(( DEADLINE - $(elapsed) - 45 ))
@@ -137,7 +139,7 @@ for k in 1 2 3 4 5 6 7 8 9 10; do tail -n 2 "$WORK/fold$k.log"; done
 echo "== 5. merge ($(elapsed)s)"
 $PY benchmarks/lfw_protocol.py --name "$NAME" --scheme tenfold --merge --work-dir "$WORK" \
   --output "$OUT/lfw-$NAME.json" --concurrent $N \
-  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE GRAPH=$GRAPH_ASKED AMP=$AMP SEARCH=$SEARCH DEFAULT_MODEL=$DEFAULT_MODEL DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
+  --record-command "SHARED=../shared OUT=runs/gpu NAME=$NAME SIZE=$SIZE GRAPH=$GRAPH_ASKED AMP=$AMP SEARCH=$SEARCH SEARCH_SIZES=$SEARCH_SIZES DEFAULT_MODEL=$DEFAULT_MODEL DEADLINE=$DEADLINE LR=$LR bash scripts/gpu_session.sh" \
   || echo "merge failed"
 tar -czf "$OUT/units.tar.gz" -C "$SCRATCH" --exclude='model-*' units 2>/dev/null
 [ -f "$SCRATCH/default-model/weights.pt" ] && \

@@ -178,3 +178,32 @@ def test_a_failed_streamed_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
     write_private_atomic(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and (path.stat().st_mode & 0o777) == 0o600
+
+
+@pytest.mark.parametrize("n,k", [(65 * 1024, 5), (200_003, 10), (70_000, 1), (300_000, 100), (5_000, 5)])
+def test_two_stage_topk_is_exact(n, k):
+    # the TorchIndex search's top-k (block maxima first, then the best blocks) against torch.topk
+    import torch
+
+    gen = torch.Generator().manual_seed(n)
+    sims = torch.randn(7, n, generator=gen)
+    sims[3, 1000:1010] = 10.0  # ties at the top
+    sims[4, -3:] = 9.0  # the best scores in the last, partial block
+    want_v, want_i = torch.topk(sims, k, dim=1)
+    got_v, got_i = vindex.topk_rows(sims, k)
+    assert torch.equal(got_v, want_v)
+    assert torch.equal(torch.gather(sims, 1, got_i), got_v)  # the indices point at those scores
+    assert all(len(set(row.tolist())) == k for row in got_i)
+
+
+def test_torch_index_search_matches_exact_numpy():
+    import torch  # noqa: F401
+
+    gallery, _, probes, _ = clustered(n_people=20_000, per_person=4, seed=4)
+    idx = vindex.TorchIndex(DIM, device="cpu", dtype="float32")
+    idx.add(np.arange(1, len(gallery) + 1), gallery)
+    dist, ids = idx.search(probes[:30], 5)
+    sims = probes[:30] @ gallery.T
+    want = np.argsort(-sims, axis=1)[:, :5] + 1
+    assert np.array_equal(ids, want)
+    assert np.allclose(dist, distance.from_similarity(np.take_along_axis(sims, want - 1, 1)), atol=1e-5)
