@@ -134,6 +134,54 @@ def test_index_file_is_stamped_and_rebuilt_when_stale_or_corrupt(tmp_path, model
             assert fs.index().ntotal == fs.store.count_faces()
 
 
+def test_inference_copy_folds_every_batch_norm_and_embeds_the_same(model_dir):
+    import torch
+
+    from facesearch import encoder
+    from facesearch.service import _inference_copy
+
+    model = encoder.load(model_dir).eval()
+    fast = _inference_copy(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.trunk.modules()) > 40
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.trunk.modules())
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 112, 112), dtype=np.uint8)
+    assert np.abs(encoder.embed(model, x) - encoder.embed(fast, x)).max() < 1e-5
+    assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.trunk.modules())
+
+
+def test_threads_querying_at_once_all_get_answers(tmp_path, model_dir, gallery_src):
+    # each thread with its own handle; the first embedding of each builds its CPU inference copy, which
+    # once used torch.fx tracing: that patches nn.Module.__call__ process-wide, and the other threads'
+    # embeddings failed with "module is not installed as a submodule"
+    import threading
+
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir, device="cpu") as fs:
+        fs.enroll_folder(g)
+    probe = gallery_src / "Colin_Powell" / "Colin_Powell_0004.webp"
+    errors = []
+    start = threading.Barrier(4)
+
+    def work():
+        try:
+            for _ in range(4):  # each new handle builds its inference copy on its first embedding
+                with FaceSearch.open(home=home, device="cpu") as mine:
+                    start.wait(30)  # all at the same moment
+                    for _ in range(3):
+                        assert mine.query(probe).matches
+        except Exception as e:  # surfaced below
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 def test_a_second_handle_sees_changes_of_the_first(tmp_path, model_dir, gallery_src):
     home = tmp_path / "home"
     g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
