@@ -105,6 +105,9 @@ def format_identify(r) -> str:
         out.append(f"{'unknown probes rejected':<{width}} {_pct(r.unknown_rejected)} "
                    f"(at the stored threshold {r.model_threshold:.4f})")
         out.append(f"{'DIR at the stored threshold':<{width}} {_pct(r.dir_at_model_threshold)}")
+    for key, v in r.at_operating_points.items():
+        out.append(f"{'--far ' + key + ': unknown rejected':<{width}} {_pct(v['unknown_rejected'])}, "
+                   f"DIR {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
     out.append(f"{'time':<{width}} {r.seconds['total']:.1f} s")
     return "\n".join(out)
 

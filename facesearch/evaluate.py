@@ -394,6 +394,9 @@ class IdentifyResult:
     #: at the model's stored threshold: share of unknown probes rejected (best distance not a match), and DIR
     unknown_rejected: float
     dir_at_model_threshold: float
+    #: the same two at each stricter threshold the model's calibration stored (``query --far``):
+    #: {"1e-03": {"far": 0.001, "threshold": ..., "unknown_rejected": ..., "dir": ...}}; empty if none
+    at_operating_points: dict[str, dict[str, float]]
     seed: int
     seconds: dict[str, float]
 
@@ -502,6 +505,7 @@ def evaluate_identify(
                     bar.update(len(chunk))
             t3 = time.perf_counter()
             threshold = fs.threshold
+            operating_points = fs.operating_points()
             dev = str(fs.model.device)
             minfo = {"path": str(model_dir) if model_dir is not None else "built-in default",
                      "key": fs.model_key, "name": fs.config.name, "backbone": fs.config.backbone,
@@ -522,6 +526,14 @@ def evaluate_identify(
     for f in FPIRS:
         d, t = metrics.dir_at_fpir(top1[:nk], correct, top1[nk:], f)
         dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t}
+    at_ops = {}
+    for op in operating_points:
+        t = float(op["threshold"])
+        at_ops[far_key(op["far"])] = {
+            "far": op["far"], "threshold": t,
+            "unknown_rejected": float(np.mean(~distance.is_match(top1[nk:], t))),
+            "dir": float(np.mean(correct & distance.is_match(top1[:nk], t))),
+        }
     t4 = time.perf_counter()
     return IdentifyResult(
         images=str(images),
@@ -539,6 +551,7 @@ def evaluate_identify(
         model_threshold=threshold,
         unknown_rejected=float(np.mean(~top1_match[nk:])),
         dir_at_model_threshold=float(np.mean(correct & top1_match[:nk])),
+        at_operating_points=at_ops,
         seed=seed,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
     )

@@ -297,6 +297,9 @@ def identify_html(result) -> str:
         rows.append(_row(f"unknown probes rejected at stored threshold {_num(result.model_threshold)}",
                          _pct(result.unknown_rejected)))
         rows.append(_row("DIR at stored threshold", _pct(result.dir_at_model_threshold)))
+    for key, v in result.at_operating_points.items():
+        rows.append(_row(f"--far {key} (threshold {_num(v['threshold'])}): unknown rejected, DIR",
+                         f"{_pct(v['unknown_rejected'])}, {_pct(v['dir'])}"))
     rows.append(_row("time", f"{result.seconds['total']:.1f} s"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>facesearch identification evaluation</title>
