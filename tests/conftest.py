@@ -50,6 +50,25 @@ def model_dir(tmp_path_factory) -> Path:
     return d
 
 
+#: what model_dir_with_operating_points stores: stricter thresholds than model_dir's 0.3
+OPERATING_POINTS = [{"far": 0.01, "threshold": 0.2, "tar": 0.6}, {"far": 0.001, "threshold": 0.125, "tar": 0.3}]
+
+
+@pytest.fixture(scope="session")
+def model_dir_with_operating_points(tmp_path_factory, model_dir) -> Path:
+    """model_dir (same weights, so the same model key) whose calibration stored OPERATING_POINTS, as
+    `facesearch calibrate` does (query/verify --far, evaluate identify)."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("model-ops") / "model"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "model.json").read_text())
+    cfg["calibration"] = dict(cfg.get("calibration") or {}, operating_points=OPERATING_POINTS)
+    (d / "model.json").write_text(json.dumps(cfg))
+    return d
+
+
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory, model_dir) -> Path:
     """A second model (different head weights) to check that models are never mixed."""

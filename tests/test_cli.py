@@ -77,7 +77,7 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src):
     assert "current: 0001  head: 0001" in run("db", "current", model=False).output
 
 
-def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir, tmp_path):
+def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_with_operating_points, tmp_path):
     run("enroll", str(gallery))
     probe = gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp"  # enrolled: distance ~0 to itself
     other = gallery / "Hugo_Chavez" / "Hugo_Chavez_0001.webp"
@@ -94,13 +94,7 @@ def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir, 
     r = run("verify", str(probe), str(other), "--far", "1e-3", "--threshold", "0.1", ok=False)
     assert r.exit_code == 2 and "not both" in r.output
     # a model whose calibration stored them: --far uses the stored threshold
-    cal = tmp_path / "calibrated"
-    shutil.copytree(model_dir, cal)
-    cfg = json.loads((cal / "model.json").read_text())
-    cfg["calibration"] = dict(cfg.get("calibration") or {}, operating_points=[
-        {"far": 0.01, "threshold": 0.2, "tar": 0.6}, {"far": 0.001, "threshold": 0.125, "tar": 0.3}])
-    (cal / "model.json").write_text(json.dumps(cfg))
-    argv = ["--home", str(tmp_path / "home"), "--device", "cpu", "--model", str(cal)]
+    argv = ["--home", str(tmp_path / "home"), "--device", "cpu", "--model", str(model_dir_with_operating_points)]
     r = CliRunner().invoke(cli, argv + ["verify", str(probe), str(other), "--far", "1e-3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["threshold"] == 0.125
