@@ -507,8 +507,9 @@ def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int, so
         "threshold": thr,
         "accuracy": acc,
         "cross_validated_accuracy": float(np.mean(cv)) if cv else None,
-        # stricter thresholds on the same pairs, for 1:N search and high-security 1:1 (FaceSearch(far=...));
-        # with n impostor pairs a FAR below 1/n cannot be measured, so 1e-3 rests on few pairs
+        # stricter thresholds on the same pairs, for 1:N search and high-security 1:1 (query/verify --far,
+        # FaceSearch.threshold_at); with n impostor pairs a FAR below 1/n cannot be measured, so 1e-3 rests
+        # on few pairs
         "operating_points": operating_points,
         "pairs": int(len(same)),
         "genuine_pairs": int(same.sum()),
