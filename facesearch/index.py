@@ -326,15 +326,6 @@ class TorchIndex(VectorIndex):
         idx.add(ids, vec)
         return idx
 
-    def to_bytes(self) -> bytes:
-        chunks: list[bytes] = []
-        self.write_payload(chunks.append)
-        return b"".join(chunks)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = True) -> "TorchIndex":
-        return cls.read_payload(io.BytesIO(data).read, stamp, gpu=gpu)
-
     def memory_bytes(self) -> int:
         return self.vectors.numel() * self.vectors.element_size() + self.ids.numel() * 8
 
