@@ -1,0 +1,171 @@
+"""Finding and aligning faces in ordinary photos (``--detect``).
+
+facesearch's encoders are trained on aligned face crops: the LFW deep-funneled pack, 112 x 112. A photo
+of a room, a phone snapshot or a group picture has to be turned into such a crop first. This module does
+that in two steps:
+
+1. **detect**: `yuface <https://pypi.org/project/yuface/>`_ (libfacedetection, BSD licence, its CNN's
+   weights compiled into the wheel, so nothing is downloaded) gives each face a box, a score and five
+   landmarks (eye centres, nose tip, mouth corners). Large photos are scaled down for the detector only.
+2. **align**: a similarity transform (rotation, uniform scale, shift; least squares over the five points)
+   maps the landmarks onto :data:`TEMPLATE_112`, the mean landmarks the same detector finds on the LFW
+   pack the models were trained on, and the photo is resampled once into a 112 x 112 crop with the
+   training crops' geometry. The encoder's own preprocessing then runs on that crop as on any aligned
+   image.
+
+yuface publishes wheels for CPython 3.11 (Linux, Windows) only: ``pip install 'facesearch[detect]'``.
+Without it, ``--detect`` fails with a message that says so; everything else works.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from facesearch.errors import FaceSearchError
+
+#: side of the aligned crop, in pixels: the LFW pack's, the geometry the models were trained on
+ALIGNED_SIZE = 112
+#: Where the five landmarks sit in an aligned crop: (x, y) of right eye, left eye (as seen in the image:
+#: the person's right eye is on the image's left), nose tip, right and left mouth corner, in pixels of a
+#: 112 x 112 crop. The mean of what yuface finds on all 13,233 images of the LFW deep-funneled 112 pack
+#: (the crops every facesearch model is trained on), measured by ``python scripts/alignment_template.py``.
+TEMPLATE_112 = np.array([
+    [39.41, 45.32],
+    [71.79, 44.97],
+    [55.34, 63.92],
+    [42.84, 79.38],
+    [70.68, 78.40],
+], dtype=np.float64)
+#: faces scored below this (0-1) are not faces
+MIN_SCORE = 0.5
+#: the detector sees photos scaled down to at most this side (libfacedetection warns above 960)
+DETECT_MAX_SIDE = 640
+
+
+class DetectorUnavailable(FaceSearchError):
+    """``--detect`` was asked for but the face detector is not installed."""
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in the photo's pixel coordinates."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height
+    score: float  # 0-1
+    landmarks: np.ndarray  # 5 x 2 float: eyes, nose tip, mouth corners (see TEMPLATE_112)
+
+    @property
+    def area(self) -> int:
+        return self.box[2] * self.box[3]
+
+    def to_dict(self) -> dict:
+        return {"box": [int(v) for v in self.box], "score": round(self.score, 4),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Face":
+        return cls(tuple(int(v) for v in d["box"]), float(d["score"]), np.asarray(d["landmarks"], np.float64))
+
+
+def available() -> bool:
+    try:
+        available_or_raise()
+    except DetectorUnavailable:
+        return False
+    return True
+
+
+def available_or_raise() -> None:
+    _detector()
+
+
+_lock = threading.Lock()
+_c_detect = None
+
+
+def _detector():
+    """yuface's raw call (signed int16 rows: no uint16 wrap-around for boxes that leave the photo), made
+    ready once. Its first call initialises the network and pybind11's numpy bindings, and two threads
+    making it at once deadlocked (seen with enroll's reader threads), so the first call runs under a lock
+    on a blank image; :func:`detect` keeps every call under the same lock."""
+    global _c_detect
+    with _lock:
+        if _c_detect is None:
+            try:
+                from yuface.yuface import detect as c_detect
+            except ImportError as e:
+                raise DetectorUnavailable(
+                    "face detection needs the yuface package (libfacedetection): pip install "
+                    "'facesearch[detect]' (wheels for Python 3.11 on Linux and Windows). Without it, give "
+                    "aligned face crops and leave --detect out."
+                ) from e
+            c_detect(np.zeros((32, 32, 3), np.uint8))
+            _c_detect = c_detect
+    return _c_detect
+
+
+def detect(pixels: np.ndarray, min_score: float = MIN_SCORE, max_side: int = DETECT_MAX_SIDE) -> list[Face]:
+    """Faces in an H x W x 3 uint8 RGB image, largest first (ties: higher score first)."""
+    c_detect = _detector()
+    h, w = pixels.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = pixels
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+    bgr = np.ascontiguousarray(small[:, :, ::-1])  # the detector wants BGR
+    with _lock:
+        rows = np.asarray(c_detect(bgr))
+    faces = []
+    for r in rows.reshape(-1, rows.shape[-1] if rows.ndim == 2 else 16):
+        score = float(r[0]) / 100.0
+        if score < min_score:
+            continue
+        # libfacedetection's rows: score x 100, box x y w h, 5 landmarks x y, and one spare column
+        x, y, bw, bh = (float(v) / scale for v in r[1:5])
+        x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+        x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        marks = r[5:15].astype(np.float64).reshape(5, 2) / scale
+        faces.append(Face((x0, y0, x1 - x0, y1 - y0), score, marks))
+    faces.sort(key=lambda f: (-f.area, -f.score))
+    return faces
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2 x 3 matrix of the similarity transform (rotation, uniform scale, translation) that maps the
+    points ``src`` onto ``dst`` with the least squared error (Umeyama, 1991; no reflection)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s <= 0:
+        raise ValueError("landmarks coincide")
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    fix = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        fix[1, 1] = -1
+    rot = u @ fix @ vt
+    scale = (sig * np.diag(fix)).sum() / var_s
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def align(pixels: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """The face as an aligned ``size`` x ``size`` x 3 uint8 crop (the LFW pack's geometry at 112)."""
+    m = similarity_transform(face.landmarks, TEMPLATE_112 * (size / ALIGNED_SIZE))
+    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]  # PIL maps each output pixel back to the input
+    # PIL samples at pixel centres k + 0.5; the landmarks count pixel k's centre as k: shift out, map, shift in
+    shift = inv[:, 2] - inv[:, :2] @ np.array([0.5, 0.5]) + 0.5
+    coeffs = (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1])
+    out = Image.fromarray(pixels).transform((size, size), Image.Transform.AFFINE, coeffs,
+                                            resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    return np.asarray(out, dtype=np.uint8)
