@@ -107,6 +107,9 @@ class Face(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, embedding_dim values
     #: the aligned face crop the embedding came from (PNG), kept so that `reindex --model` can re-embed
     crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: with --detect: the face's box, score and landmarks in the source photo (facesearch.detect.Face.to_dict);
+    #: NULL when the source was an aligned crop
+    detection: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     identity: Mapped[Identity] = relationship(back_populates="faces")
 
@@ -336,12 +339,17 @@ class Store:
                 out.update({h: n for h, n in rows})
         return out
 
-    def add_faces(self, model_id: int, faces: Sequence[tuple[str, str, str, np.ndarray, bytes | None]]
-                  ) -> tuple[list[int], int]:
-        """Insert faces ``(identity, source, sha256, embedding, crop_png)`` in one transaction.
+    def add_faces(self, model_id: int, faces: Sequence[tuple[str, str, str, np.ndarray, bytes | None]],
+                  detections: Sequence[dict | None] | None = None) -> tuple[list[int], int]:
+        """Insert faces ``(identity, source, sha256, embedding, crop_png)`` in one transaction;
+        ``detections`` (one per face, or None) says where each was found in its source photo.
 
         Returns the new face ids and the store revision after the insert. All or nothing.
         """
+        if detections is None:
+            detections = [None] * len(faces)
+        elif len(detections) != len(faces):
+            raise ValueError("one detection (or None) per face")
         with self.Session.begin() as s:
             names = {f[0] for f in faces}
             ids = {n: i for n, i in s.execute(select(Identity.name, Identity.id).where(Identity.name.in_(names)))}
@@ -351,8 +359,8 @@ class Store:
             ids.update({i.name: i.id for i in new})
             rows = [
                 Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
-                     embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop)
-                for name, source, sha, emb, crop in faces
+                     embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop, detection=det)
+                for (name, source, sha, emb, crop), det in zip(faces, detections)
             ]
             s.add_all(rows)
             s.flush()
@@ -392,13 +400,14 @@ class Store:
                 out.update({fid: FaceInfo(fid, name, src) for fid, name, src in rows})
         return out
 
-    def iter_crops(self, chunk: int = 256) -> Iterator[list[tuple[int, str, bytes | None]]]:
-        """Yield lists of ``(face_id, source, crop_png)`` for re-embedding."""
+    def iter_crops(self, chunk: int = 256) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
+        """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding."""
         last = 0
         with self.Session() as s:
             while True:
                 rows = s.execute(
-                    select(Face.id, Face.source, Face.crop_png).where(Face.id > last).order_by(Face.id).limit(chunk)
+                    select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
+                    .order_by(Face.id).limit(chunk)
                 ).all()
                 if not rows:
                     return

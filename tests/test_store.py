@@ -40,6 +40,31 @@ def test_schema_comes_from_migrations_and_matches_models(store):
     assert set(Base.metadata.tables) <= tables
 
 
+def test_face_detection_migration_keeps_enrolled_faces(store):
+    """0002 adds faces.detection to a gallery enrolled under 0001; the faces, their vectors and crops stay
+    (SQLite rebuilds the table to alter it), and going back down drops only the new column."""
+    mid = add_model(store)
+    store.downgrade("0001")
+    assert "detection" not in {c["name"] for c in inspect(store.engine).get_columns("faces")}
+    with store.engine.begin() as conn:  # a face enrolled by the 0001 schema
+        conn.execute(text("INSERT INTO identities (id, name, created_at) VALUES (1, 'a', '2026-01-01')"))
+        conn.execute(text("INSERT INTO faces (id, identity_id, model_id, source, content_sha256, embedding, "
+                          "crop_png, created_at) VALUES (7, 1, :m, 'old.png', :sha, :emb, :png, '2026-01-01')"),
+                     {"m": mid, "sha": "e" * 64, "emb": emb(1, 0, 0, 0).tobytes(), "png": b"png"})
+    store.upgrade()
+    assert store.current_revision() == store.head_revision() == "0002"
+    with store.engine.begin() as conn:
+        command.check(alembic_config(conn))
+    assert [r for chunk in store.iter_crops() for r in chunk] == [(7, "old.png", b"png", None)]
+    det = {"box": [1, 2, 30, 40], "score": 0.9, "landmarks": [[1.5, 2.0]] * 5}
+    ids, _ = store.add_faces(mid, [("a", "new.jpg", "f" * 64, emb(0, 1, 0, 0), None)], [det])
+    assert [r for chunk in store.iter_crops() for r in chunk][-1] == (ids[0], "new.jpg", None, det)
+    store.downgrade("0001")
+    assert store.known_hashes(["e" * 64, "f" * 64]) == {"e" * 64: "a", "f" * 64: "a"}
+    store.upgrade()
+    np.testing.assert_array_equal(store.embeddings([7]), [emb(1, 0, 0, 0)])
+
+
 def test_downgrade_and_upgrade_round_trip(store):
     store.downgrade("base")
     assert store.current_revision() is None
