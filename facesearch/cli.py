@@ -36,12 +36,12 @@ class App:
         self.home, self.db, self.model, self.device, self.index, self.backend = home, db, model, device, index, backend
         self._fs = None
 
-    def open(self, strict: bool = True):
+    def open(self, strict: bool = True, detect: bool = False):
         if self._fs is None:
             from facesearch.service import FaceSearch
 
             self._fs = FaceSearch.open(home=self.home, db_url=self.db, model=self.model, device=self.device,
-                                       index=self.index, backend=self.backend, strict=strict)
+                                       index=self.index, backend=self.backend, strict=strict, detect=detect)
         return self._fs
 
     def close(self):
@@ -53,6 +53,12 @@ def _progress(total: int | None, desc: str, unit: str = "img"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def _detect_option(f):
+    return click.option("--detect", is_flag=True,
+                        help="The images are photos: find the faces and align them first (needs "
+                             "facesearch[detect]). Without it, images must be aligned face crops.")(f)
 
 
 def _echo_json(obj) -> None:
@@ -89,14 +95,16 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--identity", "-i", metavar="NAME", help="Enroll the given image FILES as this identity.")
+@_detect_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def enroll(app: App, paths, identity, as_json):
+def enroll(app: App, paths, identity, detect, as_json):
     """Enroll faces.
 
     \b
     facesearch enroll DIR                   DIR/<identity>/<image files> (or a zip of that)
     facesearch enroll -i NAME FILE...       files of one identity
+    facesearch enroll --detect DIR          photos: the largest face of each is found and enrolled
 
     Content enrolled before is skipped; a bad file is reported and never stops the rest.
     """
@@ -106,14 +114,14 @@ def enroll(app: App, paths, identity, as_json):
         root = paths[0]
         if not root.exists():
             raise click.BadParameter(f"{root} does not exist", param_hint="DIR")
-        fs = app.open()
+        fs = app.open(detect=detect)
         with _progress(None, "enroll") as bar:
             report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     else:
         for p in paths:
             if p.is_dir():
                 raise click.BadParameter(f"{p} is a folder; with --identity give image files", param_hint="FILE")
-        fs = app.open()
+        fs = app.open(detect=detect)
         with _progress(len(paths), f"enroll {identity}") as bar:
             report = fs.enroll_files(identity, paths, progress=bar.update)
     if as_json:
@@ -123,6 +131,9 @@ def enroll(app: App, paths, identity, as_json):
                    f"skipped (already enrolled): {len(report.skipped)}  failed: {len(report.failed)}")
         for f in report.failures_sorted():
             click.echo(f"  failed: {f.source}: {f.reason}", err=True)
+        if report.several_faces:
+            click.echo(f"  {len(report.several_faces)} photo(s) held several faces; the largest face of each was "
+                       "enrolled (--json lists them)", err=True)
     if report.failed and not report.added and not report.skipped:
         sys.exit(1)
 
@@ -160,25 +171,28 @@ def _decision_threshold(fs, threshold, far) -> float:
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="How many identities to list.")
 @_threshold_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for several probes.")
+@_detect_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object, or a list for several probes (or several faces, with --detect).")
 @click.pass_obj
-def query(app: App, images_, top_k, threshold, far, as_json):
+def query(app: App, images_, top_k, threshold, far, detect, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
 
-    Several images or a folder are embedded and searched in batches.
+    Several images or a folder are embedded and searched in batches. With --detect, every face found in
+    each photo is searched, largest first, and its box (x, y, width, height) is shown.
     """
     from facesearch.service import Failure
 
     files = _probe_files(images_)
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGE")
-    fs = app.open()
+    fs = app.open(detect=detect)
     thr = _decision_threshold(fs, threshold, far)
     if len(files) == 1:
-        results = [fs.query(files[0], top_k, threshold=thr)]
+        results = fs.query_faces(files[0], top_k, threshold=thr)
     else:
         with _progress(len(files), "query") as bar:
-            results = fs.query_many(files, top_k, progress=bar.update, threshold=thr)
+            results = fs.query_many(files, top_k, progress=bar.update, threshold=thr, every=True)
     if as_json:
         out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
                for r in results]
@@ -200,11 +214,12 @@ def _print_result(r, threshold) -> None:
         click.echo(f"{r.probe}: unknown (the gallery is empty)")
         return
     top = r.matches[0]
+    probe = r.probe if r.face is None else f"{r.probe} face at {tuple(r.face['box'])}"
     if r.identity is None:
-        click.echo(f"{r.probe}: unknown (nearest {top.identity} at distance {top.distance:.4f} "
+        click.echo(f"{probe}: unknown (nearest {top.identity} at distance {top.distance:.4f} "
                    f"> threshold {threshold:.4f})")
     else:
-        click.echo(f"{r.probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f})")
+        click.echo(f"{probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f})")
     click.echo(f"  {'rank':>4}  {'identity':<32} {'distance':>8}  match  face")
     for i, m in enumerate(r.matches, 1):
         click.echo(f"  {i:>4}  {m.identity[:32]:<32} {m.distance:>8.4f}  {'yes' if m.match else 'no ':<5}  {m.face_id}")
@@ -215,11 +230,15 @@ def _print_result(r, threshold) -> None:
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @_threshold_options
+@_detect_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def verify(app: App, a, b, threshold, far, as_json):
-    """Are A and B the same person? same = distance <= the model's threshold."""
-    fs = app.open()
+def verify(app: App, a, b, threshold, far, detect, as_json):
+    """Are A and B the same person? same = distance <= the model's threshold.
+
+    With --detect, A and B are photos and the largest face of each is compared.
+    """
+    fs = app.open(detect=detect)
     r = fs.verify(a, b, threshold=_decision_threshold(fs, threshold, far))
     if as_json:
         _echo_json(r.to_dict())

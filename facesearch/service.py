@@ -10,6 +10,10 @@ One object loads the model and the index once and serves many calls::
     print(result.identity, result.matches[0].distance)
     same = fs.verify("a.jpg", "b.jpg").same       # distance <= the model's threshold
 
+Images are aligned face crops by default. For ordinary photos open with ``detect=True``: faces are
+found and aligned first (:mod:`facesearch.detect`); enroll and verify use the largest face of each
+photo, :meth:`FaceSearch.query_faces` searches every face of one.
+
 Distances are cosine distances in [0, 2] (:mod:`facesearch.distance`), lower is more similar;
 a match is ``distance <= threshold`` with the threshold calibrated and stored with the model.
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from facesearch import detect as fdetect
 from facesearch import distance, encoder, images
 from facesearch import index as vindex
 from facesearch.config import ModelConfig
@@ -82,14 +87,18 @@ class QueryResult:
     matches: list[Match]
     threshold: float
     probe: str = ""
+    face: dict | None = None  # with detect: where in the probe the face is (box, score, landmarks)
 
     @property
     def identity(self) -> str | None:
         return self.matches[0].identity if self.matches and self.matches[0].match else None
 
     def to_dict(self) -> dict:
-        return {"probe": self.probe, "identity": self.identity, "unknown": self.identity is None,
-                "threshold": self.threshold, "matches": [asdict(m) for m in self.matches]}
+        out = {"probe": self.probe, "identity": self.identity, "unknown": self.identity is None,
+               "threshold": self.threshold, "matches": [asdict(m) for m in self.matches]}
+        if self.face is not None:  # only with detect: without it, the JSON is as it always was
+            out["face"] = self.face
+        return out
 
 
 @dataclass
@@ -99,9 +108,13 @@ class VerifyResult:
     distance: float
     threshold: float
     same: bool
+    faces: tuple[dict | None, dict | None] = (None, None)  # with detect: the face used in A and in B
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["faces"] == (None, None):  # only with detect: without it, the JSON is as it always was
+            del out["faces"]
+        return out
 
 
 @dataclass
@@ -117,12 +130,15 @@ class EnrollReport:
     face_ids: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, already enrolled as identity)
     failed: list[Failure] = field(default_factory=list)
+    #: with detect: photos that held several faces, and how many; their largest face was enrolled
+    several_faces: list[tuple[str, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
                 "failed": len(self.failed), "face_ids": self.face_ids,
                 "skipped_files": [{"source": s, "identity": i} for s, i in self.skipped],
-                "failures": [asdict(f) for f in self.failures_sorted()]}
+                "failures": [asdict(f) for f in self.failures_sorted()],
+                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)]}
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)
@@ -226,7 +242,7 @@ class FaceSearch:
 
     def __init__(self, store: Store, model: encoder.Encoder, model_key: str, model_id: int,
                  home: Path, index_factory: str = "auto", index_backend: str = "auto",
-                 keep_crops: bool = True):
+                 keep_crops: bool = True, detect: bool = False):
         self.store = store
         self.model = model
         self.model_key = model_key
@@ -235,6 +251,10 @@ class FaceSearch:
         self.index_factory = index_factory
         self.index_backend = vindex.resolve_backend(index_backend)
         self.keep_crops = keep_crops
+        #: find and align faces in the images (ordinary photos) instead of taking them as aligned crops
+        self.detect = detect
+        if detect:
+            fdetect.available_or_raise()
         self._index: vindex.VectorIndex | None = None
         self._index_revision = -1
         self._fast: tuple[encoder.Encoder, encoder.Encoder] | None = None  # (model, its inference copy)
@@ -244,17 +264,21 @@ class FaceSearch:
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, db_url: str | None = None,
              model: str | os.PathLike | None = None, device: str | None = "auto", index: str = "auto",
-             backend: str = "auto", strict: bool = True, keep_crops: bool = True) -> "FaceSearch":
+             backend: str = "auto", strict: bool = True, keep_crops: bool = True,
+             detect: bool = False) -> "FaceSearch":
         """Open (creating if needed) a gallery.
 
         ``home``: folder for the SQLite database and the index file (default ``$FACESEARCH_HOME`` or
         ``~/.facesearch``); ``db_url``: any SQLAlchemy URL instead of the SQLite file; ``model``: a
         model directory (default: the model that built this gallery, else the shipped default model);
         ``index``: ``auto`` or a FAISS factory string; ``backend``: ``auto``, ``faiss-cpu``,
-        ``faiss-gpu`` or ``torch-cuda``. With ``strict`` (the default) a model other than the one that
+        ``faiss-gpu`` or ``torch-cuda``; ``detect``: images are photos, find and align the faces in them
+        (needs ``facesearch[detect]``), instead of aligned face crops. With ``strict`` (the default) a model other than the one that
         embedded the gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
         The schema is upgraded to the newest Alembic revision on open.
         """
+        if detect:
+            fdetect.available_or_raise()  # before any file or database is touched
         home = Path(home).expanduser() if home is not None else default_home()
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         db_url = db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}"
@@ -282,7 +306,7 @@ class FaceSearch:
             rec = store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir), location)
             if active is None or (active.key != key and store.count_faces() == 0):
                 store.set_active_model(rec.id)
-            return cls(store, net, key, rec.id, home, index, backend, keep_crops)
+            return cls(store, net, key, rec.id, home, index, backend, keep_crops, detect)
         except BaseException:
             store.close()
             raise
@@ -335,14 +359,29 @@ class FaceSearch:
         return self.home / INDEX_FILE
 
     # ---- embedding ------------------------------------------------------------------------
-    def _prepare(self, image: ImageInput) -> tuple[np.ndarray, str]:
-        """Read one image -> (3 x S x S uint8 crop, sha256)."""
+    @staticmethod
+    def _pixels(image: ImageInput) -> tuple[np.ndarray, str]:
+        """Read one image -> (H x W x 3 uint8 RGB, sha256 of its bytes)."""
         if isinstance(image, (bytes, bytearray)):
-            pixels, sha = images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
-        else:
-            loaded = images.load(image)
-            pixels, sha = loaded.pixels, loaded.sha256
-        return images.prepare(pixels, self.config), sha
+            return images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
+        loaded = images.load(image)
+        return loaded.pixels, loaded.sha256
+
+    def _face_crops(self, pixels: np.ndarray, source: str, every: bool = False
+                    ) -> list[tuple[np.ndarray, fdetect.Face | None]]:
+        """The model's inputs (3 x S x S uint8) for an image: the image itself when it is an aligned crop;
+        with ``detect``, its largest face aligned (``every``: all its faces, largest first). A photo in
+        which the detector finds no face raises InvalidImageError."""
+        if not self.detect:
+            return [(images.prepare(pixels, self.config), None)]
+        faces = fdetect.detect(pixels)
+        if not faces:
+            raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
+        return [(images.prepare(fdetect.align(pixels, f), self.config), f) for f in (faces if every else faces[:1])]
+
+    def _prepare(self, image: ImageInput) -> tuple[np.ndarray, fdetect.Face | None]:
+        """Read one image -> (3 x S x S uint8 crop of its face, the detected face or None)."""
+        return self._face_crops(self._pixels(image)[0], _name(image))[0]
 
     def embed(self, image_list: Sequence[ImageInput]) -> np.ndarray:
         """Embed images (paths or bytes): N x D float32 unit vectors. Raises InvalidImageError on a bad one."""
@@ -351,7 +390,7 @@ class FaceSearch:
 
     def embed_bytes(self, items: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """Embed ``(source, bytes)`` pairs; the source names the file in error messages."""
-        crops = [images.prepare(images.decode(data, src), self.config) for src, data in items]
+        crops = [self._face_crops(images.decode(data, src), src)[0][0] for src, data in items]
         return self._embed_crops(crops)
 
     def _embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -499,14 +538,23 @@ class FaceSearch:
                     raw = images.read_bytes(data)
                 sha = hashlib.sha256(raw).hexdigest()
                 pixels = images.decode(raw, source)
-                crop = images.prepare(pixels, self.config)
+                if self.detect:
+                    faces = fdetect.detect(pixels)
+                    if not faces:
+                        raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
+                    if len(faces) > 1:
+                        report.several_faces.append((source, len(faces)))
+                    crop = images.prepare(fdetect.align(pixels, faces[0]), self.config)
+                    found = faces[0].to_dict()
+                else:
+                    crop, found = images.prepare(pixels, self.config), None
                 if not self.keep_crops:
                     png = None
                 elif pixels.shape[:2] == crop.shape[1:] and np.array_equal(pixels.transpose(2, 0, 1), crop):
                     png = raw  # the file is the aligned crop already: its own bytes decode to it exactly
                 else:
                     png = _png(crop)  # encoded here, in the reader threads
-                return ident, source, sha, (crop, png), None
+                return ident, source, sha, (crop, png, found), None
             except InvalidImageError as e:
                 return ident, source, None, None, str(e).removeprefix(f"{source}: ")
             except OSError as e:
@@ -562,8 +610,8 @@ class FaceSearch:
             progress(len(results))
 
     def _store_faces(self, todo, report: EnrollReport) -> None:
-        """Embed ``(identity, source, sha, (crop, crop_png))`` rows and store them in one transaction, then
-        index them."""
+        """Embed ``(identity, source, sha, (crop, crop_png, detection))`` rows and store them in one
+        transaction, then index them."""
         tuner = self._tuner
         if tuner is not None:
             tuner.start()
@@ -571,10 +619,11 @@ class FaceSearch:
         if tuner is not None:
             tuner.stop(len(todo))
         crops = [t[3][1] for t in todo]
+        found = [t[3][2] for t in todo]
         rows = [(t[0], t[1], t[2], e, c) for t, e, c in zip(todo, embs, crops)]
         for attempt in range(3):
             try:
-                ids, rev = self.store.add_faces(self.model_id, rows)
+                ids, rev = self.store.add_faces(self.model_id, rows, found)
                 break
             except IntegrityError:
                 # another process enrolled some of this content, or created one of these
@@ -584,7 +633,7 @@ class FaceSearch:
                 taken = self.store.known_hashes([r[2] for r in rows])
                 report.skipped.extend((r[1], taken[r[2]]) for r in rows if r[2] in taken)
                 keep = [i for i, r in enumerate(rows) if r[2] not in taken]
-                rows, embs = [rows[i] for i in keep], embs[keep]
+                rows, embs, found = [rows[i] for i in keep], embs[keep], [found[i] for i in keep]
                 if not rows:
                     return
         self._after_change(rev, lambda idx: idx.add(np.asarray(ids, np.int64), embs))
@@ -649,30 +698,45 @@ class FaceSearch:
     def query(self, image: ImageInput, top_k: int = 5, threshold: float | None = None) -> QueryResult:
         """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the
         threshold (the model's, or ``threshold``, e.g. ``fs.threshold_at(far=1e-3)``)."""
+        return self.query_faces(image, top_k, threshold, every=False)[0]
+
+    def query_faces(self, image: ImageInput, top_k: int = 5, threshold: float | None = None,
+                    every: bool = True) -> list[QueryResult]:
+        """Who is in this photo? With ``detect``, one result for each face found, largest first, each with
+        its ``face`` (box, score, landmarks); without it, one result for the image as an aligned crop."""
         thr = self.threshold_at(threshold=threshold)
-        crop, _ = self._prepare(image)
+        name = _name(image)
+        found = self._face_crops(self._pixels(image)[0], name, every=every)
         with self._single_thread():
-            return self.search_embeddings(self._embed_crops([crop]), top_k,
-                                          [image if isinstance(image, str) else str(image)[:80]], thr)[0]
+            results = self.search_embeddings(self._embed_crops([c for c, _ in found]), top_k,
+                                             [name] * len(found), thr)
+        for r, (_, face) in zip(results, found):
+            r.face = face.to_dict() if face is not None else None
+        return results
 
     def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
-                   progress: Progress | None = None, threshold: float | None = None) -> list[QueryResult | Failure]:
-        """Batched query: embeds and searches in batches. A bad image gives a Failure in its place."""
+                   progress: Progress | None = None, threshold: float | None = None,
+                   every: bool = False) -> list[QueryResult | Failure]:
+        """Batched query: embeds and searches in batches. A bad image gives a Failure in its place. With
+        ``detect``, each image gives its largest face's result (``every``: one result per face found)."""
         threshold = self.threshold_at(threshold=threshold)
         out: list[QueryResult | Failure] = []
         for batch in _batched(list(image_list), batch_size):
-            crops, names, slots = [], [], []
+            crops, names, faces, slots = [], [], [], []
             for im in batch:
                 try:
-                    crops.append(self._prepare(im)[0])
-                    names.append(str(im))
-                    slots.append(len(out))
-                    out.append(None)
+                    for crop, face in self._face_crops(self._pixels(im)[0], _name(im), every=every):
+                        crops.append(crop)
+                        names.append(_name(im))
+                        faces.append(face)
+                        slots.append(len(out))
+                        out.append(None)
                 except InvalidImageError as e:
-                    out.append(Failure(str(im), str(e)))
+                    out.append(Failure(_name(im), str(e)))
             if crops:
                 found = self.search_embeddings(self._embed_crops(crops), top_k, names, threshold)
-                for slot, res in zip(slots, found):
+                for slot, res, face in zip(slots, found, faces):
+                    res.face = face.to_dict() if face is not None else None
                     out[slot] = res
             if progress is not None:
                 progress(len(batch))
@@ -682,10 +746,12 @@ class FaceSearch:
         """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold`` (the model's unless
         given)."""
         thr = self.threshold_at(threshold=threshold)
+        (ca, fa), (cb, fb) = self._prepare(a), self._prepare(b)
         with self._single_thread():
-            ea, eb = self.embed([a]), self.embed([b])
+            ea, eb = self._embed_crops([ca]), self._embed_crops([cb])
         d = float(distance.clip(distance.paired(ea, eb))[0])
-        return VerifyResult(d, thr, bool(distance.is_match(d, thr)))
+        return VerifyResult(d, thr, bool(distance.is_match(d, thr)),
+                            tuple(f.to_dict() if f is not None else None for f in (fa, fb)))
 
     # ---- managing identities --------------------------------------------------------------
     def identities(self):
@@ -731,9 +797,14 @@ class FaceSearch:
             missing = []
             for chunk in self.store.iter_crops():
                 crops, fids = [], []
-                for fid, source, png in chunk:
+                for fid, source, png, found in chunk:
                     try:
-                        pixels = images.decode(png, source) if png else images.load(source).pixels
+                        if png:
+                            pixels = images.decode(png, source)
+                        elif found:  # a face detected in a photo: align it again from the recorded landmarks
+                            pixels = fdetect.align(images.load(source).pixels, fdetect.Face.from_dict(found))
+                        else:
+                            pixels = images.load(source).pixels
                         crops.append(images.prepare(pixels, self.config))
                         fids.append(fid)
                     except InvalidImageError as e:
@@ -785,6 +856,11 @@ def _model_dir(location: str) -> Path:
     if not d.is_dir():
         raise ModelFileError(f"model directory {d} does not exist")
     return d
+
+
+def _name(image: ImageInput) -> str:
+    """How an image is named in results and errors: its path, or ``<N bytes>``."""
+    return f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray)) else str(image)
 
 
 def _batched(iterable, n):

@@ -1,0 +1,213 @@
+"""--detect: finding and aligning faces in photos, with the real detector on LFW's original photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesearch import detect, images
+from facesearch.errors import InvalidImageError
+from tests.conftest import LFW_ZIP, ORIGINALS, REPO
+
+pytestmark = pytest.mark.skipif(not detect.available(), reason="yuface (facesearch[detect]) is not installed")
+
+#: two people of the original-photo sample, 4 photos each
+ONE, TWO = "Antonio_Banderas", "Bob_Hope"
+
+
+def photo(name: str, i: int) -> np.ndarray:
+    p = ORIGINALS / name / f"{name}_{i:04d}.jpg"
+    if not p.exists():
+        pytest.skip(f"LFW original photos not found at {ORIGINALS}")
+    return images.load(p).pixels
+
+
+def paste(canvas: np.ndarray, pixels: np.ndarray, x: int, y: int, scale: float = 1.0, angle: float = 0.0):
+    img = Image.fromarray(pixels)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    img = img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(120, 120, 120))
+    out = Image.fromarray(canvas)
+    out.paste(img, (x, y))
+    return np.asarray(out), img.size
+
+
+def group_photo() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """ONE at natural size on the left, TWO enlarged and tilted on the right; and where each was pasted."""
+    canvas = np.full((320, 560, 3), 120, np.uint8)
+    canvas, s1 = paste(canvas, photo(ONE, 2), 20, 90)
+    canvas, s2 = paste(canvas, photo(TWO, 1), 290, 40, scale=1.4, angle=15)
+    return canvas, [(20, 90, *s1), (290, 40, *s2)]
+
+
+def inside(box, region) -> bool:
+    x, y, w, h = box
+    rx, ry, rw, rh = region
+    return rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh
+
+
+# ---- the detector and the alignment -------------------------------------------------------------
+def test_similarity_transform_recovers_a_known_transform():
+    a, s, t = np.deg2rad(23.0), 1.7, np.array([12.5, -4.0])
+    m = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    src = detect.TEMPLATE_112 + np.array([3.0, -2.0])
+    got = detect.similarity_transform(src, src @ m.T + t)
+    np.testing.assert_allclose(got[:, :2], m, atol=1e-9)
+    np.testing.assert_allclose(got[:, 2], t, atol=1e-9)
+    with pytest.raises(ValueError):
+        detect.similarity_transform(np.ones((5, 2)), detect.TEMPLATE_112)
+
+
+def test_align_maps_the_landmarks_onto_the_template():
+    """A photo enlarged 2.5x, tilted and shifted: aligning it from its own transformed template lands back
+    on the 112 px original's pixels."""
+    if not LFW_ZIP.exists():
+        pytest.skip("LFW pack not found")
+    from facesearch.datasets import ImageFolder
+
+    folder = ImageFolder(LFW_ZIP)
+    key = folder.items["Colin_Powell"][0]
+    crop = images.decode(folder.read(key), key)
+    a, s, t = np.deg2rad(-12.0), 2.5, np.array([90.0, 40.0])
+    m = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    inv = np.linalg.inv(np.vstack([np.hstack([m, t[:, None]]), [0, 0, 1]]))[:2]
+    # the big photo: pixel centre q of the big image shows the original at inv(q)
+    shift = inv[:, 2] - inv[:, :2] @ np.array([0.5, 0.5]) + 0.5
+    big = Image.fromarray(crop).transform((400, 400), Image.Transform.AFFINE,
+                                          (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1]),
+                                          resample=Image.Resampling.BICUBIC)
+    face = detect.Face((0, 0, 400, 400), 1.0, detect.TEMPLATE_112 @ m.T + t)
+    back = detect.align(np.asarray(big), face).astype(np.float64)
+    err = np.abs(back[8:-8, 8:-8] - crop[8:-8, 8:-8]).mean()  # borders: resampled from outside the photo
+    assert err < 4.0, err
+    shifted = detect.align(np.asarray(big), detect.Face(face.box, 1.0, face.landmarks + 6.0)).astype(np.float64)
+    assert np.abs(shifted[8:-8, 8:-8] - crop[8:-8, 8:-8]).mean() > 3 * err  # the check can tell a 6 px miss
+
+
+def test_detector_finds_the_face_in_original_photos_and_maps_boxes_back():
+    for i in range(1, 5):
+        faces = detect.detect(photo(ONE, i))
+        assert faces, i
+        f = faces[0]
+        assert f.score >= detect.MIN_SCORE and f.area > 30 * 30
+        x, y, w, h = f.box
+        # all five landmarks inside the face's box, eyes above the mouth
+        assert ((f.landmarks >= [x, y]) & (f.landmarks <= [x + w, y + h])).all()
+        assert f.landmarks[:2, 1].max() < f.landmarks[3:, 1].min()
+    # a 1,600 x 1,200 photo is shrunk for the detector: the box must come back in the photo's pixels
+    big, size = paste(np.full((1200, 1600, 3), 120, np.uint8), photo(ONE, 1), 1100, 700, scale=2.0)
+    faces = detect.detect(big)
+    assert faces and inside(faces[0].box, (1100, 700, *size))
+    assert detect.detect(np.full((200, 300, 3), 120, np.uint8)) == []
+
+
+def test_template_is_where_the_detector_puts_landmarks_on_the_training_crops():
+    if not LFW_ZIP.exists():
+        pytest.skip("LFW pack not found")
+    from facesearch.datasets import ImageFolder
+
+    folder = ImageFolder(LFW_ZIP)
+    marks = [detect.detect(images.decode(folder.read(k), k))[0].landmarks
+             for name in ("Colin_Powell", "Tony_Blair", "Serena_Williams") for k in folder.items[name][:10]]
+    assert np.abs(np.mean(marks, 0) - detect.TEMPLATE_112).max() < 4.0
+
+
+# ---- the gallery with detect=True --------------------------------------------------------------
+@pytest.fixture
+def photos(tmp_path):
+    """ORIGINALS of ONE and TWO as a folder of identities, plus a photo with no face."""
+    root = tmp_path / "photos"
+    for name in (ONE, TWO):
+        (root / name).mkdir(parents=True)
+        for i in range(1, 5):
+            src = ORIGINALS / name / f"{name}_{i:04d}.jpg"
+            if not src.exists():
+                pytest.skip(f"LFW original photos not found at {ORIGINALS}")
+            (root / name / src.name).write_bytes(src.read_bytes())
+    Image.fromarray(np.full((150, 150, 3), 90, np.uint8)).save(root / ONE / "wall.png")
+    return root
+
+
+def test_enroll_query_verify_photos_with_detect(tmp_path, photos):
+    from facesearch.service import FaceSearch
+
+    with FaceSearch.open(home=tmp_path / "home", device="cpu", detect=True) as fs:  # the shipped model
+        report = fs.enroll_folder(photos)
+        assert report.added == 8 and report.identities == {ONE, TWO}
+        assert [(f.source.endswith("wall.png"), "no face found" in f.reason) for f in report.failed] == [(True, True)]
+        # Antonio_Banderas_0001 shows a second, cut-off face at the photo's edge; the larger one is his
+        assert any(s.endswith(f"{ONE}_0001.jpg") and n == 2 for s, n in report.several_faces)
+        stored = {f.source: f for f in fs.store.identity_faces(ONE)}
+        assert len(stored) == 4
+
+        group, regions = group_photo()
+        buf = tmp_path / "group.png"
+        Image.fromarray(group).save(buf)
+        found = fs.query_faces(buf, top_k=2)
+        assert len(found) == 2
+        assert [r.identity for r in found] == [TWO, ONE]  # largest face first: TWO was enlarged
+        assert inside(found[0].face["box"], regions[1]) and inside(found[1].face["box"], regions[0])
+        assert fs.query(buf).identity == TWO and fs.query(buf).face == found[0].face
+        v = fs.verify(buf, photos / ONE / f"{ONE}_0003.jpg")
+        assert v.faces[0]["box"] == found[0].face["box"]
+        assert not v.same  # the largest face of the group photo is TWO
+        with pytest.raises(InvalidImageError, match="no face found"):
+            fs.query(photos / ONE / "wall.png")
+
+        # the same photos without detect: taken as aligned crops, the group photo is nobody it knows
+        fs.detect = False
+        plain = fs.query(buf, top_k=2)
+        assert plain.face is None and plain.matches[0].distance > found[1].matches[0].distance
+
+
+def test_reindex_aligns_again_from_the_stored_landmarks(tmp_path, photos, model_dir):
+    """Without stored crops, `reindex --model` re-embeds photos from their source files: faces found by
+    the detector are aligned again from the landmarks kept in faces.detection, giving the same vectors."""
+    from facesearch.service import FaceSearch
+
+    with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu", detect=True,
+                         keep_crops=False) as fs:
+        report = fs.enroll_folder(photos)
+        before = fs.store.embeddings(report.face_ids)
+        rows = [r for chunk in fs.store.iter_crops() for r in chunk]
+        assert all(png is None and det is not None and len(det["landmarks"]) == 5 for _, _, png, det in rows)
+        assert fs.reindex(model=model_dir)["reembedded"] == 8
+        after = fs.store.embeddings(report.face_ids)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_without_the_detector_detect_fails_clearly_and_touches_nothing(tmp_path, photos):
+    """A machine without yuface (blocked from importing in a fresh process): `enroll --detect` says what to
+    install and creates no database."""
+    home = tmp_path / "home"
+    code = ("import sys; sys.modules['yuface'] = None; sys.modules['yuface.yuface'] = None\n"
+            "from facesearch.cli import main; sys.argv = ['facesearch'] + sys.argv[1:]; main()")
+    r = subprocess.run([sys.executable, "-c", code, "--home", str(home), "enroll", "--detect", str(photos)],
+                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode != 0
+    assert "pip install 'facesearch[detect]'" in r.stderr
+    assert not (home / "facesearch.db").exists()
+
+
+def test_cli_query_detect_json_lists_every_face(tmp_path, photos):
+    from click.testing import CliRunner
+
+    from facesearch.cli import cli
+
+    home = ["--home", str(tmp_path / "home"), "--device", "cpu"]
+    r = CliRunner().invoke(cli, home + ["enroll", "--detect", "--json", str(photos)], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout)["added"] == 8
+    group, _ = group_photo()
+    Image.fromarray(group).save(tmp_path / "group.jpg", quality=92)
+    r = CliRunner().invoke(cli, home + ["query", "--detect", "--json", str(tmp_path / "group.jpg")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [o["identity"] for o in out] == [TWO, ONE] and all(len(o["face"]["box"]) == 4 for o in out)
+    r = CliRunner().invoke(cli, home + ["query", "--detect", str(tmp_path / "group.jpg")], catch_exceptions=False)
+    assert f"face at ({out[0]['face']['box'][0]}, " in r.output and TWO in r.output
