@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""What ``--detect`` buys on photos that are not aligned crops, against the centre crop used without it.
+
+    python -m benchmarks.detect_align [--photos ../shared/data/lfw/lfw-original-150-sample] [--model DIR]
+
+The photos: LFW's 120 original (not deep-funnelled) photos of 30 people, 4 each, in two versions:
+
+* ``as given``: the 150 x 150 photos (LFW's own detector centred them roughly; faces still vary in place,
+  size and tilt, and 22 of them show a second person);
+* ``placed``: each photo pasted at a random place, scale (0.7-1.5x) and tilt (+-20 degrees) into a
+  400 x 300 grey frame (seeded), as a face in an ordinary snapshot is neither centred nor upright.
+
+Each version is embedded twice by the same model: ``centre crop`` (facesearch without ``--detect``: the
+image taken as an aligned crop) and ``detect + align`` (``--detect``). Reported: rank-1 of each photo
+searched against the other 119 (leave-one-out, best face per person), AUC and accuracy at the model's
+stored threshold over all 180 same-person pairs and 7,020 different-person pairs, and the time per
+photo of detection + alignment next to the time of embedding it.
+
+The shipped model was trained on all of LFW, these 30 people included (in their deep-funnelled
+versions): absolute numbers are optimistic, and only the difference between the two preprocessings is
+the result. Writes benchmarks/results/detect-align-<machine>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, machine, machine_tag, ratio  # noqa: E402
+from facesearch import detect, images, metrics  # noqa: E402
+from facesearch.datasets import ImageFolder  # noqa: E402
+from facesearch.service import FaceSearch  # noqa: E402
+
+
+def placed(pixels: np.ndarray, rng: np.random.Generator, size=(400, 300)) -> np.ndarray:
+    """The photo scaled, tilted and pasted somewhere into a grey frame."""
+    scale, angle = rng.uniform(0.7, 1.5), rng.uniform(-20, 20)
+    img = Image.fromarray(pixels)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    img = img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+    frame = Image.new("RGB", size, (128, 128, 128))
+    x = int(rng.integers(0, max(1, size[0] - img.width)))
+    y = int(rng.integers(0, max(1, size[1] - img.height)))
+    frame.paste(img, (x, y))
+    return np.asarray(frame)
+
+
+def scores(emb: np.ndarray, people: list[str], threshold: float) -> dict:
+    d = 1.0 - emb @ emb.T  # the project's cosine distance on unit vectors
+    n = len(people)
+    p = np.array(people)
+    same = p[:, None] == p[None, :]
+    iu = np.triu_indices(n, 1)
+    dist, lab = d[iu], same[iu]
+    np.fill_diagonal(d, np.inf)
+    rank1 = float(np.mean(p[d.argmin(1)] == p))
+    return {"rank1": round(rank1, 4), "auc": round(metrics.auc(dist, lab), 4),
+            "accuracy_at_stored_threshold": round(metrics.accuracy(dist, lab, threshold), 4),
+            "genuine_pairs": int(lab.sum()), "impostor_pairs": int((~lab).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", default="../shared/data/lfw/lfw-original-150-sample")
+    ap.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    folder = ImageFolder(args.photos)
+    people = [ident for ident in folder.identities() for _ in folder.items[ident]]
+    photos = [images.decode(folder.read(k), k) for ident in folder.identities() for k in folder.items[ident]]
+    rng = np.random.default_rng(args.seed)
+    versions = {"as given": photos, "placed": [placed(px, rng) for px in photos]}
+    info = machine()
+    rows, timing = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fs = FaceSearch.open(home=tmp, model=args.model, device="cpu", detect=True)
+        thr = fs.threshold
+        for version, pixels in versions.items():
+            crops = {"centre crop": [images.prepare(px, fs.config) for px in pixels]}
+            t0 = time.perf_counter()
+            found = [detect.detect(px) for px in pixels]
+            t1 = time.perf_counter()
+            aligned = [images.prepare(detect.align(px, f[0]), fs.config) if f else None
+                       for px, f in zip(pixels, found)]
+            t2 = time.perf_counter()
+            missed = sum(a is None for a in aligned)
+            # a photo with no face found falls back to its centre crop, so both rows score all 120
+            crops["detect + align"] = [a if a is not None else c for a, c in zip(aligned, crops["centre crop"])]
+            for method, cs in crops.items():
+                t3 = time.perf_counter()
+                emb = fs._embed_crops(cs)
+                t4 = time.perf_counter()
+                r = {"photos": version, "method": method, **scores(emb, people, thr)}
+                if method == "detect + align":
+                    r["no_face_found"] = missed
+                    r["several_faces"] = sum(len(f) > 1 for f in found)
+                    timing[version] = {"detect_ms_per_photo": round(1e3 * (t1 - t0) / len(pixels), 2),
+                                       "align_ms_per_photo": round(1e3 * (t2 - t1) / len(pixels), 2),
+                                       "embed_ms_per_photo": round(1e3 * (t4 - t3) / len(pixels), 2)}
+                rows.append(r)
+        model = {"key": fs.model_key, "threshold": thr}
+        fs.close()
+    for version in versions:
+        base, ours = (next(r for r in rows if r["photos"] == version and r["method"] == m)
+                      for m in ("centre crop", "detect + align"))
+        ours["rank1_errors_vs_centre_crop"] = ratio(1 - ours["rank1"], 1 - base["rank1"])
+    res = {"benchmark": "detect_align", "command": "python -m benchmarks.detect_align", "photos": args.photos,
+           "people": len(set(people)), "images": len(people), "seed": args.seed, "model": model,
+           "note": "the shipped model has seen these 30 people (trained on all of LFW): compare the rows, "
+                   "do not read the absolute numbers as accuracy on unseen people",
+           "results": rows, "timing": timing, "machine": info}
+    out = Path(args.out) if args.out else RESULTS / f"detect-align-{machine_tag(info)}.json"
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"{'photos':<9} {'method':<15} {'rank-1':>7} {'AUC':>7} {'acc@thr':>8} {'no face':>8}")
+    for r in rows:
+        print(f"{r['photos']:<9} {r['method']:<15} {r['rank1']:>7.3f} {r['auc']:>7.4f} "
+              f"{r['accuracy_at_stored_threshold']:>8.4f} {r.get('no_face_found', ''):>8}")
+    for version, t in timing.items():
+        print(f"{version}: detect {t['detect_ms_per_photo']} ms + align {t['align_ms_per_photo']} ms per photo; "
+              f"embedding {t['embed_ms_per_photo']} ms")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
