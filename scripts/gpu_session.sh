@@ -11,9 +11,15 @@
 #   5. merge the 10 folds into benchmarks/results/lfw-NAME.json and print a table.
 #
 #   SHARED=../shared OUT=runs/gpu bash scripts/gpu_session.sh
-#   # the next run: 160 px, search measured at 1M only, trainings on the CUDA graph step if its check passes
-#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=auto SEARCH_SIZES=1M DEADLINE=540 \
+#   # the next run, for issue 4's accuracy bar: 160 px, all of the call's time for the 10 fold trainings
+#   SHARED=../shared OUT=runs/gpu NAME=mnv2-160-tenfold SIZE=160 GRAPH=0 SEARCH=0 DEFAULT_MODEL=0 DEADLINE=540 \
 #     bash scripts/gpu_session.sh
+#   # why: a 160 px image costs about 1.6x a 112 px one (ablation: 1,847 vs 2,952 img/s). The 112 px run's 11
+#   # trainings shared 13,880 img/s, so at 160 px each gets ~790 img/s; with GRAPH=auto and the search
+#   # (steps 2-3 time out at 120 s + 75 s) that leaves ~5 minutes, ~30 epochs of its ~7,300 images. With
+#   # GRAPH=0 (step 2 eager only, 60 s), SEARCH=0 and DEFAULT_MODEL=0: 10 trainings, ~870 img/s, ~7 minutes,
+#   # ~50 epochs; the ablation's +1.6 points at 160 px came from ~330,000 images seen per training (2,573 steps of 128), which
+#   # this reaches. GRAPH=auto, SEARCH_SIZES=1M and DEFAULT_MODEL=1 are for a later call.
 #
 # GRAPH: 0 (default) eager training steps; 1 the CUDA graph step (train --cuda-graph) without asking; auto:
 # the graph step only if step 2's check passed (it trains like the eager one, in fp32 and in bf16:
