@@ -327,6 +327,7 @@ def info(app: App, as_json):
     probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
     click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
     click.echo(f"device:      {d['device']}")
+    click.echo(f"detector:    {d['detector']}")
 
 
 @cli.command()

@@ -83,6 +83,18 @@ def available_or_raise() -> None:
     _detector()
 
 
+def describe() -> str:
+    """What ``--detect`` would use, for ``facesearch info``."""
+    if not available():
+        return "not installed (pip install 'facesearch[detect]'); --detect unavailable"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"yuface {version('yuface')} (libfacedetection), for --detect"
+    except PackageNotFoundError:
+        return "yuface (libfacedetection), for --detect"
+
+
 _lock = threading.Lock()
 _c_detect = None
 

@@ -841,6 +841,7 @@ class FaceSearch:
             "index": {"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
                       "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)},
             "device": str(self.model.device),
+            "detector": fdetect.describe(),
         }
 
 

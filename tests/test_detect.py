@@ -186,12 +186,15 @@ def test_without_the_detector_detect_fails_clearly_and_touches_nothing(tmp_path,
     install and creates no database."""
     home = tmp_path / "home"
     code = ("import sys; sys.modules['yuface'] = None; sys.modules['yuface.yuface'] = None\n"
+            "from facesearch import detect; print('info says:', detect.describe())\n"
             "from facesearch.cli import main; sys.argv = ['facesearch'] + sys.argv[1:]; main()")
     r = subprocess.run([sys.executable, "-c", code, "--home", str(home), "enroll", "--detect", str(photos)],
                        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode != 0
     assert "pip install 'facesearch[detect]'" in r.stderr
+    assert "info says: not installed" in r.stdout  # what `facesearch info` shows on such a machine
     assert not (home / "facesearch.db").exists()
+    assert detect.describe().startswith("yuface ")  # and here, where it is installed
 
 
 def test_cli_query_detect_json_lists_every_face(tmp_path, photos):
