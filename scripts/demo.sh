@@ -2,13 +2,15 @@
 # The main job on real faces: enroll 3 photos each of 25 LFW people, then query a 4th, unseen
 # photo of each and print the ranked matches. The people come from LFW View 2 set 10; the built-in
 # model was trained on all LFW people, so this shows the workflow, not accuracy (see README: The model).
+# Then the same with photos: --detect on LFW's original photos and on a photo of two people.
 # Uses the built-in model and the default SQLite store.
 set -euo pipefail
 SHARED=${SHARED:-../shared}
 HOME_DIR=${DEMO_HOME:-demo-home}
 rm -rf "$HOME_DIR"
 python scripts/demo_data.py --zip "$SHARED/data/lfw/lfw-deepfunneled-112.zip" \
-    --people-file "$SHARED/data/lfw/people.txt" --set 10 --out "$HOME_DIR/data" --people 25
+    --people-file "$SHARED/data/lfw/people.txt" --set 10 --out "$HOME_DIR/data" --people 25 \
+    --photos "$SHARED/data/lfw/lfw-original-150-sample"
 
 export FACESEARCH_HOME="$HOME_DIR"
 facesearch enroll "$HOME_DIR/data/gallery"
@@ -21,3 +23,8 @@ same=("${people[0]}"/*)
 other=("${people[1]}"/*)
 facesearch verify "${same[0]}" "${same[1]}"
 facesearch verify "${same[0]}" "${other[0]}"
+
+# ordinary photos, not aligned crops: --detect finds and aligns each face (LFW's original photos of 30
+# people, 3 each, in the same gallery), then every face of a two-person photo is searched
+facesearch enroll --detect "$HOME_DIR/data/photos"
+facesearch query --detect --top-k 2 "$HOME_DIR/data/group.jpg"
