@@ -107,9 +107,9 @@ class Face(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, embedding_dim values
     #: the aligned face crop the embedding came from (PNG), kept so that `reindex --model` can re-embed
     crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    #: with --detect: the face's box, score and landmarks in the source photo (facesearch.detect.Face.to_dict);
-    #: NULL when the source was an aligned crop
-    detection: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    #: with --detect: the face's box, score and landmarks in the source photo (facesearch.detect.Face.to_dict)
+    #: and faces_in_photo; NULL when the source was an aligned crop
+    detection: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # None: SQL NULL
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     identity: Mapped[Identity] = relationship(back_populates="faces")
 

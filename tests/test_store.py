@@ -57,10 +57,15 @@ def test_face_detection_migration_keeps_enrolled_faces(store):
         command.check(alembic_config(conn))
     assert [r for chunk in store.iter_crops() for r in chunk] == [(7, "old.png", b"png", None)]
     det = {"box": [1, 2, 30, 40], "score": 0.9, "landmarks": [[1.5, 2.0]] * 5}
-    ids, _ = store.add_faces(mid, [("a", "new.jpg", "f" * 64, emb(0, 1, 0, 0), None)], [det])
-    assert [r for chunk in store.iter_crops() for r in chunk][-1] == (ids[0], "new.jpg", None, det)
+    ids, _ = store.add_faces(mid, [("a", "new.jpg", "f" * 64, emb(0, 1, 0, 0), None),
+                                   ("a", "crop.png", "c" * 64, emb(0, 0, 1, 0), None)], [det, None])
+    assert [r for chunk in store.iter_crops() for r in chunk][-2:] == [(ids[0], "new.jpg", None, det),
+                                                                       (ids[1], "crop.png", None, None)]
+    with store.engine.begin() as conn:  # no detection is SQL NULL, not the JSON text 'null'
+        assert conn.execute(text("SELECT id FROM faces WHERE detection IS NULL ORDER BY id")).scalars().all() == [
+            7, ids[1]]
     store.downgrade("0001")
-    assert store.known_hashes(["e" * 64, "f" * 64]) == {"e" * 64: "a", "f" * 64: "a"}
+    assert store.known_hashes(["e" * 64, "f" * 64, "c" * 64]) == {"e" * 64: "a", "f" * 64: "a", "c" * 64: "a"}
     store.upgrade()
     np.testing.assert_array_equal(store.embeddings([7]), [emb(1, 0, 0, 0)])
 
