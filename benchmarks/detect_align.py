@@ -13,7 +13,7 @@ The photos: LFW's 120 original (not deep-funnelled) photos of 30 people, 4 each,
 Each version is embedded twice by the same model: ``centre crop`` (facesearch without ``--detect``: the
 image taken as an aligned crop) and ``detect + align`` (``--detect``). Reported: rank-1 of each photo
 searched against the other 119 (leave-one-out, best face per person), AUC and accuracy at the model's
-stored threshold over all 180 same-person pairs and 7,020 different-person pairs, and the time per
+stored threshold over all 180 same-person pairs and 6,960 different-person pairs, and the time per
 photo of detection + alignment next to the time of embedding it.
 
 The shipped model was trained on all of LFW, these 30 people included (in their deep-funnelled

@@ -173,7 +173,8 @@ def _decision_threshold(fs, threshold, far) -> float:
 @_threshold_options
 @_detect_option
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: one object, or a list for several probes (or several faces, with --detect).")
+              help="Print JSON: one object, or a list for several probes; with --detect always a list, one "
+                   "object per face found.")
 @click.pass_obj
 def query(app: App, images_, top_k, threshold, far, detect, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
@@ -196,7 +197,7 @@ def query(app: App, images_, top_k, threshold, far, detect, as_json):
     if as_json:
         out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
                for r in results]
-        _echo_json(out[0] if len(out) == 1 else out)
+        _echo_json(out if detect or len(out) != 1 else out[0])  # --detect: a list, however many faces
     else:
         for r in results:
             _print_result(r, thr)

@@ -130,7 +130,7 @@ class EnrollReport:
     face_ids: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, already enrolled as identity)
     failed: list[Failure] = field(default_factory=list)
-    #: with detect: photos that held several faces, and how many; their largest face was enrolled
+    #: with detect: photos enrolled now that held several faces, and how many; their largest face was taken
     several_faces: list[tuple[str, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -542,10 +542,8 @@ class FaceSearch:
                     faces = fdetect.detect(pixels)
                     if not faces:
                         raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
-                    if len(faces) > 1:
-                        report.several_faces.append((source, len(faces)))
                     crop = images.prepare(fdetect.align(pixels, faces[0]), self.config)
-                    found = faces[0].to_dict()
+                    found = dict(faces[0].to_dict(), faces_in_photo=len(faces))
                 else:
                     crop, found = images.prepare(pixels, self.config), None
                 if not self.keep_crops:
@@ -640,6 +638,8 @@ class FaceSearch:
         report.added += len(ids)
         report.face_ids.extend(ids)
         report.identities.update(r[0] for r in rows)
+        report.several_faces.extend((r[1], f["faces_in_photo"]) for r, f in zip(rows, found)
+                                    if f and f["faces_in_photo"] > 1)
 
     # ---- searching ------------------------------------------------------------------------
     def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None,
@@ -732,7 +732,7 @@ class FaceSearch:
                         slots.append(len(out))
                         out.append(None)
                 except InvalidImageError as e:
-                    out.append(Failure(_name(im), str(e)))
+                    out.append(Failure(_name(im), str(e).removeprefix(f"{_name(im)}: ")))
             if crops:
                 found = self.search_embeddings(self._embed_crops(crops), top_k, names, threshold)
                 for slot, res, face in zip(slots, found, faces):
