@@ -39,6 +39,10 @@ def _names_file(path: Path) -> frozenset[str]:
               help="torchvision backbone (mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, ...).")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="'imagenet' (torchvision's checkpoint in the torch hub cache), a checkpoint path, or 'none'.")
+@click.option("--init-model", default=None, metavar="MODEL_DIR|default",
+              help="Fine-tune: start from this facesearch model's weights (embedding head included; "
+                   "'default': the built-in model) instead of --pretrained. Its backbone, embedding size "
+                   "and input size are used; its training data is recorded in the new model.")
 @click.option("--embedding-dim", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--input-size", type=click.IntRange(min=32), default=112, show_default=True,
               help="Side of the square input, in pixels.")
@@ -94,7 +98,7 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--notes", default=None, help="Free text stored in model.json (e.g. what it was trained on).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, time_budget, pk,
+def train(data, out, backbone, pretrained, init_model, embedding_dim, input_size, epochs, time_budget, pk,
           identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
           weight_decay, warmup, seed, device, amp, cuda_graph, no_augment, flip_average, decode_cache,
           checkpoint_every, calibration_fraction, exclude_folds, people_file, exclude_people, include_people, resume,
@@ -115,8 +119,12 @@ def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, ti
         notes = f"{notes} ({fold_note})"
     if pretrained.lower() == "none":
         pretrained = None
+    if init_model is not None:
+        backbone, embedding_dim, input_size, pretrained = _fine_tune_settings(
+            init_model, backbone, embedding_dim, input_size, pretrained)
     options = TrainOptions(
-        data=data, out=out, backbone=backbone, pretrained=pretrained, embedding_dim=embedding_dim,
+        data=data, out=out, backbone=backbone, pretrained=pretrained, init_model=init_model,
+        embedding_dim=embedding_dim,
         input_size=input_size, epochs=epochs, identities_per_batch=identities_per_batch,
         images_per_identity=images_per_identity, pos_margin=pos_margin, neg_margin=neg_margin, mining=mining,
         lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay, warmup_fraction=warmup,
@@ -145,6 +153,26 @@ def train(data, out, backbone, pretrained, embedding_dim, input_size, epochs, ti
     click.echo(f"threshold (cosine distance, match when <=): {summary['threshold']:.4f}, chosen on "
                f"{c['pairs']} pairs of {c['source']}; accuracy there {c['accuracy']:.3f}"
                + (f" (cross-validated {cv:.3f})" if cv is not None else ""))
+
+
+def _fine_tune_settings(init_model, backbone, embedding_dim, input_size, pretrained):
+    """--init-model's architecture, unless the same option was given explicitly (then it must agree,
+    which TrainOptions.validate checks); --pretrained does not apply."""
+    from click.core import ParameterSource
+
+    from facesearch.train import init_model_config
+
+    ctx = click.get_current_context()
+    try:
+        cfg = init_model_config(init_model)
+    except FaceSearchError as e:
+        raise click.BadParameter(str(e), param_hint="--init-model") from e
+    given = lambda name: ctx.get_parameter_source(name) != ParameterSource.DEFAULT  # noqa: E731
+    if given("pretrained"):
+        raise click.UsageError("--init-model and --pretrained both say where the weights start: give one")
+    return (backbone if given("backbone") else cfg.backbone,
+            embedding_dim if given("embedding_dim") else cfg.embedding_dim,
+            input_size if given("input_size") else cfg.input_size, None)
 
 
 def _excluded(data: Path, exclude_folds, people_file, exclude_people, reader) -> tuple[set[str], str | None]:

@@ -26,6 +26,8 @@ from facesearch.errors import ModelFileError
 
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
+#: where the models shipped inside the package live (``models/<name>/``; ``default`` is the built-in one)
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 
 #: backbones facesearch can cut below the classifier: torchvision name -> width of the pooled features
 BACKBONES = {

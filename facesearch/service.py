@@ -53,7 +53,7 @@ log = logging.getLogger("facesearch")
 DB_FILE = "facesearch.db"
 INDEX_FILE = "index.fsx"
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
+BUILTIN_MODELS = encoder.BUILTIN_MODELS
 DEFAULT_MODEL = "default"
 
 Progress = Callable[[int], None]

@@ -85,6 +85,10 @@ class TrainOptions:
     backbone: str = "mobilenet_v2"
     #: "imagenet" (torchvision's checkpoint in the torch hub cache), a checkpoint path, or None (random init)
     pretrained: str | None = "imagenet"
+    #: fine-tune: a facesearch model directory (or "default", the built-in model) whose weights, embedding
+    #: head included, start the training instead of ``pretrained``; backbone, embedding_dim and input_size
+    #: must be its own
+    init_model: str | os.PathLike | None = None
     embedding_dim: int = 128
     input_size: int = 112
     #: the most epochs to run (an epoch visits every training identity once); see also time_budget
@@ -183,6 +187,14 @@ class TrainOptions:
             raise TrainingError("checkpoint_interval_s must be >= 0")
         if self.input_size < 32:
             raise TrainingError("input_size must be at least 32")
+        if self.init_model is not None:
+            cfg = init_model_config(self.init_model)
+            mine = (self.backbone, self.embedding_dim, self.input_size)
+            theirs = (cfg.backbone, cfg.embedding_dim, cfg.input_size)
+            if mine != theirs:
+                raise TrainingError(
+                    f"the model to fine-tune ({self.init_model}) is a {theirs[0]} with {theirs[1]}-d embeddings "
+                    f"at {theirs[2]} px, not {mine[0]}, {mine[1]}-d, {mine[2]} px: use its settings")
         if self.cuda_graph and self.amp == "fp16":
             raise TrainingError("cuda_graph needs amp bf16, auto or off: fp16's gradient scaler waits on the GPU "
                                 "every step, which a CUDA graph cannot")
@@ -194,10 +206,30 @@ class TrainOptions:
         d["decode_cache"] = None if self.decode_cache is None else str(self.decode_cache)
         if self.pretrained is not None and self.pretrained != "imagenet":
             d["pretrained"] = f"file:{Path(self.pretrained).name}"
+        if self.init_model is not None:  # what it was, not where it was: its name, weights and data
+            cfg, where = init_model_config(self.init_model), init_model_dir(self.init_model)
+            d["pretrained"] = None
+            d["init_model"] = {"name": cfg.name, "weights_sha256": encoder.weights_sha256(where),
+                               "trained_on": {k: cfg.training.get(k) for k in ("data", "people", "images",
+                                                                               "people_sha256", "init_model")
+                                              if cfg.training.get(k) is not None}}
         d["exclude_people"] = {"count": len(self.exclude_people), "sha256": people_hash(self.exclude_people)}
         if self.include_people is not None:
             d["include_people"] = {"count": len(self.include_people), "sha256": people_hash(self.include_people)}
         return d
+
+
+def init_model_dir(init_model: str | os.PathLike) -> Path:
+    """The directory of a model to fine-tune: a path, or ``default`` for the built-in model."""
+    d = encoder.BUILTIN_MODELS / "default" if str(init_model) == "default" else Path(init_model).expanduser()
+    if not (d / encoder.CONFIG_FILE).is_file() or not (d / encoder.WEIGHTS_FILE).is_file():
+        raise TrainingError(f"{init_model}: not a facesearch model directory (needs {encoder.CONFIG_FILE} and "
+                            f"{encoder.WEIGHTS_FILE}), nor 'default'")
+    return d
+
+
+def init_model_config(init_model: str | os.PathLike) -> ModelConfig:
+    return ModelConfig.load(init_model_dir(init_model) / encoder.CONFIG_FILE)
 
 
 # ----------------------------------------------------------------------------- LFW helpers
@@ -610,6 +642,9 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
             )
         model = encoder.Encoder(config)
         model.load_state_dict(ckpt["model"])
+    elif options.init_model is not None:  # fine-tuning: every weight from the given model, head included
+        model = encoder.Encoder(config)
+        model.load_state_dict(encoder.load(init_model_dir(options.init_model)).state_dict())
     else:
         model = encoder.build(config, pretrained=options.pretrained)
     model.to(device)
@@ -812,6 +847,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         "images": n_train_images,
         "people_sha256": people_hash(split.train),
         "calibration_people_sha256": people_hash(split.calibration),
+        **({"init_model": options.to_json()["init_model"]} if options.init_model is not None else {}),
         "skipped_identities_with_too_few_images": split.skipped_small,
         "seed": options.seed,
         "epochs": epoch,

@@ -309,6 +309,41 @@ def test_cli_trains_and_reports_json(tmp_path, people):
 
 
 @needs_lfw
+def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_path, people):
+    """--init-model: every weight (embedding head included) comes from the given model, its architecture
+    too (48 px here, never passed), and the new model records what the old one was trained on."""
+    opts, first, _ = trained
+    names = tmp_path / "people.txt"
+    names.write_text("\n".join(sorted(people)[:36]) + "\n")
+    common = [str(LFW_ZIP), "--init-model", str(opts.out), "--epochs", "1", "--pk", "8", "2", "--include-people",
+              str(names), "--calibration-fraction", "0.2", "--device", "cpu", "--no-augment"]
+    out = tmp_path / "tuned"
+    result = CliRunner().invoke(train_cmd, common + ["--out", str(out), "--lr", "1e-7", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert ModelConfig.load(out / "model.json").input_size == 48
+    base, tuned = encoder.load(opts.out), encoder.load(out)
+    fresh = encoder.build(ModelConfig(input_size=48), pretrained=WEIGHTS)
+
+    def max_diff(a, b):
+        return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+    assert max_diff(tuned, base) < 1e-4  # a vanishing lr: still the given model's weights
+    assert max_diff(fresh, base) > 1e-2  # which an ImageNet start would not have been
+    init = summary["training"]["init_model"]
+    assert init["weights_sha256"] == encoder.weights_sha256(opts.out)
+    assert init["trained_on"]["people"] == first["training"]["people"]
+    assert init["trained_on"]["people_sha256"] == first["training"]["people_sha256"]
+
+    clash = CliRunner().invoke(train_cmd, common + ["--out", str(tmp_path / "x"), "--input-size", "64"])
+    assert clash.exit_code != 0 and "use its settings" in clash.output
+    both = CliRunner().invoke(train_cmd, common + ["--out", str(tmp_path / "y"), "--pretrained", str(WEIGHTS)])
+    assert both.exit_code == 2 and "give one" in both.output
+    missing = CliRunner().invoke(train_cmd, common[:1] + ["--init-model", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not a facesearch model directory" in missing.output
+
+
+@needs_lfw
 def test_cli_decode_cache_is_filled_once_and_reused(tmp_path):
     from tests.conftest import extract_people
 
