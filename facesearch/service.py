@@ -272,9 +272,10 @@ class FaceSearch:
         ``~/.facesearch``); ``db_url``: any SQLAlchemy URL instead of the SQLite file; ``model``: a
         model directory (default: the model that built this gallery, else the shipped default model);
         ``index``: ``auto`` or a FAISS factory string; ``backend``: ``auto``, ``faiss-cpu``,
-        ``faiss-gpu`` or ``torch-cuda``; ``detect``: images are photos, find and align the faces in them
-        (needs ``facesearch[detect]``), instead of aligned face crops. With ``strict`` (the default) a model other than the one that
-        embedded the gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
+        ``faiss-gpu`` or ``torch-cuda``; ``detect``: the images are photos, find and align the faces in
+        them (needs ``facesearch[detect]``) rather than take them as aligned face crops. With ``strict``
+        (the default) a model other than the one that embedded the gallery is refused
+        (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
         The schema is upgraded to the newest Alembic revision on open.
         """
         if detect:
@@ -374,9 +375,7 @@ class FaceSearch:
         which the detector finds no face raises InvalidImageError."""
         if not self.detect:
             return [(images.prepare(pixels, self.config), None)]
-        faces = fdetect.detect(pixels)
-        if not faces:
-            raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
+        faces = _faces(pixels, source)
         return [(images.prepare(fdetect.align(pixels, f), self.config), f) for f in (faces if every else faces[:1])]
 
     def _prepare(self, image: ImageInput) -> tuple[np.ndarray, fdetect.Face | None]:
@@ -539,9 +538,7 @@ class FaceSearch:
                 sha = hashlib.sha256(raw).hexdigest()
                 pixels = images.decode(raw, source)
                 if self.detect:
-                    faces = fdetect.detect(pixels)
-                    if not faces:
-                        raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
+                    faces = _faces(pixels, source)
                     crop = images.prepare(fdetect.align(pixels, faces[0]), self.config)
                     found = dict(faces[0].to_dict(), faces_in_photo=len(faces))
                 else:
@@ -724,15 +721,16 @@ class FaceSearch:
         for batch in _batched(list(image_list), batch_size):
             crops, names, faces, slots = [], [], [], []
             for im in batch:
+                name = _name(im)
                 try:
-                    for crop, face in self._face_crops(self._pixels(im)[0], _name(im), every=every):
+                    for crop, face in self._face_crops(self._pixels(im)[0], name, every=every):
                         crops.append(crop)
-                        names.append(_name(im))
+                        names.append(name)
                         faces.append(face)
                         slots.append(len(out))
                         out.append(None)
                 except InvalidImageError as e:
-                    out.append(Failure(_name(im), str(e).removeprefix(f"{_name(im)}: ")))
+                    out.append(Failure(name, str(e).removeprefix(f"{name}: ")))
             if crops:
                 found = self.search_embeddings(self._embed_crops(crops), top_k, names, threshold)
                 for slot, res, face in zip(slots, found, faces):
@@ -857,6 +855,14 @@ def _model_dir(location: str) -> Path:
     if not d.is_dir():
         raise ModelFileError(f"model directory {d} does not exist")
     return d
+
+
+def _faces(pixels: np.ndarray, source: str) -> list[fdetect.Face]:
+    """The faces the detector finds in a photo, largest first; none is an InvalidImageError."""
+    faces = fdetect.detect(pixels)
+    if not faces:
+        raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
+    return faces
 
 
 def _name(image: ImageInput) -> str:

@@ -837,17 +837,18 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     final_rate = images_seen / max(train_s, 1e-9)
     config.threshold = cal["threshold"]
     config.calibration = {k: v for k, v in cal.items() if k != "threshold"}
+    options_json = options.to_json()
     config.training = {
         "recipe": RECIPE,
         "loss": {"name": "contrastive", "distance": distance.NAME, "pos_margin": options.pos_margin,
                  "neg_margin": options.neg_margin, "mining": options.mining},
-        "options": options.to_json(),
+        "options": options_json,
         "data": Path(options.data).name,
         "people": len(split.train),
         "images": n_train_images,
         "people_sha256": people_hash(split.train),
         "calibration_people_sha256": people_hash(split.calibration),
-        **({"init_model": options.to_json()["init_model"]} if options.init_model is not None else {}),
+        **({"init_model": options_json["init_model"]} if options.init_model is not None else {}),
         "skipped_identities_with_too_few_images": split.skipped_small,
         "seed": options.seed,
         "epochs": epoch,
