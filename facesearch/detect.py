@@ -13,7 +13,7 @@ that in two steps:
    training crops' geometry. The encoder's own preprocessing then runs on that crop as on any aligned
    image.
 
-yuface publishes wheels for CPython 3.11 (Linux, Windows) only: ``pip install 'facesearch[detect]'``.
+yuface publishes wheels for CPython 3.11 only: ``pip install 'facesearch[detect]'``.
 Without it, ``--detect`` fails with a message that says so; everything else works.
 """
 
@@ -112,7 +112,7 @@ def _detector():
             except ImportError as e:
                 raise DetectorUnavailable(
                     "face detection needs the yuface package (libfacedetection): pip install "
-                    "'facesearch[detect]' (wheels for Python 3.11 on Linux and Windows). Without it, give "
+                    "'facesearch[detect]' (it has wheels for Python 3.11 only). Without it, give "
                     "aligned face crops and leave --detect out."
                 ) from e
             c_detect(np.zeros((32, 32, 3), np.uint8))
