@@ -169,6 +169,11 @@ def test_enroll_query_verify_photos_with_detect(tmp_path, photos):
         assert not v.same  # the largest face of the group photo is TWO
         with pytest.raises(InvalidImageError, match="no face found"):
             fs.query(photos / ONE / "wall.png")
+        # batched: every face of each photo in order, a photo without a face as a Failure in its place
+        many = fs.query_many([buf, photos / ONE / "wall.png", photos / TWO / f"{TWO}_0004.jpg"], every=True)
+        assert [getattr(r, "identity", None) for r in many] == [TWO, ONE, None, TWO]
+        assert many[2].reason.startswith("no face found") and many[3].face is not None
+        assert [r.identity for r in fs.query_many([buf])] == [TWO]  # default: the largest face only
 
         # the same photos without detect: taken as aligned crops, the group photo is nobody it knows
         fs.detect = False
