@@ -87,7 +87,7 @@ def format_lfw(r) -> str:
 def format_identify(r) -> str:
     m = r.model
     out = [
-        f"open-set identification: {r.images}",
+        f"open-set identification: {r.images}" + (" (faces detected and aligned: --detect)" if r.detect else ""),
         f"model:  {m.get('name')} at {m.get('path')}; device {r.device}",
         f"gallery: {r.n_enrolled_identities} people x {r.gallery_per_identity} image(s) = {r.n_gallery_images} images",
         f"probes:  {r.n_known_probes} of enrolled people, {r.n_unknown_probes} of {r.n_unknown_identities} "
@@ -191,12 +191,15 @@ def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
               help="use at most this many people (a random sample), for a quick run")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the people/image split")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="probes per search batch")
+@click.option("--detect", is_flag=True,
+              help="the images are photos: find and align the faces first, as `query --detect` does "
+                   "(needs facesearch[detect])")
 @_json_opt
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write report.json and report.html into this folder")
 @_quiet_opt
 def identify(images, model, device, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities,
-             seed, batch_size, as_json, report_dir, quiet):
+             seed, batch_size, detect, as_json, report_dir, quiet):
     """Open-set identification on the people with at least 2 images: some are enrolled (a gallery of
     N images each) in a temporary facesearch home, probes of enrolled and never-enrolled people are
     searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate, DIR at
@@ -209,6 +212,7 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
             images, model=_model_or_global(model), device=device, gallery_per_identity=gallery_per_identity,
             probes_per_identity=probes_per_identity, enrolled_fraction=enrolled_fraction,
             max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
+            detect=detect,
         )
         paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:

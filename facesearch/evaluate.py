@@ -399,6 +399,8 @@ class IdentifyResult:
     at_operating_points: dict[str, dict[str, float]]
     seed: int
     seconds: dict[str, float]
+    #: the images were photos: faces found and aligned first (``--detect``)
+    detect: bool = False
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -459,6 +461,7 @@ def evaluate_identify(
     seed: int = 0,
     batch_size: int = 128,
     progress: ProgressFactory | None = None,
+    detect: bool = False,
 ) -> IdentifyResult:
     """Open-set identification through the same enrol/search code as ``facesearch query``.
 
@@ -479,7 +482,7 @@ def evaluate_identify(
     with tempfile.TemporaryDirectory(prefix="facesearch-eval-") as home:
         # an explicit database URL: a FACESEARCH_DB in the environment must never receive this gallery
         fs = FaceSearch.open(home=home, db_url=f"sqlite:///{Path(home) / DB_FILE}", model=model_dir,
-                             device=device, keep_crops=False)
+                             device=device, keep_crops=False, detect=detect)
         try:
             t1 = time.perf_counter()
             items = ((p, k, (lambda k=k: folder.read(k))) for p, ks in gallery.items() for k in ks)
@@ -553,6 +556,7 @@ def evaluate_identify(
         dir_at_model_threshold=float(np.mean(correct & top1_match[:nk])),
         at_operating_points=at_ops,
         seed=seed,
+        detect=detect,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
     )
 
