@@ -40,7 +40,15 @@ def _training_note(model: dict) -> list[str]:
         lines.append(desc)
         if t.get("notes"):
             lines.append(f"training notes: {t['notes']}")
-        if data and "lfw" in str(data).lower():
+        seen = [data]
+        init = t.get("init_model")
+        while init:  # fine-tuned: what the model it started from (and that one's start) was trained on
+            before = init.get("trained_on") or {}
+            lines.append(f"fine-tuned from {init.get('name')} (trained on {before.get('data')}, "
+                         f"{before.get('people')} people)")
+            seen.append(before.get("data"))
+            init = before.get("init_model")
+        if any(d and "lfw" in str(d).lower() for d in seen):
             lines.append(
                 "warning: this model was trained on LFW images; its numbers are honest only on folds whose "
                 "people it never saw (see shared/docs/data.md)"

@@ -199,20 +199,17 @@ class TrainOptions:
             raise TrainingError("cuda_graph needs amp bf16, auto or off: fp16's gradient scaler waits on the GPU "
                                 "every step, which a CUDA graph cannot")
 
-    def to_json(self) -> dict[str, Any]:
-        """The recipe as plain JSON (people sets as counts and a hash, not lists)."""
+    def to_json(self, init_record: dict | None = None) -> dict[str, Any]:
+        """The recipe as plain JSON (people sets as counts and a hash, not lists); ``init_record``: what
+        :func:`init_model_record` said about ``init_model`` when the run started."""
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["decode_cache"] = None if self.decode_cache is None else str(self.decode_cache)
         if self.pretrained is not None and self.pretrained != "imagenet":
             d["pretrained"] = f"file:{Path(self.pretrained).name}"
         if self.init_model is not None:  # what it was, not where it was: its name, weights and data
-            cfg, where = init_model_config(self.init_model), init_model_dir(self.init_model)
             d["pretrained"] = None
-            d["init_model"] = {"name": cfg.name, "weights_sha256": encoder.weights_sha256(where),
-                               "trained_on": {k: cfg.training.get(k) for k in ("data", "people", "images",
-                                                                               "people_sha256", "init_model")
-                                              if cfg.training.get(k) is not None}}
+            d["init_model"] = init_record
         d["exclude_people"] = {"count": len(self.exclude_people), "sha256": people_hash(self.exclude_people)}
         if self.include_people is not None:
             d["include_people"] = {"count": len(self.include_people), "sha256": people_hash(self.include_people)}
@@ -230,6 +227,15 @@ def init_model_dir(init_model: str | os.PathLike) -> Path:
 
 def init_model_config(init_model: str | os.PathLike) -> ModelConfig:
     return ModelConfig.load(init_model_dir(init_model) / encoder.CONFIG_FILE)
+
+
+def init_model_record(init_model: str | os.PathLike) -> dict:
+    """What a fine-tuned model records of the model it started from: its name, weights hash and training
+    data (nested: that model's own ``init_model`` too), so that what it has seen stays traceable."""
+    cfg = init_model_config(init_model)
+    return {"name": cfg.name, "weights_sha256": encoder.weights_sha256(init_model_dir(init_model)),
+            "trained_on": {k: cfg.training[k] for k in ("data", "people", "images", "people_sha256", "init_model")
+                           if cfg.training.get(k) is not None}}
 
 
 # ----------------------------------------------------------------------------- LFW helpers
@@ -573,9 +579,11 @@ def _load_checkpoint(path: Path) -> dict:
         raise TrainingError(f"cannot resume: {path} is not a readable checkpoint ({e})") from e
 
 
-def _identity_of_run(options: TrainOptions, split: Split) -> dict:
-    """What must not change between a run and its resume."""
+def _identity_of_run(options: TrainOptions, split: Split, init_record: dict | None) -> dict:
+    """What must not change between a run and its resume (where the weights started included: a resume
+    must not record another lineage than the run it continues)."""
     return {
+        "start": init_record["weights_sha256"] if init_record else f"pretrained:{options.to_json()['pretrained']}",
         "backbone": options.backbone,
         "embedding_dim": options.embedding_dim,
         "input_size": options.input_size,
@@ -622,7 +630,9 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
 
     folder = ImageFolder(options.data)
     split = split_identities(folder, options)
-    run_id = _identity_of_run(options, split)
+    # read once, at the start: the record describes the weights this run starts from
+    init_record = init_model_record(options.init_model) if options.init_model is not None else None
+    run_id = _identity_of_run(options, split, init_record)
 
     config = ModelConfig(
         name=options.name or f"facesearch-{options.backbone}",
@@ -837,7 +847,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     final_rate = images_seen / max(train_s, 1e-9)
     config.threshold = cal["threshold"]
     config.calibration = {k: v for k, v in cal.items() if k != "threshold"}
-    options_json = options.to_json()
+    options_json = options.to_json(init_record)
     config.training = {
         "recipe": RECIPE,
         "loss": {"name": "contrastive", "distance": distance.NAME, "pos_margin": options.pos_margin,
@@ -848,7 +858,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         "images": n_train_images,
         "people_sha256": people_hash(split.train),
         "calibration_people_sha256": people_hash(split.calibration),
-        **({"init_model": options_json["init_model"]} if options.init_model is not None else {}),
+        **({"init_model": init_record} if init_record is not None else {}),
         "skipped_identities_with_too_few_images": split.skipped_small,
         "seed": options.seed,
         "epochs": epoch,

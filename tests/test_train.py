@@ -1,6 +1,8 @@
 """Training: a few seconds of CPU training on a handful of LFW identities from ../shared."""
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +336,21 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_pat
     assert init["weights_sha256"] == encoder.weights_sha256(opts.out)
     assert init["trained_on"]["people"] == first["training"]["people"]
     assert init["trained_on"]["people_sha256"] == first["training"]["people_sha256"]
+
+    # the evaluation warns that the fine-tuned model has seen LFW through the model it started from
+    from facesearch.cli_evaluate import _training_note
+
+    assert any("fine-tuned from" in ln for ln in _training_note({"training": summary["training"]}))
+    assert any(ln.startswith("warning: this model was trained on LFW")
+               for ln in _training_note({"training": dict(summary["training"], data="my-people")}))
+
+    # a resume continues the same lineage: the ImageNet-started run's checkpoint is refused as a fine-tune
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(Path(opts.out) / "checkpoint.pt", resumed / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="other data or options"):
+        run(dataclasses.replace(opts, out=resumed, resume=True, init_model=opts.out, pretrained=None),
+            progress=False)
 
     clash = CliRunner().invoke(train_cmd, common + ["--out", str(tmp_path / "x"), "--input-size", "64"])
     assert clash.exit_code != 0 and "use its settings" in clash.output
