@@ -249,6 +249,39 @@ def verify(app: App, a, b, threshold, far, detect, as_json):
                    f"threshold {r.threshold:.4f}")
 
 
+# ---- align -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def align(src, out, as_json):
+    """Turn photos into aligned face crops: SRC/<identity>/<photos> (or a zip of that) becomes
+    OUT/<identity>/<photo>.png, the largest face of each photo aligned like the LFW pack (112 px).
+
+    For `facesearch train`, `calibrate` and `evaluate`, which read aligned crops: fine-tune on your own
+    photos with `facesearch align photos/ crops/` then `facesearch train crops/ --init-model default`.
+    Crops already in OUT are kept; needs facesearch[detect].
+    """
+    from facesearch import detect
+    from facesearch.datasets import ImageFolder
+
+    total = len(ImageFolder(src))
+    with _progress(total, "align") as bar:
+        report = detect.align_folder(src, out, progress=bar.update)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(f"aligned crops written: {report.written}  already there: {report.existing}  "
+                   f"failed: {len(report.failed)}  (in {out})")
+        for source, reason in sorted(report.failed):
+            click.echo(f"  failed: {source}: {reason}", err=True)
+        if report.several_faces:
+            click.echo(f"  {len(report.several_faces)} photo(s) held several faces; the largest of each was kept "
+                       "(--json lists them)", err=True)
+    if report.failed and not report.written and not report.existing:
+        sys.exit(1)
+
+
 # ---- identities ------------------------------------------------------------------------------
 @cli.group(cls=_Group)
 def identities():

@@ -19,8 +19,9 @@ Without it, ``--detect`` fails with a message that says so; everything else work
 
 from __future__ import annotations
 
+import io
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -187,3 +188,73 @@ def align(pixels: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.ndarra
     out = Image.fromarray(pixels).transform((size, size), Image.Transform.AFFINE, coeffs,
                                             resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
     return np.asarray(out, dtype=np.uint8)
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_folder` did: crops written, photos already done, photos it could not use."""
+
+    written: int = 0
+    existing: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    several_faces: list[tuple[str, int]] = field(default_factory=list)  # (source, faces found): largest kept
+
+    def to_dict(self) -> dict:
+        return {"written": self.written, "existing": self.existing, "failed": len(self.failed),
+                "failures": [{"source": s, "reason": r} for s, r in sorted(self.failed)],
+                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)]}
+
+
+def align_folder(src, out, progress=None) -> AlignReport:
+    """Write the aligned crop (112 px PNG, the LFW pack's geometry) of the largest face of every photo in
+    ``src/<identity>/`` (a folder or a zip of one) to ``out/<identity>/<photo name>.png``: a folder of
+    identities that ``facesearch train``, ``calibrate`` and ``evaluate`` read as they read the LFW pack.
+    Identity names are checked as enroll checks them (no path separators, no leading dot); folders and
+    files are created owner-only; a crop already there is kept, so a second run only adds new photos."""
+    from pathlib import Path
+
+    from facesearch import images
+    from facesearch.config import write_private_atomic
+    from facesearch.datasets import ImageFolder
+    from facesearch.errors import InvalidIdentityError, InvalidImageError
+    from facesearch.store import validate_identity
+
+    available_or_raise()
+    folder, out, report = ImageFolder(src), Path(out), AlignReport()
+    for ident in folder.identities():
+        try:
+            validate_identity(ident)
+        except InvalidIdentityError as e:
+            report.failed.extend((k, str(e)) for k in folder.items[ident])
+            if progress:
+                progress(len(folder.items[ident]))
+            continue
+        taken: set[str] = set()
+        for key in folder.items[ident]:
+            name = f"{Path(key).stem}.png"
+            dest = out / ident / name
+            try:
+                if name in taken:
+                    raise InvalidImageError(f"another photo of {ident} is named {Path(key).stem} too")
+                taken.add(name)
+                if dest.exists():
+                    report.existing += 1
+                    continue
+                pixels = images.decode(folder.read(key), key)
+                faces = detect(pixels)
+                if not faces:
+                    raise InvalidImageError(f"no face found (detector score >= {MIN_SCORE})")
+                if len(faces) > 1:
+                    report.several_faces.append((key, len(faces)))
+                buf = io.BytesIO()
+                Image.fromarray(align(pixels, faces[0])).save(buf, format="PNG")
+                out.mkdir(parents=True, exist_ok=True, mode=0o700)  # mode applies to the last part only
+                dest.parent.mkdir(exist_ok=True, mode=0o700)
+                write_private_atomic(dest, buf.getvalue())
+                report.written += 1
+            except (InvalidImageError, OSError) as e:
+                report.failed.append((key, str(e).removeprefix(f"{key}: ")))
+            finally:
+                if progress:
+                    progress(1)
+    return report

@@ -279,7 +279,7 @@ def write_lfw_report(result, out_dir: str | os.PathLike, folder=None, n_examples
 
 def identify_html(result) -> str:
     rows = [
-        _row("images", result.images),
+        _row("images", result.images + (" (photos: faces detected and aligned, --detect)" if result.detect else "")),
         _row("model", f"{result.model.get('name')} at {result.model.get('path')}"),
         _row("device", result.device),
         _row("gallery", f"{result.n_enrolled_identities} people, {result.n_gallery_images} images "

@@ -254,3 +254,44 @@ def test_evaluate_identify_on_photos_with_detect():
     assert runs[True]["detect"] is True and runs[False]["detect"] is False
     assert runs[True]["n_known_probes"] == runs[False]["n_known_probes"] == 45
     assert runs[True]["rank1"] > runs[False]["rank1"] + 0.2
+
+
+def test_align_writes_owner_only_crops_like_the_training_pack(tmp_path, photos):
+    """`facesearch align`: the largest face of each photo as a 112 px crop in a folder of identities, which
+    the training code reads like the LFW pack; faceless photos and unsafe identity names are reported,
+    files are owner-only, and a second run keeps what is there."""
+    import stat
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from facesearch.cli import cli
+    from facesearch.datasets import ImageFolder
+
+    # a zip holding the photos plus a folder whose name could not be an identity
+    src = tmp_path / "photos.zip"
+    with zipfile.ZipFile(src, "w") as z:
+        for f in sorted(photos.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(photos).as_posix())
+        z.writestr(".sneaky/x.jpg", (photos / ONE / f"{ONE}_0001.jpg").read_bytes())
+    out = tmp_path / "crops"
+    r = CliRunner().invoke(cli, ["align", str(src), str(out), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["written"] == 8 and rep["existing"] == 0
+    assert sorted((f["source"].split("/")[-1], f["reason"][:13]) for f in rep["failures"]) == [
+        ("wall.png", "no face found"), ("x.jpg", "identity name")]
+    assert not (tmp_path / ".sneaky").exists() and not (out / ".sneaky").exists()
+    crops = ImageFolder(out)
+    assert crops.identities() == [ONE, TWO] and len(crops) == 8
+    for f in out.rglob("*"):
+        mode = stat.S_IMODE(f.stat().st_mode)
+        assert mode & 0o077 == 0, (f, oct(mode))
+    crop = images.decode(crops.read(crops.items[ONE][0]))
+    assert crop.shape == (112, 112, 3)
+    # the crop is where the training crops' landmarks are
+    marks = detect.detect(crop)[0].landmarks
+    assert np.abs(marks - detect.TEMPLATE_112).mean() < 4.0
+    again = json.loads(CliRunner().invoke(cli, ["align", str(src), str(out), "--json"]).stdout)
+    assert again["written"] == 0 and again["existing"] == 8
