@@ -100,6 +100,10 @@ def format_identify(r) -> str:
         f"gallery: {r.n_enrolled_identities} people x {r.gallery_per_identity} image(s) = {r.n_gallery_images} images",
         f"probes:  {r.n_known_probes} of enrolled people, {r.n_unknown_probes} of {r.n_unknown_identities} "
         "never-enrolled people",
+    ]
+    if r.detect:
+        out.append(f"left out, no face found: {r.no_face['gallery']} gallery photo(s), {r.no_face['probes']} probe(s)")
+    out += [
         "",
     ]
     width = 36

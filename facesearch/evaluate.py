@@ -25,7 +25,7 @@ import numpy as np
 
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
-from facesearch.errors import FaceSearchError, ModelFileError
+from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
 
 #: where the model shipped with facesearch lives (used when no model directory is given); the same folder
 #: as ``facesearch.service.builtin_model_dir()``, named here so that LFW evaluation needs no FAISS or SQL
@@ -401,6 +401,8 @@ class IdentifyResult:
     seconds: dict[str, float]
     #: the images were photos: faces found and aligned first (``--detect``)
     detect: bool = False
+    #: with detect: photos left out because the detector found no face in them
+    no_face: dict[str, int] = field(default_factory=lambda: {"gallery": 0, "probes": 0})
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -488,9 +490,13 @@ def evaluate_identify(
             items = ((p, k, (lambda k=k: folder.read(k))) for p, ks in gallery.items() for k in ks)
             with _bar(progress, "enrolling", n_gallery) as bar:
                 rep = fs.enroll_items(items, progress=bar.update)
-            if rep.failed:
-                f = rep.failures_sorted()[0]
-                raise FaceSearchError(f"{len(rep.failed)} gallery image(s) could not be enrolled, e.g. {f.source}: "
+            # with detect, a photo without a face is left out and counted, as a real photo folder has some
+            faceless = [f for f in rep.failed if detect and f.reason.startswith("no face found")]
+            no_face = {"gallery": len(faceless), "probes": 0}
+            failed = [f for f in rep.failures_sorted() if f not in faceless]
+            if failed:
+                f = failed[0]
+                raise FaceSearchError(f"{len(failed)} gallery image(s) could not be enrolled, e.g. {f.source}: "
                                       f"{f.reason}")
             # a person whose every gallery image was skipped (same bytes as an image already enrolled)
             # has no face in the gallery: their probes count as probes of never-enrolled people
@@ -499,13 +505,33 @@ def evaluate_identify(
             known = [pk for pk in known if pk[0] in enrolled]
             probes = known + unknown
             t2 = time.perf_counter()
-            results = []
+            results, faceless_probes = [], set()
             with _bar(progress, "searching", len(probes)) as bar:
                 for s in range(0, len(probes), batch_size):
                     chunk = probes[s : s + batch_size]
-                    emb = fs.embed_bytes([(k, folder.read(k)) for _, k in chunk])
-                    results += fs.search_embeddings(emb, top_k=5, probes=[k for _, k in chunk])
-                    bar.update(len(chunk))
+                    items = [(k, folder.read(k)) for _, k in chunk]
+                    try:
+                        emb = fs.embed_bytes(items)
+                    except InvalidImageError:
+                        if not detect:
+                            raise
+                        kept, embs = [], []  # one by one, to leave out the photos without a face
+                        for pk, item in zip(chunk, items):
+                            try:
+                                embs.append(fs.embed_bytes([item]))
+                                kept.append(pk)
+                            except InvalidImageError as e:
+                                if not str(e).removeprefix(f"{item[0]}: ").startswith("no face found"):
+                                    raise
+                                faceless_probes.add(pk)
+                        chunk = kept
+                        emb = np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
+                    if chunk:
+                        results += fs.search_embeddings(emb, top_k=5, probes=[k for _, k in chunk])
+                    bar.update(len(items))
+            known = [pk for pk in known if pk not in faceless_probes]
+            unknown = [pk for pk in unknown if pk not in faceless_probes]
+            no_face["probes"] = len(faceless_probes)
             t3 = time.perf_counter()
             threshold = fs.threshold
             operating_points = fs.operating_points()
@@ -557,6 +583,7 @@ def evaluate_identify(
         at_operating_points=at_ops,
         seed=seed,
         detect=detect,
+        no_face=no_face,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
     )
 

@@ -234,26 +234,39 @@ def test_cli_query_detect_json_lists_every_face(tmp_path, photos):
     assert f"face at ({out[0]['face']['box'][0]}, " in r.output and TWO in r.output
 
 
-def test_evaluate_identify_on_photos_with_detect():
-    """`evaluate identify --detect` measures a model on a folder of ordinary photos; on LFW's unaligned
-    originals it identifies far more than taking them as aligned crops (the shipped model has seen these
-    people: only the difference is the point)."""
+def test_evaluate_identify_on_photos_with_detect(tmp_path):
+    """`evaluate identify --detect` measures a model on a folder of ordinary photos, leaving out (and
+    counting) photos without a face; on LFW's unaligned originals it identifies far more than taking them
+    as aligned crops (the shipped model has seen these people: only the difference is the point)."""
+    import shutil
+
     from click.testing import CliRunner
 
     from facesearch.cli import cli
 
     if not ORIGINALS.exists():
         pytest.skip(f"LFW original photos not found at {ORIGINALS}")
-    args = ["evaluate", "identify", "--images", str(ORIGINALS), "--probes-per-identity", "3", "--device", "cpu",
+    src = tmp_path / "photos"
+    shutil.copytree(ORIGINALS, src)
+    for person in src.iterdir():  # a fifth photo of each person shows no face
+        Image.fromarray(np.full((150, 150, 3), 90, np.uint8)).save(person / "zz_wall.png")
+    args = ["evaluate", "identify", "--images", str(src), "--probes-per-identity", "3", "--device", "cpu",
             "--json", "-q"]
     runs = {}
     for flag in ([], ["--detect"]):
         r = CliRunner().invoke(cli, args + flag, catch_exceptions=False)
         assert r.exit_code == 0, r.output
         runs[bool(flag)] = json.loads(r.stdout)
-    assert runs[True]["detect"] is True and runs[False]["detect"] is False
-    assert runs[True]["n_known_probes"] == runs[False]["n_known_probes"] == 45
-    assert runs[True]["rank1"] > runs[False]["rank1"] + 0.2
+    found, plain = runs[True], runs[False]
+    assert found["detect"] is True and plain["detect"] is False
+    left_out = found["no_face"]["gallery"] + found["no_face"]["probes"]
+    assert left_out > 0 and plain["no_face"] == {"gallery": 0, "probes": 0}
+    # every probe is either searched or counted as faceless
+    searched = found["n_known_probes"] + found["n_unknown_probes"]
+    assert searched + found["no_face"]["probes"] == plain["n_known_probes"] + plain["n_unknown_probes"]
+    assert found["rank1"] > plain["rank1"] + 0.2
+    text = CliRunner().invoke(cli, args[:-2] + ["-q", "--detect"], catch_exceptions=False).output
+    assert f"left out, no face found: {found['no_face']['gallery']} gallery photo(s)" in text
 
 
 def test_align_writes_owner_only_crops_like_the_training_pack(tmp_path, photos):
