@@ -129,13 +129,20 @@ def enroll(app: App, paths, identity, detect, as_json):
     else:
         click.echo(f"identities: {len(report.identities)}  added: {report.added}  "
                    f"skipped (already enrolled): {len(report.skipped)}  failed: {len(report.failed)}")
-        for f in report.failures_sorted():
-            click.echo(f"  failed: {f.source}: {f.reason}", err=True)
-        if report.several_faces:
-            click.echo(f"  {len(report.several_faces)} photo(s) held several faces; the largest face of each was "
-                       "enrolled (--json lists them)", err=True)
+        _echo_problems([(f.source, f.reason) for f in report.failures_sorted()], len(report.several_faces),
+                       "enrolled")
     if report.failed and not report.added and not report.skipped:
         sys.exit(1)
+
+
+def _echo_problems(failures: list[tuple[str, str]], several_faces: int, taken: str) -> None:
+    """After an enroll or align summary: each failed file with its reason, and how many photos held
+    several faces (of which the largest was ``taken``)."""
+    for source, reason in failures:
+        click.echo(f"  failed: {source}: {reason}", err=True)
+    if several_faces:
+        click.echo(f"  {several_faces} photo(s) held several faces; the largest face of each was {taken} "
+                   "(--json lists them)", err=True)
 
 
 # ---- query -----------------------------------------------------------------------------------
@@ -263,21 +270,15 @@ def align(src, out, as_json):
     Crops already in OUT are kept; needs facesearch[detect].
     """
     from facesearch import detect
-    from facesearch.datasets import ImageFolder
 
-    total = len(ImageFolder(src))
-    with _progress(total, "align") as bar:
-        report = detect.align_folder(src, out, progress=bar.update)
+    with _progress(None, "align") as bar:
+        report = detect.align_folder(src, out, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     if as_json:
         _echo_json(report.to_dict())
     else:
         click.echo(f"aligned crops written: {report.written}  already there: {report.existing}  "
                    f"failed: {len(report.failed)}  (in {out})")
-        for source, reason in sorted(report.failed):
-            click.echo(f"  failed: {source}: {reason}", err=True)
-        if report.several_faces:
-            click.echo(f"  {len(report.several_faces)} photo(s) held several faces; the largest of each was kept "
-                       "(--json lists them)", err=True)
+        _echo_problems(sorted(report.failed), len(report.several_faces), "kept")
     if report.failed and not report.written and not report.existing:
         sys.exit(1)
 

@@ -205,12 +205,13 @@ class AlignReport:
                 "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)]}
 
 
-def align_folder(src, out, progress=None) -> AlignReport:
+def align_folder(src, out, progress=None, total=None) -> AlignReport:
     """Write the aligned crop (112 px PNG, the LFW pack's geometry) of the largest face of every photo in
     ``src/<identity>/`` (a folder or a zip of one) to ``out/<identity>/<photo name>.png``: a folder of
     identities that ``facesearch train``, ``calibrate`` and ``evaluate`` read as they read the LFW pack.
     Identity names are checked as enroll checks them (no path separators, no leading dot); folders and
-    files are created owner-only; a crop already there is kept, so a second run only adds new photos."""
+    files are created owner-only; a crop already there is kept, so a second run only adds new photos.
+    ``progress(n)`` is called as photos are done, ``total(n)`` once with their number."""
     from pathlib import Path
 
     from facesearch import images
@@ -221,6 +222,8 @@ def align_folder(src, out, progress=None) -> AlignReport:
 
     available_or_raise()
     folder, out, report = ImageFolder(src), Path(out), AlignReport()
+    if total is not None:
+        total(len(folder))
     for ident in folder.identities():
         try:
             validate_identity(ident)
