@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from facesearch.errors import FaceSearchError
+from facesearch.errors import FaceSearchError, InvalidImageError
 
 #: side of the aligned crop, in pixels: the LFW pack's, the geometry the models were trained on
 ALIGNED_SIZE = 112
@@ -156,6 +156,14 @@ def detect(pixels: np.ndarray, min_score: float = MIN_SCORE, max_side: int = DET
     return faces
 
 
+def faces_or_fail(pixels: np.ndarray, source: str) -> list[Face]:
+    """:func:`detect`, for a photo that must hold a face: none is an InvalidImageError naming ``source``."""
+    faces = detect(pixels)
+    if not faces:
+        raise InvalidImageError(f"{source}: no face found (detector score >= {MIN_SCORE})")
+    return faces
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2 x 3 matrix of the similarity transform (rotation, uniform scale, translation) that maps the
     points ``src`` onto ``dst`` with the least squared error (Umeyama, 1991; no reflection)."""
@@ -217,7 +225,7 @@ def align_folder(src, out, progress=None, total=None) -> AlignReport:
     from facesearch import images
     from facesearch.config import write_private_atomic
     from facesearch.datasets import ImageFolder
-    from facesearch.errors import InvalidIdentityError, InvalidImageError
+    from facesearch.errors import InvalidIdentityError
     from facesearch.store import validate_identity
 
     available_or_raise()
@@ -244,9 +252,7 @@ def align_folder(src, out, progress=None, total=None) -> AlignReport:
                     report.existing += 1
                     continue
                 pixels = images.decode(folder.read(key), key)
-                faces = detect(pixels)
-                if not faces:
-                    raise InvalidImageError(f"no face found (detector score >= {MIN_SCORE})")
+                faces = faces_or_fail(pixels, key)
                 if len(faces) > 1:
                     report.several_faces.append((key, len(faces)))
                 buf = io.BytesIO()

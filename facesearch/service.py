@@ -375,7 +375,7 @@ class FaceSearch:
         which the detector finds no face raises InvalidImageError."""
         if not self.detect:
             return [(images.prepare(pixels, self.config), None)]
-        faces = _faces(pixels, source)
+        faces = fdetect.faces_or_fail(pixels, source)
         return [(images.prepare(fdetect.align(pixels, f), self.config), f) for f in (faces if every else faces[:1])]
 
     def _prepare(self, image: ImageInput) -> tuple[np.ndarray, fdetect.Face | None]:
@@ -538,7 +538,7 @@ class FaceSearch:
                 sha = hashlib.sha256(raw).hexdigest()
                 pixels = images.decode(raw, source)
                 if self.detect:
-                    faces = _faces(pixels, source)
+                    faces = fdetect.faces_or_fail(pixels, source)
                     crop = images.prepare(fdetect.align(pixels, faces[0]), self.config)
                     found = dict(faces[0].to_dict(), faces_in_photo=len(faces))
                 else:
@@ -855,14 +855,6 @@ def _model_dir(location: str) -> Path:
     if not d.is_dir():
         raise ModelFileError(f"model directory {d} does not exist")
     return d
-
-
-def _faces(pixels: np.ndarray, source: str) -> list[fdetect.Face]:
-    """The faces the detector finds in a photo, largest first; none is an InvalidImageError."""
-    faces = fdetect.detect(pixels)
-    if not faces:
-        raise InvalidImageError(f"{source}: no face found (detector score >= {fdetect.MIN_SCORE})")
-    return faces
 
 
 def _name(image: ImageInput) -> str:
