@@ -151,6 +151,7 @@ def main() -> None:
                    "do not read the absolute numbers as accuracy on unseen people",
            "results": rows, "aligned_crops": crops_rows, "timing": timing, "machine": info}
     out = Path(args.out) if args.out else RESULTS / f"detect-align-{machine_tag(info)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"{'photos':<9} {'method':<15} {'rank-1':>7} {'AUC':>7} {'acc@thr':>8} {'no face':>8}")
     for r in rows:

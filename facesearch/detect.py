@@ -135,9 +135,9 @@ def detect(pixels: np.ndarray, min_score: float = MIN_SCORE, max_side: int = DET
         small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     bgr = np.ascontiguousarray(small[:, :, ::-1])  # the detector wants BGR
     with _lock:
-        rows = np.asarray(c_detect(bgr))
+        rows = np.asarray(c_detect(bgr))  # one row per face, N x 16 (0 x 16 when there is none)
     faces = []
-    for r in rows.reshape(-1, rows.shape[-1] if rows.ndim == 2 else 16):
+    for r in rows:
         score = float(r[0]) / 100.0
         if score < min_score:
             continue
