@@ -129,6 +129,9 @@ def report(res: dict) -> str:
              e["ratio_vs_baseline"], e["store_bytes_per_face_with_crop"]]],
             ["path", "images", "images/s", "baseline images/s", "x baseline", "store B/face"]))
         out.append("  baseline: " + e["baseline"]["method"] + f" ({e['baseline']['images']} images)")
+        if "reenroll_images_per_s" in e:
+            out.append(f"  the same folder again (all enrolled, found by hash before decoding): "
+                       f"{e['reenroll_images_per_s']} images/s, {e['reenroll_ratio_vs_first']}x the first enroll")
         out.append("  single-thread ms per image: " + ", ".join(
             f"{k} {v}" for k, v in e["breakdown"]["ms_per_image"].items()))
         out.append(f"  one-image query through the API (decode + embed + search + lookup): p50 "

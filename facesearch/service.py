@@ -519,7 +519,9 @@ class FaceSearch:
         seen: set[str] = set()
         bad_identity: dict[str, str] = {}
 
-        def read(item):
+        def fetch(item):
+            """Read and hash one item: ``(identity, source, raw bytes, sha256, error)``. Cheap next to
+            decoding, so content that is enrolled already is found before any pixel is decoded."""
             ident, source, data = item
             if ident in bad_identity:
                 return ident, source, None, None, bad_identity[ident]
@@ -535,7 +537,17 @@ class FaceSearch:
                     raw = bytes(data)
                 else:
                     raw = images.read_bytes(data)
-                sha = hashlib.sha256(raw).hexdigest()
+            except InvalidImageError as e:
+                return ident, source, None, None, str(e).removeprefix(f"{source}: ")
+            except OSError as e:
+                return ident, source, None, None, f"cannot read: {e.strerror or e}"
+            return ident, source, raw, hashlib.sha256(raw).hexdigest(), None
+
+        def prepare(fetched):
+            """Decode (and detect and align) one new item: ``(identity, source, sha256, (crop, png,
+            detection), error)``."""
+            ident, source, raw, sha, _ = fetched
+            try:
                 pixels = images.decode(raw, source)
                 if self.detect:
                     faces = fdetect.faces_or_fail(pixels, source)
@@ -553,17 +565,19 @@ class FaceSearch:
             except InvalidImageError as e:
                 return ident, source, None, None, str(e).removeprefix(f"{source}: ")
             except OSError as e:
-                return ident, source, None, None, f"cannot read: {e.strerror or e}"
+                return ident, source, None, None, f"cannot decode: {e.strerror or e}"
 
+        # one batch is embedded and stored while the next one is read, checked and decoded
         with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool, self._embed_threads():
             pending = None
             for batch in _batched(items, batch_size):
-                fut = [pool.submit(read, it) for it in batch]
+                new = self._triage(list(pool.map(fetch, batch)), report, seen)
+                fut = [pool.submit(prepare, f) for f in new]
                 if pending is not None:
-                    self._enroll_batch([f.result() for f in pending], report, seen, progress)
-                pending = fut
+                    self._enroll_batch(*pending, report, progress)
+                pending = (len(batch), fut)
             if pending is not None:
-                self._enroll_batch([f.result() for f in pending], report, seen, progress)
+                self._enroll_batch(*pending, report, progress)
         self.flush()
         return report
 
@@ -582,27 +596,35 @@ class FaceSearch:
             self._tuner = None
             torch.set_num_threads(before)
 
-    def _enroll_batch(self, results, report: EnrollReport, seen: set[str], progress: Progress | None) -> None:
-        good = []
-        for ident, source, sha, crop, err in results:
+    def _triage(self, fetched, report: EnrollReport, seen: set[str]) -> list:
+        """Report unreadable items, and skip content seen earlier in this run or enrolled already
+        (the store is asked once per batch); return the items still to decode and store."""
+        fresh = []
+        for item in fetched:
+            ident, source, _, sha, err = item
             if err is not None:
                 report.failed.append(Failure(source, err))
             elif sha in seen:
                 report.skipped.append((source, ident))
             else:
                 seen.add(sha)
-                good.append((ident, source, sha, crop))
-        known = self.store.known_hashes([g[2] for g in good]) if good else {}
+                fresh.append(item)
+        known = self.store.known_hashes([f[3] for f in fresh]) if fresh else {}
+        report.skipped.extend((f[1], known[f[3]]) for f in fresh if f[3] in known)
+        return [f for f in fresh if f[3] not in known]
+
+    def _enroll_batch(self, n_items: int, futures, report: EnrollReport, progress: Progress | None) -> None:
         todo = []
-        for ident, source, sha, crop in good:
-            if sha in known:
-                report.skipped.append((source, known[sha]))
+        for f in futures:
+            ident, source, sha, crop, err = f.result()
+            if err is not None:
+                report.failed.append(Failure(source, err))
             else:
                 todo.append((ident, source, sha, crop))
         if todo:
             self._store_faces(todo, report)
         if progress is not None:
-            progress(len(results))
+            progress(n_items)
 
     def _store_faces(self, todo, report: EnrollReport) -> None:
         """Embed ``(identity, source, sha, (crop, crop_png, detection))`` rows and store them in one

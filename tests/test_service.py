@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facesearch import images
 from facesearch.errors import FaceSearchError, InvalidIdentityError, ModelMismatchError
 from facesearch.service import FaceSearch
 from tests.conftest import PEOPLE, REPO
@@ -63,6 +64,23 @@ def test_enroll_is_idempotent(fs, gallery_src, tmp_path):
     r = fs.enroll_files("Someone_Else", [dup])
     assert r.added == 0 and r.skipped == [(str(dup), "Bill_Gates")]
     assert fs.store.count_faces() == first.added
+
+
+def test_reenroll_decodes_only_new_content(fs, gallery_src, tmp_path, monkeypatch):
+    """Content enrolled already is recognised by its bytes' hash, before any decoding: re-running
+    enroll on a grown folder costs a read and a hash per old file, not a decode (or a detection)."""
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    first = fs.enroll_folder(g)
+    decoded = []
+    real = images.decode
+    monkeypatch.setattr(images, "decode", lambda data, name="<bytes>": (decoded.append(name), real(data, name))[1])
+    new = g / "Bill_Gates" / "new.webp"
+    shutil.copy(sorted((gallery_src / "Bill_Gates").iterdir())[-1], new)  # held out above
+    (g / "Bill_Gates" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    r = fs.enroll_folder(g)
+    assert r.added == 1 and len(r.skipped) == first.added
+    assert [f.source for f in r.failed] == [str(g / "Bill_Gates" / "broken.jpg")]
+    assert sorted(decoded) == sorted([str(new), str(g / "Bill_Gates" / "broken.jpg")])
 
 
 def test_bad_files_are_reported_and_the_rest_enrolled(fs, gallery_src, tmp_path):
