@@ -422,6 +422,30 @@ def db_current(app: App):
         store.close()
 
 
+@db.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def db_backup(app: App, dest, as_json):
+    """Copy the SQLite gallery to DEST (a new file), consistent even while others enroll.
+
+    The copy holds every face, its embedding, its crop and the identities: all a gallery needs,
+    the index is rebuilt from it. To use it, put it as facesearch.db in an empty home
+    (facesearch --home NEW ...) or open it with --db sqlite:///DEST. A model directory other
+    than the built-in one is not in the copy: keep it too. PostgreSQL: use pg_dump.
+    """
+    store = _store(app, upgrade=False)
+    try:
+        r = store.backup(dest)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"backed up {r['faces']} faces of {r['identities']} identities to {r['path']} "
+                   f"({r['bytes'] / 2**20:.1f} MiB, schema {r['schema']})")
+
+
 def _register_optional() -> None:
     for mod, name in (("facesearch.cli_train", "train"), ("facesearch.cli_train", "calibrate"),
                       ("facesearch.cli_evaluate", "evaluate")):

@@ -42,7 +42,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from facesearch.errors import InvalidIdentityError, SchemaError, UnknownIdentityError
+from facesearch.errors import FaceSearchError, InvalidIdentityError, SchemaError, UnknownIdentityError
 
 try:
     import fcntl
@@ -288,6 +288,62 @@ class Store:
 
         with _migration_lock(_sqlite_path(self.engine.url)), self.engine.begin() as conn:
             command.downgrade(alembic_config(conn), revision)
+
+    # ---- backup ---------------------------------------------------------------------------
+    def backup(self, dest: str | os.PathLike) -> dict:
+        """Write a consistent copy of this SQLite store to ``dest``, which must not exist yet.
+
+        SQLite's online backup copies a snapshot while other processes keep reading and writing
+        (copying the file by hand can miss what is still in its write-ahead log). The copy is
+        written to a temporary file, checked with ``PRAGMA integrity_check``, made a single
+        self-contained file (no WAL), created owner-only, and only then linked to ``dest``: an
+        interrupted backup leaves no half-written ``dest``. For PostgreSQL use ``pg_dump``.
+        """
+        import sqlite3
+
+        if self.engine.dialect.name != "sqlite":
+            raise FaceSearchError(
+                f"backup copies SQLite databases; this one is {self.engine.dialect.name}: use its own "
+                "tools (PostgreSQL: pg_dump)")
+        dest = Path(dest)
+        if dest.exists() or dest.is_symlink():
+            raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup")
+        if not dest.parent.is_dir():
+            raise FaceSearchError(f"{dest.parent}: no such directory")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                target = sqlite3.connect(tmp)
+                try:
+                    raw.driver_connection.backup(target)  # all pages in one step: one snapshot
+                    target.execute("PRAGMA journal_mode=DELETE")
+                    check = target.execute("PRAGMA integrity_check").fetchone()[0]
+                    faces = target.execute("SELECT count(*) FROM faces").fetchone()[0]
+                    identities = target.execute("SELECT count(*) FROM identities").fetchone()[0]
+                    schema = target.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+                finally:
+                    target.close()
+            finally:
+                raw.close()
+            if check != "ok":
+                raise FaceSearchError(f"the backup failed SQLite's integrity check: {check}")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, dest)  # fails rather than replace a file created meanwhile
+            except FileExistsError:
+                raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
+            except OSError:  # a file system without hard links
+                if dest.exists():
+                    raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
+                os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                os.unlink(tmp)
+        return {"path": str(dest), "bytes": dest.stat().st_size, "faces": faces, "identities": identities,
+                "schema": schema}
 
     # ---- revision counter ---------------------------------------------------------------
     def revision(self) -> int:

@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 
-from facesearch.errors import InvalidIdentityError, UnknownIdentityError
+from facesearch.errors import FaceSearchError, InvalidIdentityError, UnknownIdentityError
 from facesearch.store import Base, Store, alembic_config
 from tests import pg
 from tests.conftest import PEOPLE
@@ -138,6 +138,12 @@ def test_a_failed_batch_writes_nothing(store):
     # the store is still usable after the failed transaction
     _, r = store.add_faces(mid, [("new", "2.png", "2" * 64, emb(0, 1, 0, 0), None)])
     assert r == rev + 1
+
+
+def test_backup_points_to_pg_dump(store, tmp_path):
+    with pytest.raises(FaceSearchError, match="pg_dump"):
+        store.backup(tmp_path / "b.db")
+    assert not list(tmp_path.iterdir())
 
 
 NASTY_NAMES = [
