@@ -87,6 +87,10 @@ class Stamp:
     dim: int
     factory: str
     backend: str
+    #: random id of the store's last change (``index_state.change_id``): revisions are small counters
+    #: that two databases (or a database and a copy of it that went its own way) can share, so a file
+    #: written for one is never taken for the other
+    change_id: str = ""
 
 
 class VectorIndex:
@@ -478,7 +482,9 @@ def _read_header(f, path) -> tuple[Stamp, dict]:
     try:
         header = json.loads(f.read(hl))
         stamp = Stamp(**{k: header[k] for k in Stamp.__dataclass_fields__})
-    except (ValueError, KeyError, TypeError) as e:
+    except KeyError as e:
+        raise StaleIndex(f"{path} has no {e.args[0]} in its header (an older facesearch wrote it)") from e
+    except (ValueError, TypeError) as e:
         raise StaleIndex(f"{path} has a damaged header") from e
     return stamp, header
 
@@ -502,7 +508,7 @@ def load(path: str | os.PathLike, expect: Stamp, backend: str) -> VectorIndex:
         stamp, header = _read_header(f, path)
         if header.get("format") != FORMAT:
             raise StaleIndex("index file format differs")
-        for field in ("model_key", "revision", "ntotal", "dim"):
+        for field in ("model_key", "change_id", "revision", "ntotal", "dim"):
             if getattr(stamp, field) != getattr(expect, field):
                 raise StaleIndex(f"index {field} is {getattr(stamp, field)!r}, store has {getattr(expect, field)!r}")
         if stamp.backend == "torch-cuda" and backend != "torch-cuda":

@@ -400,9 +400,10 @@ class FaceSearch:
         return encoder.embed(self._fast[1], np.stack(crops))
 
     # ---- index ----------------------------------------------------------------------------
-    def _expected_stamp(self, revision: int) -> vindex.Stamp:
+    def _expected_stamp(self, revision: int, change_id: str) -> vindex.Stamp:
         n = self.store.count_faces()
-        return vindex.Stamp(self.model_key, revision, n, self.config.embedding_dim, "", self.index_backend)
+        return vindex.Stamp(self.model_key, revision, n, self.config.embedding_dim, "", self.index_backend,
+                            change_id)
 
     def _check_model_consistency(self) -> None:
         total, mine = self.store.count_faces(), self.store.count_faces(self.model_id)
@@ -414,10 +415,10 @@ class FaceSearch:
 
     def index(self) -> vindex.VectorIndex:
         """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
-        revision = self.store.revision()
+        revision, change_id = self.store.state()
         if self._index is not None and revision == self._index_revision:
             return self._index
-        expect = self._expected_stamp(revision)
+        expect = self._expected_stamp(revision, change_id)
         try:
             self._index = vindex.load(self.index_path, expect, self.index_backend)
             self._index_revision = revision
@@ -444,8 +445,11 @@ class FaceSearch:
 
     def _save_index(self) -> None:
         idx = self._index
+        revision, change_id = self.store.state()
+        if revision != self._index_revision:
+            change_id = ""  # the store moved on (another process): a file that no loader will take
         stamp = vindex.Stamp(self.model_key, self._index_revision, idx.ntotal, self.config.embedding_dim,
-                             idx.factory, idx.backend)
+                             idx.factory, idx.backend, change_id)
         vindex.save(idx, self.index_path, stamp)
 
     def _after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:

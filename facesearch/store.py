@@ -15,6 +15,7 @@ import datetime as dt
 import errno
 import os
 import unicodedata
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class IndexState(Base):
     __tablename__ = "index_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    #: random id of the last change, new with every revision: identifies the content across databases
+    change_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 def validate_identity(name: str) -> str:
@@ -350,9 +353,16 @@ class Store:
         with self.Session() as s:
             return int(s.scalar(select(IndexState.revision).where(IndexState.id == 1)) or 0)
 
+    def state(self) -> tuple[int, str]:
+        """``(revision, change_id)``: the revision counter and the random id of the change that set it."""
+        with self.Session() as s:
+            row = s.execute(select(IndexState.revision, IndexState.change_id).where(IndexState.id == 1)).first()
+        return (int(row[0] or 0), row[1] or "") if row else (0, "")
+
     @staticmethod
     def _bump(s: Session) -> int:
-        s.execute(update(IndexState).where(IndexState.id == 1).values(revision=IndexState.revision + 1))
+        s.execute(update(IndexState).where(IndexState.id == 1)
+                  .values(revision=IndexState.revision + 1, change_id=uuid.uuid4().hex))
         return int(s.scalar(select(IndexState.revision).where(IndexState.id == 1)))
 
     # ---- models -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_backup_is_a_gallery_of_its_own(fs, gallery_src, model_dir, tmp_path):
     dest = tmp_path / "backups" / "gallery.db"
     dest.parent.mkdir()
     r = fs.store.backup(dest)
-    assert r["faces"] == rep.added and r["identities"] == len(rep.identities) and r["schema"] == "0002"
+    assert r["faces"] == rep.added and r["identities"] == len(rep.identities) and r["schema"] == fs.store.head_revision()
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert sorted(os.listdir(dest.parent)) == ["gallery.db"]  # one file: no WAL, no temp file left
     # a new home with the copy as its database: the index is rebuilt from the stored embeddings

@@ -83,6 +83,34 @@ def test_reenroll_decodes_only_new_content(fs, gallery_src, tmp_path, monkeypatc
     assert sorted(decoded) == sorted([str(new), str(g / "Bill_Gates" / "broken.jpg")])
 
 
+def test_two_databases_sharing_a_home_never_share_an_index(gallery_src, model_dir, tmp_path):
+    """Two --db URLs with one --home write one index file. Both galleries below reach the same revision
+    with the same number of faces, so only the store's change id tells their index files apart."""
+    home = tmp_path / "home"
+    a, b = PEOPLE[:2], PEOPLE[2:4]
+    src = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+
+    def open_db(name):
+        return FaceSearch.open(home=home, db_url=f"sqlite:///{tmp_path / name}", model=model_dir,
+                               device="cpu", backend="faiss-cpu")
+
+    revisions = []
+    for name, people in (("a.db", a), ("b.db", b)):
+        with open_db(name) as fs:
+            rep = fs.enroll_items((p, str(f), f) for p in people for f in sorted((src / p).iterdir()))
+            assert rep.added == 4
+            revisions.append(fs.store.revision())
+    assert revisions[0] == revisions[1]
+    with open_db("a.db") as fs:  # a new handle: it would load b's index file if it took it
+        probe = sorted((gallery_src / a[0]).iterdir())[-1]
+        res = fs.query(probe, top_k=4)
+        # every distance is the one to that face's own stored embedding (b's file has other vectors
+        # under the same face ids 1..4)
+        q = fs.embed([probe])[0]
+        stored = fs.store.embeddings([m.face_id for m in res.matches])
+        np.testing.assert_allclose([m.distance for m in res.matches], 1.0 - stored @ q, atol=1e-5)
+
+
 def test_bad_files_are_reported_and_the_rest_enrolled(fs, gallery_src, tmp_path):
     g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
     (g / "Bill_Gates" / "notes.txt").write_text("not an image")

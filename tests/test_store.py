@@ -52,7 +52,7 @@ def test_face_detection_migration_keeps_enrolled_faces(store):
                           "crop_png, created_at) VALUES (7, 1, :m, 'old.png', :sha, :emb, :png, '2026-01-01')"),
                      {"m": mid, "sha": "e" * 64, "emb": emb(1, 0, 0, 0).tobytes(), "png": b"png"})
     store.upgrade()
-    assert store.current_revision() == store.head_revision() == "0002"
+    assert store.current_revision() == store.head_revision()
     with store.engine.begin() as conn:
         command.check(alembic_config(conn))
     assert [r for chunk in store.iter_crops() for r in chunk] == [(7, "old.png", b"png", None)]
@@ -68,6 +68,27 @@ def test_face_detection_migration_keeps_enrolled_faces(store):
     assert store.known_hashes(["e" * 64, "f" * 64, "c" * 64]) == {"e" * 64: "a", "f" * 64: "a", "c" * 64: "a"}
     store.upgrade()
     np.testing.assert_array_equal(store.embeddings([7]), [emb(1, 0, 0, 0)])
+
+
+def test_every_change_gets_a_new_random_id_and_databases_differ(store, tmp_path):
+    """0003: the change id tells two databases (and two revisions) apart, unlike the counter."""
+    other = Store.open(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        (r0, c0), (o0, oc0) = store.state(), other.state()
+        assert r0 == o0 == 0 and len(c0) == len(oc0) == 32 and c0 != oc0
+        mid, omid = add_model(store), add_model(other)
+        store.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+        other.add_faces(omid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+        (r1, c1), (o1, oc1) = store.state(), other.state()
+        assert r1 == o1 > r0 and len({c0, c1, oc1}) == 3  # same counter, different ids
+        # down to 0002 and up again: the faces stay, and the database gets a fresh id
+        store.downgrade("0002")
+        assert "change_id" not in {c["name"] for c in inspect(store.engine).get_columns("index_state")}
+        store.upgrade()
+        r2, c2 = store.state()
+        assert r2 == r1 and len(c2) == 32 and c2 != c1 and store.count_faces() == 1
+    finally:
+        other.close()
 
 
 def test_downgrade_and_upgrade_round_trip(store):
