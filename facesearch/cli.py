@@ -359,8 +359,11 @@ def info(app: App, as_json):
     click.echo(f"identities:  {d['identities']}")
     click.echo(f"faces:       {d['faces']}")
     ix = d["index"]
-    probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
-    click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
+    if "error" in ix:
+        click.echo(f"index:       unusable: {ix['error']}")
+    else:
+        probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
+        click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
     click.echo(f"device:      {d['device']}")
     click.echo(f"detector:    {d['detector']}")
 

@@ -299,6 +299,12 @@ class FaceSearch:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
             key = model_key(net.config, model_dir)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
+                if model is None:  # the gallery's own model directory holds other weights now
+                    raise ModelMismatchError(
+                        f"this gallery was embedded by model {active.key}, but the model files at "
+                        f"{_where(location)} are now {key} (retrained or replaced in place?): embeddings of "
+                        "different models cannot be compared. Restore that model's files, or run "
+                        f"`facesearch reindex --model {_where(location)}` to re-embed the gallery with them.")
                 raise ModelMismatchError(
                     f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
                     f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
@@ -406,12 +412,24 @@ class FaceSearch:
                             change_id)
 
     def _check_model_consistency(self) -> None:
-        total, mine = self.store.count_faces(), self.store.count_faces(self.model_id)
-        if total != mine:
+        by_model = self.store.faces_by_model()
+        others = [(m, n) for m, n in by_model if m.id != self.model_id]
+        if others and len(by_model) == 1:
+            m = others[0][0]
             raise ModelMismatchError(
-                f"{total - mine} of {total} enrolled faces were embedded by another model than {self.model_key}; "
-                "run `facesearch reindex --model MODEL_DIR` to re-embed the whole gallery with one model."
-            )
+                f"every enrolled face is now embedded by model {m.key} ({_where(m.location)}), not by this "
+                f"handle's {self.model_key}: another process switched the gallery (`facesearch reindex "
+                "--model`). Open the gallery again to use its model.")
+        if others:
+            total = sum(n for _, n in by_model)
+            counts = ", ".join(f"{n} by {m.key} ({_where(m.location)})" for m, n in by_model)
+            active = self.store.active_model()
+            target = next((m for m, _ in others if active is None or m.id != active.id), others[0][0])
+            raise ModelMismatchError(
+                f"the {total} enrolled faces were embedded by more than one model: {counts}; a "
+                f"`facesearch reindex --model` is running or did not finish. When none is running, run "
+                f"`facesearch reindex --model "
+                f"{_where(target.location)}` to finish it (faces done already are not done again).")
 
     def index(self) -> vindex.VectorIndex:
         """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
@@ -818,38 +836,56 @@ class FaceSearch:
             rec = self.store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir),
                                             str(model_dir))
             self.model, self.model_key, self.model_id = net, key, rec.id
-            missing = []
-            for chunk in self.store.iter_crops():
-                crops, fids = [], []
-                for fid, source, png, found in chunk:
-                    try:
-                        if png:
-                            pixels = images.decode(png, source)
-                        elif found:  # a face detected in a photo: align it again from the recorded landmarks
-                            pixels = fdetect.align(images.load(source).pixels, fdetect.Face.from_dict(found))
-                        else:
-                            pixels = images.load(source).pixels
-                        crops.append(images.prepare(pixels, self.config))
-                        fids.append(fid)
-                    except InvalidImageError as e:
-                        missing.append(Failure(source, str(e)))
-                if missing:
+            # Faces the new model embedded already (an interrupted run) are not done again. The old
+            # model stays the gallery's model until every face is done, so other processes keep
+            # enrolling meanwhile; what they add is picked up by the next pass, and the switch is
+            # one transaction that happens only when no face of another model is left.
+            # Asked for the gallery's own model, every face is embedded again.
+            active = self.store.active_model()
+            everything = active is not None and active.id == rec.id
+            while True:
+                reembedded += self._reembed_pass(rec.id, progress, everything)
+                everything = False
+                if self.store.activate_if_complete(rec.id) == 0:
                     break
-                embs = self._embed_crops(crops)
-                self.store.replace_embeddings(rec.id, list(zip(fids, embs)))
-                reembedded += len(fids)
-                if progress is not None:
-                    progress(len(chunk))
-            if missing:
-                raise FaceSearchError(
-                    f"cannot re-embed {len(missing)} face(s) (no stored crop and the source is unreadable), "
-                    f"e.g. {missing[0].source}: {missing[0].reason}. Remove them or restore the files.")
-            self.store.set_active_model(rec.id)
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
 
+    def _reembed_pass(self, model_id: int, progress: Progress | None, everything: bool = False) -> int:
+        """Re-embed, with the current model, every face another model embedded (or every face);
+        returns how many."""
+        done, missing = 0, []
+        for chunk in self.store.iter_crops(not_model=None if everything else model_id):
+            crops, fids = [], []
+            for fid, source, png, found in chunk:
+                try:
+                    if png:
+                        pixels = images.decode(png, source)
+                    elif found:  # a face detected in a photo: align it again from the recorded landmarks
+                        pixels = fdetect.align(images.load(source).pixels, fdetect.Face.from_dict(found))
+                    else:
+                        pixels = images.load(source).pixels
+                    crops.append(images.prepare(pixels, self.config))
+                    fids.append(fid)
+                except InvalidImageError as e:
+                    missing.append(Failure(source, str(e)))
+            if missing:
+                break
+            self.store.replace_embeddings(model_id, list(zip(fids, self._embed_crops(crops))))
+            done += len(fids)
+            if progress is not None:
+                progress(len(chunk))
+        if missing:
+            raise FaceSearchError(
+                f"cannot re-embed {len(missing)} face(s) (no stored crop and the source is unreadable), "
+                f"e.g. {missing[0].source}: {missing[0].reason}. Remove them or restore the files.")
+        return done
+
     def info(self) -> dict:
-        idx = self.index()
+        try:
+            idx = self.index()
+        except ModelMismatchError as e:  # info still answers, and says what to do
+            idx, index_error = None, str(e)
         url = self.store.engine.url.render_as_string(hide_password=True)
         return {
             "home": str(self.home),
@@ -862,11 +898,17 @@ class FaceSearch:
                       "training": {k: v for k, v in self.config.training.items() if k != "people"}},
             "identities": self.store.count_identities(),
             "faces": self.store.count_faces(),
-            "index": {"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
-                      "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)},
+            "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
+                       "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)} if idx is not None
+                      else {"error": index_error, "file": str(self.index_path)}),
             "device": str(self.model.device),
             "detector": fdetect.describe(),
         }
+
+
+def _where(location: str) -> str:
+    """A model's stored location as a user passes it to ``--model``."""
+    return str(builtin_model_dir(location[len(BUILTIN_PREFIX):])) if location.startswith(BUILTIN_PREFIX) else location
 
 
 def _model_dir(location: str) -> Path:

@@ -43,7 +43,13 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from facesearch.errors import FaceSearchError, InvalidIdentityError, SchemaError, UnknownIdentityError
+from facesearch.errors import (
+    FaceSearchError,
+    InvalidIdentityError,
+    ModelMismatchError,
+    SchemaError,
+    UnknownIdentityError,
+)
 
 try:
     import fcntl
@@ -391,6 +397,33 @@ class Store:
             s.execute(update(ModelRecord).where(ModelRecord.id == model_id).values(active=True))
             self._bump(s)
 
+    def activate_if_complete(self, model_id: int) -> int:
+        """Make ``model_id`` the gallery's model if it embedded every face, in one transaction; else
+        change nothing. Returns how many faces another model embedded (0: switched). Together with
+        the check in :meth:`add_faces` no face of the old model can be added after the switch."""
+
+        class _Left(Exception):
+            pass
+
+        try:
+            with self.Session.begin() as s:
+                s.execute(update(ModelRecord).values(active=False))  # takes the write lock first
+                s.execute(update(ModelRecord).where(ModelRecord.id == model_id).values(active=True))
+                left = int(s.scalar(select(func.count(Face.id)).where(Face.model_id != model_id)))
+                if left:
+                    raise _Left(left)
+                self._bump(s)
+        except _Left as e:
+            return e.args[0]
+        return 0
+
+    def faces_by_model(self) -> list[tuple[ModelRecord, int]]:
+        """``(model, number of faces it embedded)`` for each model that embedded any, most first."""
+        with self.Session() as s:
+            rows = s.execute(select(ModelRecord, func.count(Face.id)).join(Face, Face.model_id == ModelRecord.id)
+                             .group_by(ModelRecord.id).order_by(func.count(Face.id).desc())).all()
+            return [(m, int(n)) for m, n in rows]
+
     # ---- faces --------------------------------------------------------------------------
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
         """Which of these content hashes are enrolled already: sha256 -> identity name."""
@@ -430,6 +463,15 @@ class Store:
             ]
             s.add_all(rows)
             s.flush()
+            # checked after the writes, holding the write lock (SQLite) or the model row (PostgreSQL):
+            # a `reindex --model` that switched models meanwhile makes this batch fail, not mix models
+            active = s.execute(select(ModelRecord.id, ModelRecord.key).where(ModelRecord.active.is_(True))
+                               .with_for_update()).first()
+            if active is not None and active.id != model_id:
+                raise ModelMismatchError(
+                    f"the gallery's model is now {active.key} (a `facesearch reindex --model` switched it "
+                    "while these faces were being embedded); nothing of this batch was stored. Run the "
+                    "command again: it uses the gallery's new model and skips what is stored.")
             return [r.id for r in rows], self._bump(s)
 
     def iter_embeddings(self, model_id: int | None = None, chunk: int = 50_000
@@ -466,15 +508,17 @@ class Store:
                 out.update({fid: FaceInfo(fid, name, src) for fid, name, src in rows})
         return out
 
-    def iter_crops(self, chunk: int = 256) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
-        """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding."""
+    def iter_crops(self, chunk: int = 256, not_model: int | None = None
+                   ) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
+        """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding (with
+        ``not_model``: only faces that another model embedded)."""
         last = 0
         with self.Session() as s:
             while True:
-                rows = s.execute(
-                    select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
-                    .order_by(Face.id).limit(chunk)
-                ).all()
+                q = select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
+                if not_model is not None:
+                    q = q.where(Face.model_id != not_model)
+                rows = s.execute(q.order_by(Face.id).limit(chunk)).all()
                 if not rows:
                     return
                 last = rows[-1][0]

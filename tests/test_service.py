@@ -257,6 +257,84 @@ def test_another_model_is_refused_until_reindex(tmp_path, model_dir, other_model
         FaceSearch.open(home=home, model=model_dir)
 
 
+def test_an_interrupted_reindex_is_named_and_finished_where_it_stopped(tmp_path, model_dir, other_model_dir,
+                                                                      gallery_src):
+    """A `reindex --model` killed half-way leaves half the faces embedded by the new model (the old one
+    stays the gallery's). The gallery then says which reindex to finish, `info` still answers, and
+    finishing it re-embeds only the other half."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        total = fs.enroll_folder(g).added
+    with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
+        rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
+        half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
+        from facesearch import images as im
+        embs = fs._embed_crops([im.prepare(im.decode(png), fs.config) for _, _, png, _ in half])
+        fs.store.replace_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])  # what the killed run wrote
+    with FaceSearch.open(home=home) as fs:
+        hint = f"reindex --model {other_model_dir.resolve()}"
+        with pytest.raises(ModelMismatchError, match="running or did not finish") as e:
+            fs.query(g / "Bill_Gates" / "Bill_Gates_0001.webp")
+        assert hint in str(e.value)
+        assert hint in fs.info()["index"]["error"]
+    with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
+        assert fs.reindex(model=other_model_dir)["reembedded"] == total - total // 2
+    with FaceSearch.open(home=home) as fs:
+        assert fs.config.name == "test-other" and fs.store.count_faces(fs.model_id) == total
+        assert fs.query(g / "Bill_Gates" / "Bill_Gates_0001.webp").matches[0].distance == pytest.approx(0, abs=1e-5)
+
+
+def test_enrolling_while_reindex_switches_models_never_mixes_them(tmp_path, model_dir, other_model_dir,
+                                                                 gallery_src):
+    """Faces an enroll stores while `reindex --model` runs (the old model still the gallery's) are
+    re-embedded before the switch; a handle still on the old model is told to open the gallery again."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    late = sorted((gallery_src / "Bill_Gates").iterdir())[2:4]
+    later = sorted((gallery_src / "Colin_Powell").iterdir())[2:3]
+    with FaceSearch.open(home=home, model=model_dir) as old:
+        total = old.enroll_folder(g).added
+        new = FaceSearch.open(home=home, model=other_model_dir, strict=False)
+        added = []
+
+        def meanwhile(n):  # after each re-embedded chunk, before the switch: an enroll's transaction lands
+            if not added:
+                rows = [("Bill_Gates", str(f), f"{i:064x}", e, None) for i, (f, e) in enumerate(zip(late, old.embed(late)))]
+                added.append(len(old.store.add_faces(old.model_id, rows)[0]))
+
+        r = new.reindex(model=other_model_dir, progress=meanwhile)
+        assert added == [2] and r["reembedded"] == total + 2 and r["faces"] == total + 2
+        assert new.store.count_faces(new.model_id) == new.store.count_faces() == total + 2
+        new.close()
+        with pytest.raises(ModelMismatchError, match="another process switched the gallery"):
+            old.enroll_files("Colin_Powell", later)  # this long-lived handle notices before embedding
+    with FaceSearch.open(home=home) as fs:  # the re-run the message asks for uses the new model
+        assert fs.enroll_files("Colin_Powell", later).added == 1
+        assert fs.store.count_faces(fs.model_id) == fs.store.count_faces() == total + 3
+
+
+def test_a_batch_embedded_by_the_old_model_after_the_switch_is_refused(tmp_path, model_dir, other_model_dir,
+                                                                        gallery_src):
+    """The race itself: enroll has started with the old model when a reindex switches models between two
+    of its batches. The later batch is refused inside its transaction; nothing of it is stored."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    files = sorted((gallery_src / "Bill_Gates").iterdir())[2:4]
+    with FaceSearch.open(home=home, model=model_dir) as old:
+        total = old.enroll_folder(g).added
+        new = FaceSearch.open(home=home, model=other_model_dir, strict=False)
+
+        def switch_after_first_batch(n):
+            if new.store.active_model().id != new.model_id:
+                new.reindex(model=other_model_dir)
+
+        with pytest.raises(ModelMismatchError, match="nothing of this batch was stored"):
+            old.enroll_items((("Bill_Gates", str(f), f) for f in files), switch_after_first_batch, batch_size=1)
+        assert new.store.count_faces() == new.store.count_faces(new.model_id) == total + 1
+        new.close()
+
+
 def test_the_same_weights_with_mirror_averaging_are_another_model(tmp_path, model_dir, gallery_src):
     import shutil
 
