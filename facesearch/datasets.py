@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -30,19 +31,46 @@ class ImageFolder:
         if not self.root.exists():
             raise FaceSearchError(f"{self.root}: no such file or directory")
         self.items: dict[str, list[str]] = {}
+        #: ``(path or member, why)`` for files left out that a user may have meant to include: files in
+        #: sub-folders of an identity folder, links to nothing (hidden files are left out silently)
+        self.ignored: list[tuple[str, str]] = []
         if self.root.is_file() and zipfile.is_zipfile(self.root):
             self._zip = zipfile.ZipFile(self.root)
-            for name in self._zip.namelist():
-                parts = PurePosixPath(name).parts
-                if name.endswith("/") or len(parts) < 2 or not images.is_image_name(name):
+            members = [PurePosixPath(n).parts for n in self._zip.namelist()
+                       if not n.endswith("/") and not n.startswith("__MACOSX/") and images.is_image_name(n)]
+            # the zip of a folder holds that folder (``people/<identity>/...``, like the LFW pack; or
+            # ``data/people/<identity>/...``), or only its contents (``<identity>/...``): identities
+            # are the level below the folders all members share
+            skip = 0
+            while members and all(len(p) >= skip + 3 and p[skip] == members[0][skip] for p in members):
+                skip += 1
+            for parts in members:
+                rel = parts[skip:]
+                name = "/".join(parts)
+                if len(rel) < 2 or any(x.startswith(".") for x in rel):
                     continue
-                self.items.setdefault(parts[-2], []).append(name)
+                if len(rel) > 2:
+                    self.ignored.append((name, "in a sub-folder of an identity folder: not enrolled"))
+                    continue
+                self.items.setdefault(rel[0], []).append(name)
         elif self.root.is_dir():
             for sub in sorted(self.root.iterdir()):
-                if sub.is_dir() and not sub.name.startswith("."):
-                    files = [str(f) for f in sorted(sub.iterdir()) if f.is_file() and not f.name.startswith(".")]
-                    if files:
-                        self.items[sub.name] = files
+                if not sub.is_dir() or sub.name.startswith("."):
+                    continue
+                files = []
+                for f in sorted(sub.iterdir()):
+                    if f.name.startswith("."):
+                        continue
+                    if f.is_file():
+                        files.append(str(f))
+                    elif f.is_dir():
+                        self.ignored.append((str(f), "a sub-folder of an identity folder: not enrolled"))
+                    else:
+                        self.ignored.append((str(f), "not a regular file (a link to nothing?)"))
+                if files:
+                    self.items[sub.name] = files
+        elif self.root.suffix.lower() == ".zip":
+            raise FaceSearchError(f"{self.root}: not a readable zip file (damaged or cut short?)")
         else:
             raise FaceSearchError(f"{self.root}: expected a folder of identities or a zip of one")
         for v in self.items.values():
@@ -57,7 +85,15 @@ class ImageFolder:
 
     def read(self, key: str) -> bytes:
         if self._zip is not None:
-            return self._zip.read(key)
+            info = self._zip.getinfo(key)
+            if info.file_size > images.MAX_FILE_BYTES:
+                raise images.InvalidImageError(
+                    f"{key}: file too large ({info.file_size} bytes, limit {images.MAX_FILE_BYTES})")
+            try:
+                return self._zip.read(info)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+                # a damaged, encrypted or oddly compressed member: that file fails, not the whole folder
+                raise images.InvalidImageError(f"{key}: cannot read it from the zip ({e})") from e
         return images.read_bytes(key)
 
     def lfw_key(self, name: str, number: int) -> str:

@@ -519,7 +519,9 @@ class FaceSearch:
             total(len(folder))
         items = ((ident, key, (lambda k=key: folder.read(k))) for ident in folder.identities()
                  for key in folder.items[ident])
-        return self.enroll_items(items, progress)
+        report = self.enroll_items(items, progress)
+        report.failed.extend(Failure(path, why) for path, why in folder.ignored)
+        return report
 
     def enroll_files(self, identity: str, paths: Sequence[str | os.PathLike],
                      progress: Progress | None = None) -> EnrollReport:

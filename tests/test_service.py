@@ -111,6 +111,56 @@ def test_two_databases_sharing_a_home_never_share_an_index(gallery_src, model_di
         np.testing.assert_allclose([m.distance for m in res.matches], 1.0 - stored @ q, atol=1e-5)
 
 
+def _zip_of(dest: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return dest
+
+
+def test_a_damaged_zip_member_fails_alone(fs, gallery_src, tmp_path):
+    import zipfile
+
+    good = sorted((gallery_src / "Bill_Gates").iterdir())[:2]
+    bad = sorted((gallery_src / "Tony_Blair").iterdir())[0]
+    z = _zip_of(tmp_path / "people.zip", {f"people/Bill_Gates/{f.name}": f.read_bytes() for f in good}
+                | {f"people/Tony_Blair/{bad.name}": bad.read_bytes()})
+    with zipfile.ZipFile(z) as zf:  # flip bytes in the middle of Tony_Blair's compressed data
+        info = zf.getinfo(f"people/Tony_Blair/{bad.name}")
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw = bytearray(z.read_bytes())
+    for k in range(info.compress_size // 2, info.compress_size // 2 + 8):
+        raw[start + k] ^= 0xFF
+    z.write_bytes(bytes(raw))
+    rep = fs.enroll_folder(z)
+    assert rep.added == 2 and rep.identities == {"Bill_Gates"}
+    assert [f.source for f in rep.failed] == [f"people/Tony_Blair/{bad.name}"]
+    assert "cannot read it from the zip" in rep.failed[0].reason
+
+
+def test_sub_folders_are_reported_the_same_from_a_folder_and_a_zip(fs, gallery_src, tmp_path):
+    """people/<identity>/<files> only: files one level deeper are reported, never enrolled as an
+    identity named after the sub-folder; macOS's __MACOSX entries are left out."""
+    a, b = sorted((gallery_src / "Bill_Gates").iterdir())[:2]
+    c = sorted((gallery_src / "Colin_Powell").iterdir())[0]
+    layout = {f"people/Bill_Gates/{a.name}": a.read_bytes(), f"people/Bill_Gates/2019/{b.name}": b.read_bytes(),
+              f"people/Colin_Powell/{c.name}": c.read_bytes(), f"__MACOSX/people/Bill_Gates/._{a.name}": b"junk"}
+    folder = tmp_path / "dir"
+    for name, data in layout.items():
+        if not name.startswith("__MACOSX"):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+    from_dir = fs.enroll_folder(folder / "people")
+    assert from_dir.added == 2 and from_dir.identities == {"Bill_Gates", "Colin_Powell"}
+    assert [(f.source, "sub-folder" in f.reason) for f in from_dir.failed] == [(str(folder / "people/Bill_Gates/2019"), True)]
+    from_zip = fs.enroll_folder(_zip_of(tmp_path / "people.zip", layout))
+    assert from_zip.added == 0 and len(from_zip.skipped) == 2  # the same two files, already enrolled
+    assert [(f.source, "sub-folder" in f.reason) for f in from_zip.failed] == [(f"people/Bill_Gates/2019/{b.name}", True)]
+    assert {i.name for i in fs.identities()} == {"Bill_Gates", "Colin_Powell"}
+
+
 def test_bad_files_are_reported_and_the_rest_enrolled(fs, gallery_src, tmp_path):
     g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
     (g / "Bill_Gates" / "notes.txt").write_text("not an image")
