@@ -23,10 +23,20 @@ class _Group(click.Group):
     """Turns library errors into clear messages instead of tracebacks."""
 
     def invoke(self, ctx):
+        from sqlalchemy.exc import DBAPIError
+
         try:
             return super().invoke(ctx)
         except FaceSearchError as e:
             raise click.ClickException(str(e)) from e
+        except DBAPIError as e:  # e.g. a database locked past the busy timeout, a full disk, a lost server
+            logging.getLogger("facesearch").info("database error", exc_info=True)
+            why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            raise click.ClickException(f"database error: {why}") from e
+        except OSError as e:
+            logging.getLogger("facesearch").info("system error", exc_info=True)
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from e
 
 
 class App:

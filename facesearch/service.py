@@ -281,7 +281,10 @@ class FaceSearch:
         if detect:
             fdetect.available_or_raise()  # before any file or database is touched
         home = Path(home).expanduser() if home is not None else default_home()
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise FaceSearchError(f"cannot use {home} as the facesearch home: {e.strerror or e}") from None
         db_url = db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}"
         store = Store.open(db_url)
         try:

@@ -232,11 +232,34 @@ class Store:
     # ---- opening and schema -------------------------------------------------------------
     @classmethod
     def open(cls, url: str, upgrade: bool = True) -> "Store":
+        """Open the database at ``url``, creating and migrating it as needed. Problems a user can fix
+        (a bad URL, a server that does not answer, a file that is not a database, a folder that
+        cannot be written) raise :class:`FaceSearchError` saying which database and why."""
+        from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except ArgumentError as e:
+            raise FaceSearchError(f"{url!r} is not a database URL ({e})") from None
         path = _sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not path.exists():  # created owner-only; SQLite gives its WAL files the same mode
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not path.exists():  # created owner-only; SQLite gives its WAL files the same mode
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            return cls._open(url, upgrade)
+        except NoSuchModuleError as e:
+            raise FaceSearchError(f"cannot use database {shown}: {e}") from None
+        except DBAPIError as e:
+            why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            if path is not None and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+                why += f" ({path.parent} is not writable: SQLite writes its journal next to the database, even to read)"
+            raise FaceSearchError(f"cannot open database {shown}: {why}") from None
+        except OSError as e:
+            raise FaceSearchError(f"cannot open database {shown}: {e.strerror or e}: {e.filename or path}") from None
+
+    @classmethod
+    def _open(cls, url: str, upgrade: bool) -> "Store":
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
 
@@ -249,9 +272,13 @@ class Store:
                 cur.close()
 
         store = cls(engine)
-        store.check_schema()
-        if upgrade:
-            store.upgrade()
+        try:
+            store.check_schema()
+            if upgrade:
+                store.upgrade()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:

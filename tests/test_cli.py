@@ -144,3 +144,24 @@ def test_evaluate_uses_the_global_model_option(model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert str(model_dir) in json.dumps(out)
+
+
+def test_database_and_home_problems_are_messages_not_tracebacks(tmp_path, model_dir):
+    """What a user can fix is said in one line (exit 1), never a Python traceback; nothing is created."""
+    not_db = tmp_path / "notdb"
+    not_db.mkdir()
+    (not_db / "facesearch.db").write_bytes(b"this is not a SQLite database, it only has its name" * 100)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--home", str(not_db)], "cannot open database sqlite:///"),
+        (["--home", str(tmp_path / "h1"), "--db", "nonsense://x"], "cannot use database nonsense://x"),
+        (["--home", str(tmp_path / "h2"), "--db", "::::"], "is not a database URL"),
+        (["--home", str(a_file / "sub")], "cannot use " + str(a_file / "sub") + " as the facesearch home"),
+    ]
+    for args, message in cases:
+        r = CliRunner().invoke(cli, args + ["--model", str(model_dir), "--device", "cpu", "info"])
+        assert r.exit_code == 1, (args, r.output)
+        assert message in r.output and "Traceback" not in r.output and r.exception.__class__ is SystemExit
+    assert (not_db / "facesearch.db").read_bytes().startswith(b"this is not")
+    assert not (tmp_path / "h1").exists() or not any((tmp_path / "h1").iterdir())
