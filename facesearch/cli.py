@@ -141,8 +141,15 @@ def enroll(app: App, paths, identity, detect, as_json):
                    f"skipped (already enrolled): {len(report.skipped)}  failed: {len(report.failed)}")
         _echo_problems([(f.source, f.reason) for f in report.failures_sorted()], len(report.several_faces),
                        "enrolled")
-    if report.failed and not report.added and not report.skipped:
-        sys.exit(1)
+        if report.elsewhere:
+            click.echo(f"{len(report.elsewhere)} file(s) are enrolled already as another identity, and were "
+                       "not added to the one asked for:")
+            for source, asked, has in sorted(report.elsewhere)[:20]:
+                click.echo(f"  {source}: asked {asked}, enrolled as {has}")
+            if len(report.elsewhere) > 20:
+                click.echo(f"  ... and {len(report.elsewhere) - 20} more (--json lists them all)")
+    if report.failed:  # 1: nothing could be enrolled; 3: the rest was, these files were not
+        sys.exit(1 if not report.added and not report.skipped else 3)
 
 
 def _echo_problems(failures: list[tuple[str, str]], several_faces: int, taken: str) -> None:
@@ -289,8 +296,8 @@ def align(src, out, as_json):
         click.echo(f"aligned crops written: {report.written}  already there: {report.existing}  "
                    f"failed: {len(report.failed)}  (in {out})")
         _echo_problems(sorted(report.failed), len(report.several_faces), "kept")
-    if report.failed and not report.written and not report.existing:
-        sys.exit(1)
+    if report.failed:  # as enroll: 1 nothing was done, 3 the rest was
+        sys.exit(1 if not report.written and not report.existing else 3)
 
 
 # ---- identities ------------------------------------------------------------------------------

@@ -132,13 +132,18 @@ class EnrollReport:
     failed: list[Failure] = field(default_factory=list)
     #: with detect: photos enrolled now that held several faces, and how many; their largest face was taken
     several_faces: list[tuple[str, int]] = field(default_factory=list)
+    #: skipped files whose content is enrolled as another identity than the one asked for (a mislabelled
+    #: or duplicated photo): ``(source, identity asked for, identity that has it)``
+    elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
                 "failed": len(self.failed), "face_ids": self.face_ids,
                 "skipped_files": [{"source": s, "identity": i} for s, i in self.skipped],
                 "failures": [asdict(f) for f in self.failures_sorted()],
-                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)]}
+                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)],
+                "enrolled_as_another_identity": [{"source": s, "asked": a, "identity": i}
+                                                 for s, a, i in sorted(self.elsewhere)]}
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)
@@ -543,7 +548,7 @@ class FaceSearch:
         """
         report = EnrollReport()
         self.index()  # bring the index in sync first so the change below applies in place
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # content hash -> the identity it is enrolled as in this run
         bad_identity: dict[str, str] = {}
 
         def fetch(item):
@@ -623,21 +628,28 @@ class FaceSearch:
             self._tuner = None
             torch.set_num_threads(before)
 
-    def _triage(self, fetched, report: EnrollReport, seen: set[str]) -> list:
+    def _triage(self, fetched, report: EnrollReport, seen: dict[str, str]) -> list:
         """Report unreadable items, and skip content seen earlier in this run or enrolled already
         (the store is asked once per batch); return the items still to decode and store."""
+        def skip(source, asked, has):
+            report.skipped.append((source, has))
+            if has != asked:
+                report.elsewhere.append((source, asked, has))
+
         fresh = []
         for item in fetched:
             ident, source, _, sha, err = item
             if err is not None:
                 report.failed.append(Failure(source, err))
             elif sha in seen:
-                report.skipped.append((source, ident))
+                skip(source, ident, seen[sha])
             else:
-                seen.add(sha)
+                seen[sha] = ident
                 fresh.append(item)
         known = self.store.known_hashes([f[3] for f in fresh]) if fresh else {}
-        report.skipped.extend((f[1], known[f[3]]) for f in fresh if f[3] in known)
+        for ident, source, _, sha, _ in fresh:
+            if sha in known:
+                skip(source, ident, known[sha])
         return [f for f in fresh if f[3] not in known]
 
     def _enroll_batch(self, n_items: int, futures, report: EnrollReport, progress: Progress | None) -> None:

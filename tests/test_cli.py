@@ -14,11 +14,11 @@ from tests.conftest import PEOPLE
 def run(tmp_path, model_dir):
     home = tmp_path / "home"
 
-    def _run(*args, model=True, ok=True):
+    def _run(*args, model=True, ok=True, code=0):
         argv = ["--home", str(home), "--device", "cpu"] + (["--model", str(model_dir)] if model else []) + list(args)
         r = CliRunner().invoke(cli, argv, catch_exceptions=False)
         if ok:
-            assert r.exit_code == 0, r.output
+            assert r.exit_code == code, r.output
         return r
 
     return _run
@@ -36,7 +36,7 @@ def gallery(gallery_src, tmp_path):
 
 
 def test_enroll_query_verify_info_json(run, gallery, gallery_src):
-    r = run("enroll", str(gallery), "--json")
+    r = run("enroll", str(gallery), "--json", code=3)  # 3: broken.jpg failed, the rest was enrolled
     rep = json.loads(r.stdout)
     assert rep["added"] == 3 * len(PEOPLE) and rep["failed"] == 1 and rep["skipped"] == 0
     assert rep["failures"][0]["source"].endswith("broken.jpg") and rep["failures"][0]["reason"]
@@ -61,8 +61,19 @@ def test_enroll_query_verify_info_json(run, gallery, gallery_src):
 
 
 def test_human_output_and_identities_commands(run, gallery, gallery_src):
-    out = run("enroll", str(gallery)).output
+    out = run("enroll", str(gallery), code=3).output
     assert "added: 18" in out and "failed: 1" in out and "broken.jpg" in out
+    # a photo enrolled already, asked for under another name (in the gallery, and twice in one run)
+    again = gallery.parent / "again"
+    for who in ("Someone_Else", "Another_One"):
+        (again / who).mkdir(parents=True)
+        shutil.copy(gallery / "Bill_Gates" / "Bill_Gates_0001.webp", again / who / "x.webp")
+        shutil.copy(gallery_src / "Hugo_Chavez" / "Hugo_Chavez_0004.webp", again / who / "y.webp")
+    out = run("enroll", str(again)).output
+    assert "added: 1" in out and "3 file(s) are enrolled already as another identity" in out
+    assert f"{again / 'Another_One' / 'x.webp'}: asked Another_One, enrolled as Bill_Gates" in out
+    assert f"{again / 'Someone_Else' / 'y.webp'}: asked Someone_Else, enrolled as Another_One" in out
+    run("identities", "remove", "Another_One", "--yes", model=False)
     out = run("query", str(gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp")).output
     assert "Tony_Blair (distance 0.0000 <= threshold 0.3000)" in out
     listing = run("identities", "list", model=False).output
@@ -78,7 +89,7 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src):
 
 
 def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_with_operating_points, tmp_path):
-    run("enroll", str(gallery))
+    run("enroll", str(gallery), code=3)
     probe = gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp"  # enrolled: distance ~0 to itself
     other = gallery / "Hugo_Chavez" / "Hugo_Chavez_0001.webp"
     q = json.loads(run("query", str(probe), "--threshold", "0.0001", "--json").stdout)
@@ -103,7 +114,7 @@ def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_w
 
 
 def test_batch_query_of_a_folder(run, gallery, gallery_src, tmp_path):
-    run("enroll", str(gallery))
+    run("enroll", str(gallery), code=3)
     probes = tmp_path / "probes"
     probes.mkdir()
     for p in PEOPLE[:3]:
