@@ -167,6 +167,7 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, amp=args.amp,
         cuda_graph=args.cuda_graph, time_budget=args.time_budget * 60.0 if args.time_budget else None, exclude_people=excluded,
         calibration_fraction=args.calibration_fraction, resume=args.resume and (model_dir / "checkpoint.pt").exists(),
+        overwrite=True,  # the unit's own scratch directory: a rerun trains it again
         flip_average=args.flip_average, decode_cache=args.decode_cache,
         notes=f"LFW protocol unit {unit}: people of sets {scored} excluded",
     )

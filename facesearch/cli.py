@@ -85,7 +85,8 @@ def _echo_json(obj) -> None:
               help="Model directory (model.json + weights.pt) [default: the gallery's model, else the built-in one].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--index", "index", default="auto", show_default=True, metavar="FACTORY",
-              help="Index type: auto (exact, then IVF for large galleries) or a FAISS factory string.")
+              help="Index type: auto (exact, then IVF for large galleries) or a FAISS factory string; "
+                   "used when the index is built (`facesearch --index F reindex` rebuilds it).")
 @click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch-cuda"]), default="auto",
               show_default=True, help="Where the index searches.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (index rebuilds, ...).")

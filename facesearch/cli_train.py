@@ -35,6 +35,7 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Model directory to write (model.json + weights.pt).")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in OUT (refused otherwise).")
 @click.option("--backbone", default="mobilenet_v2", show_default=True,
               help="torchvision backbone (mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, ...).")
 @click.option("--pretrained", default="imagenet", show_default=True,
@@ -98,7 +99,7 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--notes", default=None, help="Free text stored in model.json (e.g. what it was trained on).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def train(data, out, backbone, pretrained, init_model, embedding_dim, input_size, epochs, time_budget, pk,
+def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim, input_size, epochs, time_budget, pk,
           identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
           weight_decay, warmup, seed, device, amp, cuda_graph, no_augment, flip_average, decode_cache,
           checkpoint_every, calibration_fraction, exclude_folds, people_file, exclude_people, include_people, resume,
@@ -130,7 +131,7 @@ def train(data, out, backbone, pretrained, init_model, embedding_dim, input_size
         lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay, warmup_fraction=warmup,
         seed=seed, device=device, amp=amp, cuda_graph=cuda_graph,
         time_budget=time_budget * 60.0 if time_budget else None,
-        resume=resume, keep_checkpoint=keep_checkpoint, exclude_people=frozenset(excluded),
+        resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint, exclude_people=frozenset(excluded),
         include_people=_names_file(include_people) if include_people is not None else None,
         calibration_fraction=calibration_fraction, augment=not no_augment, flip_average=flip_average,
         decode_cache=decode_cache, checkpoint_interval_s=checkpoint_every, name=name, notes=notes,

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from facesearch import distance
 from facesearch.config import write_private_atomic
+from facesearch.errors import FaceSearchError
 
 MAGIC = b"FACESEARCH-INDEX\n"
 FORMAT = 1
@@ -334,6 +336,29 @@ class TorchIndex(VectorIndex):
         return self.vectors.numel() * self.vectors.element_size() + self.ids.numel() * 8
 
 
+def _faiss_why(e: Exception) -> str:
+    """FAISS's error text without its C++ location: ``Error in <function> at <file>:<line>: ...``."""
+    text = (str(e).strip().splitlines() or ["rejected"])[-1]
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text)
+
+
+def check_factory(factory: str, dim: int) -> None:
+    """Raise :class:`FaceSearchError` unless ``factory`` is ``auto``, a torch index, or a factory string
+    FAISS accepts for ``dim``-d vectors (checked before any work, not when the index is first built)."""
+    if factory == "auto" or factory in ("TorchFlat-float16", "TorchFlat-float32"):
+        return
+    try:
+        import faiss
+    except ImportError:
+        return  # without faiss only the torch index exists; create() says so
+    try:
+        faiss.index_factory(dim, factory, distance.faiss_metric())
+    except RuntimeError as e:
+        why = _faiss_why(e)
+        raise FaceSearchError(f"--index {factory!r} is not an index FAISS can build for {dim}-d vectors ({why}); "
+                              "use auto, Flat, IVF<lists>,Flat, HNSW32,Flat, ... (a FAISS factory string)") from None
+
+
 def create(dim: int, n_expected: int = 0, factory: str = "auto", backend: str = "auto") -> VectorIndex:
     """A new, empty index. ``factory``: ``auto``, or a FAISS factory string (``Flat``, ``IVF1024,Flat``,
     ``HNSW32,Flat``, ``SQfp16`` ...); ``backend``: ``auto``, ``faiss-cpu``, ``faiss-gpu``, ``torch-cuda``."""
@@ -361,7 +386,12 @@ def build(dim: int, chunks, n: int, factory: str = "auto", backend: str = "auto"
             raise StaleIndex("cannot train an approximate index on an empty gallery")
         rng = np.random.default_rng(seed)
         sample = allx[rng.choice(len(allx), min(train_sample, len(allx)), replace=False)]
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as e:  # e.g. fewer faces than the IVF has lists
+            why = _faiss_why(e)
+            raise FaceSearchError(f"cannot train index {factory!r} on {len(allx)} faces: {why}. Use --index auto "
+                                  "(exact search until the gallery is large) or fewer lists") from None
     for ids, x in chunks:
         index.add(ids, x)
     if isinstance(index, FaissIndex) and index.nprobe is not None and chunks:

@@ -305,6 +305,7 @@ class FaceSearch:
             net = encoder.load(model_dir, dev)
             if net.config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
+            vindex.check_factory(index, net.config.embedding_dim)
             key = model_key(net.config, model_dir)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 if model is None:  # the gallery's own model directory holds other weights now

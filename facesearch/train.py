@@ -123,6 +123,8 @@ class TrainOptions:
     #: seconds for the whole run (decode, train, calibrate, save); None: run all epochs
     time_budget: float | None = None
     resume: bool = False
+    #: write over a model already in ``out`` (a gallery it embedded then needs ``reindex --model``)
+    overwrite: bool = False
     keep_checkpoint: bool = False
     #: identity names never used (neither for training nor calibration)
     exclude_people: frozenset[str] = frozenset()
@@ -290,7 +292,7 @@ def split_identities(folder: ImageFolder, options: TrainOptions) -> Split:
         raise TrainingError(
             f"only {len(train)} training identities with >= {options.min_images} images in {options.data} "
             f"(after include/exclude and holding out {len(cal)} for calibration); "
-            f"a batch needs P={options.identities_per_batch}"
+            f"a batch needs P={options.identities_per_batch} (set it with --pk P K)"
         )
     return Split(train, cal, len(names) - len(usable))
 
@@ -619,6 +621,10 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
         raise TrainingError("device cuda requested but CUDA is not available")
     if options.cuda_graph and device.type != "cuda":
         raise TrainingError(f"cuda_graph needs a CUDA device, not {device}")
+    if (out / encoder.CONFIG_FILE).exists() and not (options.resume or options.overwrite):
+        raise TrainingError(
+            f"{out} holds a model already; choose another --out, or pass --overwrite to replace it (a gallery "
+            f"it embedded then needs `facesearch reindex --model {out}`)")
     amp_dtype = _amp_dtype(options, device)
     if options.cuda_graph and amp_dtype == torch.float16:
         raise TrainingError(f"cuda_graph needs bf16 or fp32, and amp={options.amp} means fp16 on {device} "
@@ -779,7 +785,7 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
                     )
             if bar:
                 if step % log_every == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", pair_acc=f"{acc:.3f}", thr=f"{threshold_ema:.3f}",
+                    bar.set_postfix(loss=f"{loss.detach().item():.4f}", pair_acc=f"{acc:.3f}", thr=f"{threshold_ema:.3f}",
                                     lr=f"{options.lr * f:.2e}")
                 bar.update(1)
             if budget is not None and train_s >= budget:

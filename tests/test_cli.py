@@ -176,3 +176,13 @@ def test_database_and_home_problems_are_messages_not_tracebacks(tmp_path, model_
         assert message in r.output and "Traceback" not in r.output and r.exception.__class__ is SystemExit
     assert (not_db / "facesearch.db").read_bytes().startswith(b"this is not")
     assert not (tmp_path / "h1").exists() or not any((tmp_path / "h1").iterdir())
+
+
+def test_a_bad_index_option_is_refused_before_any_work(run, tmp_path, gallery_src):
+    """--index is checked when the gallery is opened; an IVF with more lists than faces says why."""
+    r = run("--index", "bogus", "info", ok=False)
+    assert r.exit_code == 1 and "--index 'bogus' is not an index FAISS can build" in r.output
+    run("enroll", "-i", "Bill_Gates", *map(str, sorted((gallery_src / "Bill_Gates").iterdir())))
+    r = run("--index", "IVF64,Flat", "reindex", ok=False)
+    assert r.exit_code == 1 and "cannot train index 'IVF64,Flat' on 4 faces" in r.output and "Traceback" not in r.output
+    assert "index rebuilt: 4 faces, Flat" in run("reindex").output  # the gallery is fine

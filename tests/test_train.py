@@ -179,6 +179,17 @@ def test_resume_refuses_a_checkpoint_of_other_data(trained, people):
 
 
 @needs_lfw
+def test_a_model_in_out_is_not_replaced_unless_asked(trained, people):
+    """Training into a directory that holds a model would silently change the weights a gallery was
+    embedded with; it is refused before any work, and the model stays as it was."""
+    opts, _, _ = trained
+    before = (Path(opts.out) / "weights.pt").read_bytes()
+    with pytest.raises(TrainingError, match="holds a model already.*--overwrite"):
+        run(tiny_options(opts.out, people, epochs=1), progress=False)
+    assert (Path(opts.out) / "weights.pt").read_bytes() == before
+
+
+@needs_lfw
 def test_excluded_people_are_never_used(people):
     folder = ImageFolder(LFW_ZIP)
     excluded = frozenset(sorted(people)[::2])
