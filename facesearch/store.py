@@ -148,6 +148,24 @@ def validate_identity(name: str) -> str:
     return name
 
 
+def _nfc(name: str) -> str:
+    """One form for names that look the same: macOS writes folder names decomposed (e + combining
+    accent), keyboards type them composed. New identities are stored in NFC."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
+def _spellings(name: str) -> list[str]:
+    """``name``, its NFC form, its NFD form (a gallery from before names were normalised may hold
+    either): the first one stored is the identity meant."""
+    return list(dict.fromkeys([name, _nfc(name), unicodedata.normalize("NFD", name)]))
+
+
+def _find_identity(s: Session, name: str) -> "Identity | None":
+    forms = _spellings(name)
+    found = {i.name: i for i in s.scalars(select(Identity).where(Identity.name.in_(forms)))}
+    return next((found[f] for f in forms if f in found), None)
+
+
 @dataclass(frozen=True)
 class FaceInfo:
     face_id: int
@@ -478,11 +496,15 @@ class Store:
             raise ValueError("one detection (or None) per face")
         with self.Session.begin() as s:
             names = {f[0] for f in faces}
-            ids = {n: i for n, i in s.execute(select(Identity.name, Identity.id).where(Identity.name.in_(names)))}
-            new = [Identity(name=validate_identity(n)) for n in sorted(names - ids.keys())]
+            stored = dict(s.execute(select(Identity.name, Identity.id)
+                                    .where(Identity.name.in_({f for n in names for f in _spellings(n)}))).all())
+            # each name -> the identity stored under one of its spellings, else a new one (in NFC)
+            ids = {n: next((stored[f] for f in _spellings(n) if f in stored), None) for n in names}
+            new = [Identity(name=validate_identity(n)) for n in sorted({_nfc(n) for n, i in ids.items() if i is None})]
             s.add_all(new)
             s.flush()  # one flush for all new identities (a flush each made 1M-face inserts 3x slower)
-            ids.update({i.name: i.id for i in new})
+            created = {i.name: i.id for i in new}
+            ids = {n: i if i is not None else created[_nfc(n)] for n, i in ids.items()}
             rows = [
                 Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
                      embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop, detection=det)
@@ -585,16 +607,16 @@ class Store:
 
     def identity_faces(self, name: str) -> list[FaceInfo]:
         with self.Session() as s:
-            ident = s.scalar(select(Identity).where(Identity.name == name))
+            ident = _find_identity(s, name)
             if ident is None:
                 raise UnknownIdentityError(f"no identity named {name!r}")
-            return [FaceInfo(f.id, name, f.source) for f in sorted(ident.faces, key=lambda f: f.id)]
+            return [FaceInfo(f.id, ident.name, f.source) for f in sorted(ident.faces, key=lambda f: f.id)]
 
     def rename_identity(self, old: str, new: str) -> None:
-        validate_identity(new)
+        new = _nfc(validate_identity(new))
         try:
             with self.Session.begin() as s:
-                ident = s.scalar(select(Identity).where(Identity.name == old))
+                ident = _find_identity(s, old)
                 if ident is None:
                     raise UnknownIdentityError(f"no identity named {old!r}")
                 ident.name = new
@@ -606,7 +628,7 @@ class Store:
     def remove_identity(self, name: str) -> tuple[list[int], int]:
         """Delete an identity and its faces; returns the removed face ids and the new revision."""
         with self.Session.begin() as s:
-            ident = s.scalar(select(Identity).where(Identity.name == name))
+            ident = _find_identity(s, name)
             if ident is None:
                 raise UnknownIdentityError(f"no identity named {name!r}")
             face_ids = list(s.scalars(select(Face.id).where(Face.identity_id == ident.id)))

@@ -91,6 +91,26 @@ def test_every_change_gets_a_new_random_id_and_databases_differ(store, tmp_path)
         other.close()
 
 
+def test_names_that_look_the_same_are_one_identity(store):
+    """macOS folder names are decomposed (e + U+0301), typed names composed: one person, one identity,
+    found under either spelling; a gallery that stored the decomposed form keeps using it."""
+    mid = add_model(store)
+    nfd, nfc = "Jose\u0301 Ramos", "Jos\u00e9 Ramos"
+    store.add_faces(mid, [(nfd, "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+    store.add_faces(mid, [(nfc, "2.png", "2" * 64, emb(0, 1, 0, 0), None)])
+    assert [(i.name, i.faces) for i in store.identities()] == [(nfc, 2)]
+    assert [f.face_id for f in store.identity_faces(nfd)] == [f.face_id for f in store.identity_faces(nfc)]
+    with store.engine.begin() as conn:  # a gallery from before: the decomposed spelling is stored
+        conn.execute(text("INSERT INTO identities (name, created_at) VALUES (:n, '2026-01-01')"),
+                     {"n": "Rene\u0301"})
+    store.add_faces(mid, [("Ren\u00e9", "3.png", "3" * 64, emb(0, 0, 1, 0), None)])
+    assert ("Rene\u0301", 1) in [(i.name, i.faces) for i in store.identities()]
+    store.rename_identity("Ren\u00e9", "Zo\u0065\u0308")  # renamed by its composed spelling, stored composed
+    assert "Zo\u00eb" in [i.name for i in store.identities()]
+    assert len(store.remove_identity(nfd)[0]) == 2
+    assert [i.name for i in store.identities()] == ["Zo\u00eb"]
+
+
 def test_downgrade_and_upgrade_round_trip(store):
     store.downgrade("base")
     assert store.current_revision() is None
