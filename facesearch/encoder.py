@@ -128,11 +128,23 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> En
         raise ModelFileError(f"{directory} is not a facesearch model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     config = ModelConfig.load(directory / CONFIG_FILE)
     model = Encoder(config)
+    path = directory / WEIGHTS_FILE
     try:
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's own text suggests weights_only=False, which would run code from the file: not said here
+        text = str(e)
+        if "WeightsUnpickler error:" in text:  # the unpickler's reason follows this marker
+            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        else:
+            detail = ([ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__])[0].split(". ")[0]
+        raise ModelFileError(f"cannot load weights from {path}: not a weights file facesearch can load safely "
+                             f"(damaged, or more than plain tensors: {detail or type(e).__name__})") from e
+    try:
         model.load_state_dict(state)
     except Exception as e:
-        raise ModelFileError(f"cannot load weights from {directory / WEIGHTS_FILE}: {e}") from e
+        raise ModelFileError(f"{path} does not fit the model in {directory / CONFIG_FILE}: "
+                             f"{' '.join(str(e).split())[:400]}") from e
     return model.to(device).eval()
 
 
