@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 
@@ -110,7 +112,11 @@ def format_identify(r) -> str:
     out.append(f"{'rank-1 identification rate':<{width}} {_pct(r.rank1)}")
     out.append(f"{'rank-5 identification rate':<{width}} {_pct(r.rank5)}")
     for key, v in r.dir_at_fpir.items():
-        out.append(f"{'DIR @ FPIR = ' + key:<{width}} {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
+        if v.get("measurable", True):
+            out.append(f"{'DIR @ FPIR = ' + key:<{width}} {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
+        else:
+            out.append(f"{'DIR @ FPIR = ' + key:<{width}} not measurable: needs at least "
+                       f"{math.ceil(1 / v['fpir'])} unknown probes, there are {r.n_unknown_probes}")
     if r.model_threshold is None:
         out.append(f"{'model threshold':<{width}} not calibrated")
     else:

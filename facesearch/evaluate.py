@@ -554,7 +554,8 @@ def evaluate_identify(
     dirs = {}
     for f in FPIRS:
         d, t = metrics.dir_at_fpir(top1[:nk], correct, top1[nk:], f)
-        dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t}
+        # an FPIR below 1 / (unknown probes) cannot be told from 0: the figure is then not a measurement
+        dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t, "measurable": len(unknown) * f >= 1}
     at_ops = {}
     for op in operating_points:
         t = float(op["threshold"])

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from facesearch import evaluate as ev
 from facesearch import metrics
+from facesearch.cli_evaluate import format_identify
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LFW = SHARED / "data" / "lfw"
@@ -260,6 +261,10 @@ def test_identify_end_to_end_through_the_service(model_dir):
     for v in r.dir_at_fpir.values():
         assert 0 <= v["dir"] <= r.rank1
     assert r.dir_at_fpir["1e-02"]["dir"] <= r.dir_at_fpir["1e-01"]["dir"]
+    # 20 unknown probes resolve an FPIR of 10% (2 false alarms), not 1%: the text says so
+    assert r.dir_at_fpir["1e-01"]["measurable"] and not r.dir_at_fpir["1e-02"]["measurable"]
+    text = format_identify(r)
+    assert "DIR @ FPIR = 1e-02" in text and "not measurable: needs at least 100 unknown probes, there are 20" in text
     assert r.model_threshold == pytest.approx(0.3)
     assert 0 <= r.unknown_rejected <= 1 and r.dir_at_model_threshold <= r.rank1
     json.dumps(r.summary())
