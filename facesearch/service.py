@@ -435,10 +435,9 @@ class FaceSearch:
             active = self.store.active_model()
             target = next((m for m, _ in others if active is None or m.id != active.id), others[0][0])
             raise ModelMismatchError(
-                f"the {total} enrolled faces were embedded by more than one model: {counts}; a "
-                f"`facesearch reindex --model` is running or did not finish. When none is running, run "
-                f"`facesearch reindex --model "
-                f"{_where(target.location)}` to finish it (faces done already are not done again).")
+                f"the {total} enrolled faces were embedded by more than one model: {counts} (an "
+                f"interrupted `reindex --model` of an earlier facesearch, which wrote in place?). Run `facesearch reindex "
+                f"--model {_where(target.location)}` to embed them all with one model.")
 
     def index(self) -> vindex.VectorIndex:
         """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
@@ -853,27 +852,33 @@ class FaceSearch:
             key = model_key(net.config, model_dir)
             rec = self.store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir),
                                             str(model_dir))
+            # The new embeddings are staged beside the faces: until the switch the gallery keeps its
+            # model and embeddings, and other processes go on searching and enrolling. What they add
+            # meanwhile is picked up by the next pass; the switch is one transaction, made only when
+            # every face has a new embedding. An interrupted run leaves the gallery as it was, and
+            # running it again skips the faces staged already. Asked for the gallery's own model,
+            # every face is embedded again.
+            before = self.model, self.model_key, self.model_id
             self.model, self.model_key, self.model_id = net, key, rec.id
-            # Faces the new model embedded already (an interrupted run) are not done again. The old
-            # model stays the gallery's model until every face is done, so other processes keep
-            # enrolling meanwhile; what they add is picked up by the next pass, and the switch is
-            # one transaction that happens only when no face of another model is left.
-            # Asked for the gallery's own model, every face is embedded again.
-            active = self.store.active_model()
-            everything = active is not None and active.id == rec.id
-            while True:
-                reembedded += self._reembed_pass(rec.id, progress, everything)
-                everything = False
-                if self.store.activate_if_complete(rec.id) == 0:
-                    break
+            try:
+                active = self.store.active_model()
+                everything = active is not None and active.id == rec.id
+                while True:
+                    reembedded += self._reembed_pass(rec.id, progress, everything)
+                    everything = False
+                    if self.store.switch_model(rec.id) == 0:
+                        break
+            except BaseException:
+                self.model, self.model_key, self.model_id = before
+                raise
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
 
     def _reembed_pass(self, model_id: int, progress: Progress | None, everything: bool = False) -> int:
-        """Re-embed, with the current model, every face another model embedded (or every face);
-        returns how many."""
+        """Embed, with the current model, every face that model neither embedded nor has a staged
+        embedding of (or every face), and stage the results; returns how many."""
         done, missing = 0, []
-        for chunk in self.store.iter_crops(not_model=None if everything else model_id):
+        for chunk in self.store.iter_crops(pending_for=None if everything else model_id):
             crops, fids = [], []
             for fid, source, png, found in chunk:
                 try:
@@ -889,7 +894,7 @@ class FaceSearch:
                     missing.append(Failure(source, str(e)))
             if missing:
                 break
-            self.store.replace_embeddings(model_id, list(zip(fids, self._embed_crops(crops))))
+            self.store.stage_embeddings(model_id, list(zip(fids, self._embed_crops(crops))))
             done += len(fids)
             if progress is not None:
                 progress(len(chunk))

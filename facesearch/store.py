@@ -33,6 +33,7 @@ from sqlalchemy import (
     MetaData,
     String,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -119,6 +120,16 @@ class Face(Base):
     detection: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # None: SQL NULL
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class StagedEmbedding(Base):
+    """A face's embedding by a model the gallery is switching to (``reindex --model``), kept apart until
+    every face has one; then copied into ``faces`` in one transaction."""
+
+    __tablename__ = "staged_embeddings"
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class IndexState(Base):
@@ -442,21 +453,51 @@ class Store:
             s.execute(update(ModelRecord).where(ModelRecord.id == model_id).values(active=True))
             self._bump(s)
 
-    def activate_if_complete(self, model_id: int) -> int:
-        """Make ``model_id`` the gallery's model if it embedded every face, in one transaction; else
-        change nothing. Returns how many faces another model embedded (0: switched). Together with
-        the check in :meth:`add_faces` no face of the old model can be added after the switch."""
+    # ---- switching models (reindex --model) ------------------------------------------------
+    def stage_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Keep ``(face_id, embedding)`` of model ``model_id`` beside the faces, for :meth:`switch_model`.
+        The gallery does not change (no new revision): searches go on with its current embeddings."""
+        ids = [int(f) for f, _ in updates]
+        with self.Session.begin() as s:
+            s.execute(delete(StagedEmbedding).where(StagedEmbedding.model_id == model_id,
+                                                    StagedEmbedding.face_id.in_(ids)))
+            s.add_all([StagedEmbedding(face_id=int(f), model_id=model_id,
+                                       embedding=np.ascontiguousarray(e, dtype="<f4").tobytes()) for f, e in updates])
+
+    def unstage(self, model_id: int | None = None) -> None:
+        """Drop staged embeddings (of one model, or all)."""
+        with self.Session.begin() as s:
+            q = delete(StagedEmbedding)
+            s.execute(q.where(StagedEmbedding.model_id == model_id) if model_id is not None else q)
+
+    def count_staged(self, model_id: int) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(StagedEmbedding)
+                                .where(StagedEmbedding.model_id == model_id)))
+
+    def switch_model(self, model_id: int) -> int:
+        """Make ``model_id`` the gallery's model in one transaction, if every face is embedded by it or
+        has an embedding staged for it: the staged ones replace the faces' embeddings, the staging
+        table is emptied. Else nothing changes. Returns how many faces lack one (0: switched).
+        Together with the check in :meth:`add_faces` no face of the old model is added after it."""
 
         class _Left(Exception):
             pass
 
+        staged = select(StagedEmbedding.embedding).where(StagedEmbedding.face_id == Face.id,
+                                                         StagedEmbedding.model_id == model_id)
         try:
             with self.Session.begin() as s:
                 s.execute(update(ModelRecord).values(active=False))  # takes the write lock first
                 s.execute(update(ModelRecord).where(ModelRecord.id == model_id).values(active=True))
-                left = int(s.scalar(select(func.count(Face.id)).where(Face.model_id != model_id)))
+                left = int(s.scalar(select(func.count(Face.id)).where(Face.model_id != model_id,
+                                                                         ~staged.exists())))
                 if left:
                     raise _Left(left)
+                s.execute(update(Face).where(staged.exists())
+                          .values(embedding=staged.scalar_subquery(), model_id=model_id)
+                          .execution_options(synchronize_session=False))
+                s.execute(delete(StagedEmbedding))
                 self._bump(s)
         except _Left as e:
             return e.args[0]
@@ -557,16 +598,18 @@ class Store:
                 out.update({fid: FaceInfo(fid, name, src) for fid, name, src in rows})
         return out
 
-    def iter_crops(self, chunk: int = 256, not_model: int | None = None
+    def iter_crops(self, chunk: int = 256, pending_for: int | None = None
                    ) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
         """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding (with
-        ``not_model``: only faces that another model embedded)."""
+        ``pending_for``: only faces that model neither embedded nor has a staged embedding of)."""
         last = 0
         with self.Session() as s:
             while True:
                 q = select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
-                if not_model is not None:
-                    q = q.where(Face.model_id != not_model)
+                if pending_for is not None:
+                    staged = select(StagedEmbedding.face_id).where(StagedEmbedding.face_id == Face.id,
+                                                                   StagedEmbedding.model_id == pending_for)
+                    q = q.where(Face.model_id != pending_for, ~staged.exists())
                 rows = s.execute(q.order_by(Face.id).limit(chunk)).all()
                 if not rows:
                     return

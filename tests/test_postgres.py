@@ -16,7 +16,7 @@ from facesearch.errors import FaceSearchError, InvalidIdentityError, UnknownIden
 from facesearch.store import Base, Store, alembic_config
 from tests import pg
 from tests.conftest import PEOPLE
-from tests.test_store import add_model, emb  # the same tiny model and vectors as the SQLite tests
+from tests.test_store import add_model, check_switch_model, emb  # the same tiny model and vectors as SQLite
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL tests")
 
@@ -239,3 +239,7 @@ def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, galler
             assert rep2.added == 1
             hit = fs1.query(probe, top_k=1)
             assert hit.identity == "Tony_Blair" and hit.matches[0].face_id == rep2.face_ids[0]
+
+
+def test_switch_model_copies_staged_embeddings_only_when_complete(store):
+    check_switch_model(store)  # the correlated UPDATE and the cascades, on PostgreSQL

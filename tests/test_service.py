@@ -307,11 +307,38 @@ def test_another_model_is_refused_until_reindex(tmp_path, model_dir, other_model
         FaceSearch.open(home=home, model=model_dir)
 
 
-def test_an_interrupted_reindex_is_named_and_finished_where_it_stopped(tmp_path, model_dir, other_model_dir,
-                                                                      gallery_src):
-    """A `reindex --model` killed half-way leaves half the faces embedded by the new model (the old one
-    stays the gallery's). The gallery then says which reindex to finish, `info` still answers, and
-    finishing it re-embeds only the other half."""
+def test_an_interrupted_reindex_leaves_the_gallery_as_it_was_and_is_finished_where_it_stopped(
+        tmp_path, model_dir, other_model_dir, gallery_src):
+    """A `reindex --model` killed half-way has staged half the new embeddings. The gallery still answers
+    with its model and embeddings (other processes never see a mix), and running the reindex again
+    embeds only the other half."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    probe = g / "Bill_Gates" / "Bill_Gates_0001.webp"
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        total = fs.enroll_folder(g).added
+        before = fs.query(probe)
+        revision = fs.store.revision()
+    with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
+        rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
+        half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
+        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in half])
+        fs.store.stage_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])  # what the killed run did
+    with FaceSearch.open(home=home) as fs:
+        assert fs.store.revision() == revision and fs.info()["index"]["size"] == total
+        assert fs.query(probe).matches == before.matches
+    with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
+        assert fs.reindex(model=other_model_dir)["reembedded"] == total - total // 2
+        assert fs.store.count_staged(rec.id) == 0
+    with FaceSearch.open(home=home) as fs:
+        assert fs.config.name == "test-other" and fs.store.count_faces(fs.model_id) == total
+        assert fs.query(probe).matches[0].distance == pytest.approx(0, abs=1e-5)
+
+
+def test_a_gallery_mixed_by_an_older_reindex_names_the_one_to_run(tmp_path, model_dir, other_model_dir,
+                                                                  gallery_src):
+    """Earlier versions wrote new embeddings in place: a gallery they left half-done says which
+    `reindex --model` embeds it all with one model again, and `info` still answers."""
     home = tmp_path / "home"
     g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
     with FaceSearch.open(home=home, model=model_dir) as fs:
@@ -319,20 +346,15 @@ def test_an_interrupted_reindex_is_named_and_finished_where_it_stopped(tmp_path,
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
         half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
-        from facesearch import images as im
-        embs = fs._embed_crops([im.prepare(im.decode(png), fs.config) for _, _, png, _ in half])
-        fs.store.replace_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])  # what the killed run wrote
+        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in half])
+        fs.store.replace_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])
     with FaceSearch.open(home=home) as fs:
         hint = f"reindex --model {other_model_dir.resolve()}"
-        with pytest.raises(ModelMismatchError, match="running or did not finish") as e:
+        with pytest.raises(ModelMismatchError, match="more than one model") as e:
             fs.query(g / "Bill_Gates" / "Bill_Gates_0001.webp")
-        assert hint in str(e.value)
-        assert hint in fs.info()["index"]["error"]
+        assert hint in str(e.value) and hint in fs.info()["index"]["error"]
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         assert fs.reindex(model=other_model_dir)["reembedded"] == total - total // 2
-    with FaceSearch.open(home=home) as fs:
-        assert fs.config.name == "test-other" and fs.store.count_faces(fs.model_id) == total
-        assert fs.query(g / "Bill_Gates" / "Bill_Gates_0001.webp").matches[0].distance == pytest.approx(0, abs=1e-5)
 
 
 def test_enrolling_while_reindex_switches_models_never_mixes_them(tmp_path, model_dir, other_model_dir,

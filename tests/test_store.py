@@ -91,6 +91,33 @@ def test_every_change_gets_a_new_random_id_and_databases_differ(store, tmp_path)
         other.close()
 
 
+def check_switch_model(store):
+    """Staged embeddings replace the faces' only when every face has one, in one transaction; until then
+    nothing changes (not even the revision). Shared with the PostgreSQL tests."""
+    old = add_model(store)
+    new = store.register_model("m@2", dict(store.active_model().config), "1" * 64, "/elsewhere").id
+    ids, _ = store.add_faces(old, [("a", f"{i}.png", f"{i:064x}", emb(1, i, 0, 0), None) for i in range(3)])
+    rev = store.revision()
+    store.stage_embeddings(new, [(ids[0], emb(0, 0, 1, 0)), (ids[1], emb(0, 0, 0, 1))])
+    store.stage_embeddings(new, [(ids[1], emb(0, 1, 1, 0))])  # staged again: replaced, not added
+    assert store.count_staged(new) == 2 and store.revision() == rev
+    assert store.switch_model(new) == 1  # ids[2] has none yet: nothing changes
+    assert store.active_model().id == old and store.revision() == rev and store.count_faces(old) == 3
+    assert [len(c) for c in store.iter_crops(pending_for=new)] == [1]
+    store.stage_embeddings(new, [(ids[2], emb(1, 1, 1, 1))])
+    assert store.switch_model(new) == 0
+    assert store.active_model().id == new and store.revision() == rev + 1 and store.count_faces(new) == 3
+    np.testing.assert_allclose(store.embeddings(ids), [emb(0, 0, 1, 0), emb(0, 1, 1, 0), emb(1, 1, 1, 1)])
+    assert store.count_staged(new) == 0
+    store.stage_embeddings(old, [(ids[0], emb(1, 0, 0, 0))])
+    store.remove_faces([ids[0]])  # a removed face takes its staged embedding with it
+    assert store.count_staged(old) == 0
+
+
+def test_switch_model_copies_staged_embeddings_only_when_complete(store):
+    check_switch_model(store)
+
+
 def test_names_that_look_the_same_are_one_identity(store):
     """macOS folder names are decomposed (e + U+0301), typed names composed: one person, one identity,
     found under either spelling; a gallery that stored the decomposed form keeps using it."""
