@@ -46,7 +46,7 @@ from facesearch.errors import (
     ModelFileError,
     ModelMismatchError,
 )
-from facesearch.store import Store, validate_identity
+from facesearch.store import Store, nfc_name, validate_identity
 
 log = logging.getLogger("facesearch")
 
@@ -147,6 +147,40 @@ class EnrollReport:
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)
+
+
+class _EnrollRun:
+    """One enroll call's bookkeeping of content seen twice: a later copy of a file is reported like its
+    first copy (skipped as enrolled by that identity, or failed with the same reason), once known."""
+
+    def __init__(self, report: EnrollReport):
+        self.report = report
+        self.first: dict[str, str] = {}  # content hash -> identity of its first copy in this run
+        self.outcome: dict[str, tuple[str, str]] = {}  # hash -> ("enrolled", identity) | ("failed", reason)
+        self.waiting: dict[str, list[tuple[str, str]]] = {}  # hash -> later copies (source, asked)
+
+    def skip(self, source: str, asked: str, has: str) -> None:
+        self.report.skipped.append((source, has))
+        if nfc_name(has) != nfc_name(asked):  # the same name in another Unicode form is the same identity
+            self.report.elsewhere.append((source, asked, has))
+
+    def same_as_first(self, sha: str, source: str, asked: str) -> None:
+        if sha in self.outcome:
+            self._report(sha, source, asked)
+        else:
+            self.waiting.setdefault(sha, []).append((source, asked))
+
+    def settle(self, sha: str, outcome: tuple[str, str]) -> None:
+        self.outcome[sha] = outcome
+        for source, asked in self.waiting.pop(sha, []):
+            self._report(sha, source, asked)
+
+    def _report(self, sha: str, source: str, asked: str) -> None:
+        kind, value = self.outcome[sha]
+        if kind == "failed":
+            self.report.failed.append(Failure(source, value))
+        else:
+            self.skip(source, asked, value)
 
 
 def _png(chw_uint8: np.ndarray) -> bytes:
@@ -548,7 +582,7 @@ class FaceSearch:
         """
         report = EnrollReport()
         self.index()  # bring the index in sync first so the change below applies in place
-        seen: dict[str, str] = {}  # content hash -> the identity it is enrolled as in this run
+        run = _EnrollRun(report)
         bad_identity: dict[str, str] = {}
 
         def fetch(item):
@@ -595,21 +629,21 @@ class FaceSearch:
                     png = _png(crop)  # encoded here, in the reader threads
                 return ident, source, sha, (crop, png, found), None
             except InvalidImageError as e:
-                return ident, source, None, None, str(e).removeprefix(f"{source}: ")
+                return ident, source, sha, None, str(e).removeprefix(f"{source}: ")
             except OSError as e:
-                return ident, source, None, None, f"cannot decode: {e.strerror or e}"
+                return ident, source, sha, None, f"cannot decode: {e.strerror or e}"
 
         # one batch is embedded and stored while the next one is read, checked and decoded
         with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool, self._embed_threads():
             pending = None
             for batch in _batched(items, batch_size):
-                new = self._triage(list(pool.map(fetch, batch)), report, seen)
+                new = self._triage(list(pool.map(fetch, batch)), run)
                 fut = [pool.submit(prepare, f) for f in new]
                 if pending is not None:
-                    self._enroll_batch(*pending, report, progress)
+                    self._enroll_batch(*pending, run, progress)
                 pending = (len(batch), fut)
             if pending is not None:
-                self._enroll_batch(*pending, report, progress)
+                self._enroll_batch(*pending, run, progress)
         self.flush()
         return report
 
@@ -628,40 +662,40 @@ class FaceSearch:
             self._tuner = None
             torch.set_num_threads(before)
 
-    def _triage(self, fetched, report: EnrollReport, seen: dict[str, str]) -> list:
-        """Report unreadable items, and skip content seen earlier in this run or enrolled already
-        (the store is asked once per batch); return the items still to decode and store."""
-        def skip(source, asked, has):
-            report.skipped.append((source, has))
-            if has != asked:
-                report.elsewhere.append((source, asked, has))
-
+    def _triage(self, fetched, run: "_EnrollRun") -> list:
+        """Report unreadable items, and skip content enrolled already (the store is asked once per
+        batch) or seen earlier in this run (settled once that first copy is stored or has failed);
+        return the items still to decode and store."""
         fresh = []
         for item in fetched:
             ident, source, _, sha, err = item
             if err is not None:
-                report.failed.append(Failure(source, err))
-            elif sha in seen:
-                skip(source, ident, seen[sha])
+                run.report.failed.append(Failure(source, err))
+            elif sha in run.first:
+                run.same_as_first(sha, source, ident)
             else:
-                seen[sha] = ident
+                run.first[sha] = ident
                 fresh.append(item)
         known = self.store.known_hashes([f[3] for f in fresh]) if fresh else {}
         for ident, source, _, sha, _ in fresh:
             if sha in known:
-                skip(source, ident, known[sha])
+                run.settle(sha, ("enrolled", known[sha]))
+                run.skip(source, ident, known[sha])
         return [f for f in fresh if f[3] not in known]
 
-    def _enroll_batch(self, n_items: int, futures, report: EnrollReport, progress: Progress | None) -> None:
+    def _enroll_batch(self, n_items: int, futures, run: "_EnrollRun", progress: Progress | None) -> None:
         todo = []
         for f in futures:
             ident, source, sha, crop, err = f.result()
             if err is not None:
-                report.failed.append(Failure(source, err))
+                run.report.failed.append(Failure(source, err))
+                run.settle(sha, ("failed", err))
             else:
                 todo.append((ident, source, sha, crop))
         if todo:
-            self._store_faces(todo, report)
+            self._store_faces(todo, run.report)
+            for ident, _, sha, _ in todo:
+                run.settle(sha, ("enrolled", ident))
         if progress is not None:
             progress(n_items)
 

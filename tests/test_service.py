@@ -111,6 +111,35 @@ def test_two_databases_sharing_a_home_never_share_an_index(gallery_src, model_di
         np.testing.assert_allclose([m.distance for m in res.matches], 1.0 - stored @ q, atol=1e-5)
 
 
+def test_copies_of_a_file_are_reported_like_the_first_copy(fs, gallery_src, tmp_path):
+    """Within one run a later copy of the same bytes is settled by its first copy: failed with the
+    same reason when that one failed, skipped as the first copy's identity when it was enrolled."""
+    g = tmp_path / "g"
+    good = sorted((gallery_src / "Bill_Gates").iterdir())[0]
+    for who in ("Alice", "Bob"):
+        (g / who).mkdir(parents=True)
+        (g / who / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+        shutil.copy(good, g / who / "good.webp")
+    rep = fs.enroll_folder(g)
+    assert rep.added == 1 and rep.identities == {"Alice"}
+    assert sorted(f.source.split("/")[-2] for f in rep.failed) == ["Alice", "Bob"]
+    assert len({f.reason for f in rep.failed}) == 1
+    assert rep.skipped == [(str(g / "Bob" / "good.webp"), "Alice")]
+    assert rep.elsewhere == [(str(g / "Bob" / "good.webp"), "Bob", "Alice")]
+
+
+def test_a_name_in_another_unicode_form_is_not_another_identity(fs, gallery_src, tmp_path):
+    nfd = "Jose\u0301_Ramos"  # how macOS writes the folder name
+    g = tmp_path / "g"
+    (g / nfd).mkdir(parents=True)
+    for f in sorted((gallery_src / "Bill_Gates").iterdir())[:2]:
+        shutil.copy(f, g / nfd / f.name)
+    assert fs.enroll_folder(g).added == 2
+    again = fs.enroll_folder(g)
+    assert again.added == 0 and len(again.skipped) == 2 and again.elsewhere == []
+    assert [i.name for i in fs.identities()] == ["Jos\u00e9_Ramos"]
+
+
 def _zip_of(dest: Path, files: dict[str, bytes]) -> Path:
     import zipfile
 
