@@ -408,7 +408,7 @@ def db():
     """Schema migrations. facesearch also upgrades the schema itself when it opens a database."""
 
 
-def _store(app: App, upgrade: bool):
+def _store(app: App, upgrade: bool, must_exist: bool = False):
     import os
 
     from facesearch.service import DB_FILE, default_home
@@ -416,6 +416,8 @@ def _store(app: App, upgrade: bool):
 
     home = app.home or default_home()
     url = app.db or os.environ.get("FACESEARCH_DB") or f"sqlite:///{Path(home).expanduser() / DB_FILE}"
+    if must_exist and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise FaceSearchError(f"no gallery at {url[len('sqlite:///'):]} (check --home or --db)")
     return Store.open(url, upgrade=upgrade)
 
 
@@ -436,7 +438,7 @@ def db_upgrade(app: App, revision):
 @click.pass_obj
 def db_current(app: App):
     """Print the schema revision of the database and the newest one this facesearch knows."""
-    store = _store(app, upgrade=False)
+    store = _store(app, upgrade=False, must_exist=True)
     try:
         click.echo(f"current: {store.current_revision()}  head: {store.head_revision()}")
     finally:
@@ -455,7 +457,7 @@ def db_backup(app: App, dest, as_json):
     (facesearch --home NEW ...) or open it with --db sqlite:///DEST. A model directory other
     than the built-in one is not in the copy: keep it too. PostgreSQL: use pg_dump.
     """
-    store = _store(app, upgrade=False)
+    store = _store(app, upgrade=False, must_exist=True)
     try:
         r = store.backup(dest)
     finally:

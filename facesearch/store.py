@@ -159,7 +159,7 @@ def validate_identity(name: str) -> str:
     return name
 
 
-def _nfc(name: str) -> str:
+def nfc_name(name: str) -> str:
     """One form for names that look the same: macOS writes folder names decomposed (e + combining
     accent), keyboards type them composed. New identities are stored in NFC."""
     return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
@@ -168,7 +168,7 @@ def _nfc(name: str) -> str:
 def _spellings(name: str) -> list[str]:
     """``name``, its NFC form, its NFD form (a gallery from before names were normalised may hold
     either): the first one stored is the identity meant."""
-    return list(dict.fromkeys([name, _nfc(name), unicodedata.normalize("NFD", name)]))
+    return list(dict.fromkeys([name, nfc_name(name), unicodedata.normalize("NFD", name)]))
 
 
 def _find_identity(s: Session, name: str) -> "Identity | None":
@@ -268,8 +268,9 @@ class Store:
 
         try:
             shown = make_url(url).render_as_string(hide_password=True)
-        except ArgumentError as e:
-            raise FaceSearchError(f"{url!r} is not a database URL ({e})") from None
+        except (ArgumentError, ValueError) as e:  # not echoed: the URL may hold a password
+            raise FaceSearchError(f"the database URL is not valid ({type(e).__name__}: "
+                                  f"{str(e).replace(url, '<url>')[:200]})") from None
         path = _sqlite_path(url)
         try:
             if path is not None:
@@ -377,38 +378,48 @@ class Store:
             raise FaceSearchError(f"{dest.parent}: no such directory")
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        if self.current_revision() is None:
+            raise FaceSearchError(f"{self.engine.url.database} holds no facesearch gallery: nothing to back up")
         try:
-            raw = self.engine.raw_connection()
-            try:
-                target = sqlite3.connect(tmp)
-                try:
-                    raw.driver_connection.backup(target)  # all pages in one step: one snapshot
-                    target.execute("PRAGMA journal_mode=DELETE")
-                    check = target.execute("PRAGMA integrity_check").fetchone()[0]
-                    faces = target.execute("SELECT count(*) FROM faces").fetchone()[0]
-                    identities = target.execute("SELECT count(*) FROM identities").fetchone()[0]
-                    schema = target.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-                finally:
-                    target.close()
-            finally:
-                raw.close()
-            if check != "ok":
-                raise FaceSearchError(f"the backup failed SQLite's integrity check: {check}")
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, dest)  # fails rather than replace a file created meanwhile
-            except FileExistsError:
-                raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
-            except OSError:  # a file system without hard links
-                if dest.exists():
-                    raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
-                os.replace(tmp, dest)
+            counts = self._backup_to(tmp, dest)
+        except sqlite3.Error as e:
+            raise FaceSearchError(f"backup to {dest} failed: {e} (nothing was written there)") from None
         finally:
-            if tmp.exists():
-                os.unlink(tmp)
-        return {"path": str(dest), "bytes": dest.stat().st_size, "faces": faces, "identities": identities,
-                "schema": schema}
+            for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                if leftover.exists():
+                    os.unlink(leftover)
+        return {"path": str(dest), "bytes": dest.stat().st_size, **counts}
+
+    def _backup_to(self, tmp: Path, dest: Path) -> dict:
+        import sqlite3
+
+        raw = self.engine.raw_connection()
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                raw.driver_connection.backup(target)  # all pages in one step: one snapshot
+                target.execute("PRAGMA journal_mode=DELETE")
+                check = target.execute("PRAGMA integrity_check").fetchone()[0]
+                counts = {"faces": target.execute("SELECT count(*) FROM faces").fetchone()[0],
+                          "identities": target.execute("SELECT count(*) FROM identities").fetchone()[0],
+                          "schema": target.execute("SELECT version_num FROM alembic_version").fetchone()[0]}
+            finally:
+                target.close()
+        finally:
+            raw.close()
+        if check != "ok":
+            raise FaceSearchError(f"the backup failed SQLite's integrity check: {check}")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, dest)  # fails rather than replace a file created meanwhile
+        except FileExistsError:
+            raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
+        except OSError:  # a file system without hard links
+            if dest.exists():
+                raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup") from None
+            os.replace(tmp, dest)
+        return counts
 
     # ---- revision counter ---------------------------------------------------------------
     def revision(self) -> int:
@@ -541,11 +552,11 @@ class Store:
                                     .where(Identity.name.in_({f for n in names for f in _spellings(n)}))).all())
             # each name -> the identity stored under one of its spellings, else a new one (in NFC)
             ids = {n: next((stored[f] for f in _spellings(n) if f in stored), None) for n in names}
-            new = [Identity(name=validate_identity(n)) for n in sorted({_nfc(n) for n, i in ids.items() if i is None})]
+            new = [Identity(name=validate_identity(n)) for n in sorted({nfc_name(n) for n, i in ids.items() if i is None})]
             s.add_all(new)
             s.flush()  # one flush for all new identities (a flush each made 1M-face inserts 3x slower)
             created = {i.name: i.id for i in new}
-            ids = {n: i if i is not None else created[_nfc(n)] for n, i in ids.items()}
+            ids = {n: i if i is not None else created[nfc_name(n)] for n, i in ids.items()}
             rows = [
                 Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
                      embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop, detection=det)
@@ -555,9 +566,12 @@ class Store:
             s.flush()
             # checked after the writes, holding the write lock (SQLite) or the model row (PostgreSQL):
             # a `reindex --model` that switched models meanwhile makes this batch fail, not mix models
-            active = s.execute(select(ModelRecord.id, ModelRecord.key).where(ModelRecord.active.is_(True))
-                               .with_for_update()).first()
-            if active is not None and active.id != model_id:
+            # lock this batch's own model row by id: a switch that is not committed yet holds it, and
+            # once it commits the row is read again (a lock on "the active row" would miss the new one)
+            mine = s.execute(select(ModelRecord.active).where(ModelRecord.id == model_id).with_for_update()).scalar()
+            active = None if mine else s.execute(
+                select(ModelRecord.id, ModelRecord.key).where(ModelRecord.active.is_(True))).first()
+            if active is not None:
                 raise ModelMismatchError(
                     f"the gallery's model is now {active.key} (a `facesearch reindex --model` switched it "
                     "while these faces were being embedded); nothing of this batch was stored. Run the "
@@ -656,12 +670,15 @@ class Store:
             return [FaceInfo(f.id, ident.name, f.source) for f in sorted(ident.faces, key=lambda f: f.id)]
 
     def rename_identity(self, old: str, new: str) -> None:
-        new = _nfc(validate_identity(new))
+        new = nfc_name(validate_identity(new))
         try:
             with self.Session.begin() as s:
                 ident = _find_identity(s, old)
                 if ident is None:
                     raise UnknownIdentityError(f"no identity named {old!r}")
+                taken = _find_identity(s, new)
+                if taken is not None and taken.id != ident.id:
+                    raise InvalidIdentityError(f"an identity named {new!r} exists already")
                 ident.name = new
                 s.flush()
                 self._bump(s)

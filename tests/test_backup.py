@@ -105,3 +105,37 @@ def test_cli_backup_json(tmp_path, model_dir, gallery_src):
     assert out["faces"] == 2 and out["identities"] == 1 and (tmp_path / "b.db").is_file()
     r = runner.invoke(cli, args + ["db", "backup", str(tmp_path / "b.db")])
     assert r.exit_code == 1 and "exists" in r.output and "Traceback" not in r.output
+
+
+def test_a_failed_backup_leaves_nothing_and_a_missing_gallery_is_not_created(tmp_path):
+    """A disk that fills up during the copy (a file size limit, in a child process) gives a one-line
+    error and leaves no file behind; `db backup` of a home that does not exist creates no database."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO
+
+    home = tmp_path / "home"
+    store = Store.open(f"sqlite:///{home / DB_FILE}")
+    mid = add_model(store)
+    rng = np.random.default_rng(0)
+    store.add_faces(mid, [(f"p{i}", f"f{i}", f"{i:064x}", rng.normal(size=4).astype("f4"), os.urandom(4000))
+                          for i in range(300)])
+    store.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        from click.testing import CliRunner
+        from facesearch.cli import cli
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, resource.RLIM_INFINITY))
+        r = CliRunner().invoke(cli, ["--home", {str(home)!r}, "db", "backup", {str(out / "b.db")!r}])
+        print(r.exit_code, r.output.strip())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("1 Error: backup to") and "nothing was written there" in r.stdout, r.stdout + r.stderr
+    assert os.listdir(out) == []
+    r = CliRunner().invoke(cli, ["--home", str(tmp_path / "typo"), "db", "backup", str(out / "b.db")])
+    assert r.exit_code == 1 and "no gallery at" in r.output and not (tmp_path / "typo").exists()

@@ -167,13 +167,16 @@ def test_database_and_home_problems_are_messages_not_tracebacks(tmp_path, model_
     cases = [
         (["--home", str(not_db)], "cannot open database sqlite:///"),
         (["--home", str(tmp_path / "h1"), "--db", "nonsense://x"], "cannot use database nonsense://x"),
-        (["--home", str(tmp_path / "h2"), "--db", "::::"], "is not a database URL"),
+        (["--home", str(tmp_path / "h2"), "--db", "::::"], "the database URL is not valid"),
+        (["--home", str(tmp_path / "h3"), "--db", "postgresql+psycopg://bob:s3cret@h:5x432/g"],
+         "the database URL is not valid"),
         (["--home", str(a_file / "sub")], "cannot use " + str(a_file / "sub") + " as the facesearch home"),
     ]
     for args, message in cases:
         r = CliRunner().invoke(cli, args + ["--model", str(model_dir), "--device", "cpu", "info"])
         assert r.exit_code == 1, (args, r.output)
         assert message in r.output and "Traceback" not in r.output and r.exception.__class__ is SystemExit
+        assert "s3cret" not in r.output
     assert (not_db / "facesearch.db").read_bytes().startswith(b"this is not")
     assert not (tmp_path / "h1").exists() or not any((tmp_path / "h1").iterdir())
 

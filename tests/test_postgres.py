@@ -243,3 +243,52 @@ def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, galler
 
 def test_switch_model_copies_staged_embeddings_only_when_complete(store):
     check_switch_model(store)  # the correlated UPDATE and the cascades, on PostgreSQL
+
+
+def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(db_url):
+    """The race on PostgreSQL: `switch_model` has written but not committed when an enroll of the old
+    model stores a batch. The batch waits on the model row, reads it again after the commit, and is
+    refused; the gallery ends with one model."""
+    import threading
+    import time
+
+    from facesearch.errors import ModelMismatchError
+
+    reindexer, enroller = Store.open(db_url), Store.open(db_url)
+    try:
+        old = add_model(reindexer)
+        new = reindexer.register_model("m@2", dict(reindexer.active_model().config), "1" * 64, "/x").id
+        ids, _ = reindexer.add_faces(old, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), None)])
+        reindexer.stage_embeddings(new, [(ids[0], emb(0, 1, 0, 0))])
+        go, real_bump = threading.Event(), Store._bump
+
+        def bump_then_wait(s):  # hold switch_model's transaction open after its writes
+            r = real_bump(s)
+            go.wait(20)
+            return r
+
+        reindexer._bump = bump_then_wait
+        switched = []
+        t = threading.Thread(target=lambda: switched.append(reindexer.switch_model(new)))
+        t.start()
+        time.sleep(1.0)
+        result = {}
+
+        def enroll():
+            try:
+                result["ok"] = enroller.add_faces(old, [("b", "2.png", "2" * 64, emb(0, 0, 1, 0), None)])
+            except ModelMismatchError as e:
+                result["refused"] = str(e)
+
+        e = threading.Thread(target=enroll)
+        e.start()
+        time.sleep(1.0)
+        assert not result  # waiting on the model row
+        go.set()
+        t.join(20)
+        e.join(20)
+        assert switched == [0] and "refused" in result, result
+        assert [(m.key, n) for m, n in reindexer.faces_by_model()] == [("m@2", 1)]
+    finally:
+        reindexer.close()
+        enroller.close()

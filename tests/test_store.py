@@ -132,6 +132,10 @@ def test_names_that_look_the_same_are_one_identity(store):
                      {"n": "Rene\u0301"})
     store.add_faces(mid, [("Ren\u00e9", "3.png", "3" * 64, emb(0, 0, 1, 0), None)])
     assert ("Rene\u0301", 1) in [(i.name, i.faces) for i in store.identities()]
+    store.add_faces(mid, [("Bob", "4.png", "4" * 64, emb(1, 1, 0, 0), None)])
+    with pytest.raises(InvalidIdentityError, match="exists already"):  # René, in the other spelling
+        store.rename_identity("Bob", "Ren\u00e9")
+    store.remove_identity("Bob")
     store.rename_identity("Ren\u00e9", "Zo\u0065\u0308")  # renamed by its composed spelling, stored composed
     assert "Zo\u00eb" in [i.name for i in store.identities()]
     assert len(store.remove_identity(nfd)[0]) == 2
