@@ -38,16 +38,19 @@ class ImageFolder:
             self._zip = zipfile.ZipFile(self.root)
             members = [PurePosixPath(n).parts for n in self._zip.namelist()
                        if not n.endswith("/") and not n.startswith("__MACOSX/") and images.is_image_name(n)]
-            # the zip of a folder holds that folder (``people/<identity>/...``, like the LFW pack; or
-            # ``data/people/<identity>/...``), or only its contents (``<identity>/...``): identities
-            # are the level below the folders all members share
+            # the zip of a folder holds that folder (``people/<identity>/...``, like the LFW pack), or
+            # only its contents (``<identity>/...``). One top-level folder with folders in it is the
+            # root, read as a folder on disk is; one with only files is an identity
             skip = 0
-            while members and all(len(p) >= skip + 3 and p[skip] == members[0][skip] for p in members):
-                skip += 1
+            if members and len({p[0] for p in members}) == 1 and any(len(p) >= 3 for p in members):
+                skip = 1
             for parts in members:
                 rel = parts[skip:]
                 name = "/".join(parts)
-                if len(rel) < 2 or any(x.startswith(".") for x in rel):
+                if any(x.startswith(".") for x in rel):
+                    continue
+                if len(rel) < 2:
+                    self.ignored.append((name, "not in an identity folder: not enrolled"))
                     continue
                 if len(rel) > 2:
                     self.ignored.append((name, "in a sub-folder of an identity folder: not enrolled"))
@@ -55,7 +58,11 @@ class ImageFolder:
                 self.items.setdefault(rel[0], []).append(name)
         elif self.root.is_dir():
             for sub in sorted(self.root.iterdir()):
-                if not sub.is_dir() or sub.name.startswith("."):
+                if sub.name.startswith("."):
+                    continue
+                if not sub.is_dir():
+                    if images.is_image_name(sub.name):
+                        self.ignored.append((str(sub), "not in an identity folder: not enrolled"))
                     continue
                 files = []
                 for f in sorted(sub.iterdir()):

@@ -347,6 +347,9 @@ def check_factory(factory: str, dim: int) -> None:
     FAISS accepts for ``dim``-d vectors (checked before any work, not when the index is first built)."""
     if factory == "auto" or factory in ("TorchFlat-float16", "TorchFlat-float32"):
         return
+    if factory.upper().startswith("IDMAP"):
+        raise FaceSearchError(f"--index {factory!r}: leave IDMap out, facesearch maps face ids itself "
+                              "(e.g. --index Flat or HNSW32,Flat)")
     try:
         import faiss
     except ImportError:

@@ -459,6 +459,12 @@ class FaceSearch:
         others = [(m, n) for m, n in by_model if m.id != self.model_id]
         if others and len(by_model) == 1:
             m = others[0][0]
+            mine = self.store.model_location(self.model_id)
+            if mine is not None and mine == m.location:  # same directory, other weights now
+                raise ModelMismatchError(
+                    f"this gallery was embedded by model {m.key}, but the model files at {_where(mine)} are now "
+                    f"{self.model_key} (retrained or replaced in place?). Restore that model's files, or run "
+                    f"`facesearch reindex --model {_where(mine)}` to re-embed the gallery with them.")
             raise ModelMismatchError(
                 f"every enrolled face is now embedded by model {m.key} ({_where(m.location)}), not by this "
                 f"handle's {self.model_key}: another process switched the gallery (`facesearch reindex "
@@ -555,8 +561,10 @@ class FaceSearch:
             raise FaceSearchError(f"{root}: no such file or directory")
         folder = ImageFolder(root)
         if not folder.items:
+            left = (f"; {len(folder.ignored)} file(s) left out, e.g. {folder.ignored[0][0]}: {folder.ignored[0][1]}"
+                    if folder.ignored else "")
             raise FaceSearchError(
-                f"{root}: no identity folders with files found (expected {root}/<identity>/<image files>)")
+                f"{root}: no identity folders with files found (expected {root}/<identity>/<image files>){left}")
         if total is not None:
             total(len(folder))
         items = ((ident, key, (lambda k=key: folder.read(k))) for ident in folder.identities()

@@ -514,6 +514,10 @@ class Store:
             return e.args[0]
         return 0
 
+    def model_location(self, model_id: int) -> str | None:
+        with self.Session() as s:
+            return s.scalar(select(ModelRecord.location).where(ModelRecord.id == model_id))
+
     def faces_by_model(self) -> list[tuple[ModelRecord, int]]:
         """``(model, number of faces it embedded)`` for each model that embedded any, most first."""
         with self.Session() as s:

@@ -185,6 +185,8 @@ def test_a_bad_index_option_is_refused_before_any_work(run, tmp_path, gallery_sr
     """--index is checked when the gallery is opened; an IVF with more lists than faces says why."""
     r = run("--index", "bogus", "info", ok=False)
     assert r.exit_code == 1 and "--index 'bogus' is not an index FAISS can build" in r.output
+    r = run("--index", "IDMap,Flat", "info", ok=False)  # FAISS parses it, but adding to it fails later
+    assert r.exit_code == 1 and "leave IDMap out" in r.output
     run("enroll", "-i", "Bill_Gates", *map(str, sorted((gallery_src / "Bill_Gates").iterdir())))
     r = run("--index", "IVF64,Flat", "reindex", ok=False)
     assert r.exit_code == 1 and "cannot train index 'IVF64,Flat' on 4 faces" in r.output and "Traceback" not in r.output

@@ -175,7 +175,8 @@ def test_sub_folders_are_reported_the_same_from_a_folder_and_a_zip(fs, gallery_s
     a, b = sorted((gallery_src / "Bill_Gates").iterdir())[:2]
     c = sorted((gallery_src / "Colin_Powell").iterdir())[0]
     layout = {f"people/Bill_Gates/{a.name}": a.read_bytes(), f"people/Bill_Gates/2019/{b.name}": b.read_bytes(),
-              f"people/Colin_Powell/{c.name}": c.read_bytes(), f"__MACOSX/people/Bill_Gates/._{a.name}": b"junk"}
+              f"people/Colin_Powell/{c.name}": c.read_bytes(), f"__MACOSX/people/Bill_Gates/._{a.name}": b"junk",
+              "people/cover.webp": c.read_bytes()}
     folder = tmp_path / "dir"
     for name, data in layout.items():
         if not name.startswith("__MACOSX"):
@@ -183,10 +184,20 @@ def test_sub_folders_are_reported_the_same_from_a_folder_and_a_zip(fs, gallery_s
             (folder / name).write_bytes(data)
     from_dir = fs.enroll_folder(folder / "people")
     assert from_dir.added == 2 and from_dir.identities == {"Bill_Gates", "Colin_Powell"}
-    assert [(f.source, "sub-folder" in f.reason) for f in from_dir.failed] == [(str(folder / "people/Bill_Gates/2019"), True)]
+    assert sorted((f.source, f.reason.split(":")[0]) for f in from_dir.failed) == [
+        (str(folder / "people/Bill_Gates/2019"), "a sub-folder of an identity folder"),
+        (str(folder / "people/cover.webp"), "not in an identity folder")]
     from_zip = fs.enroll_folder(_zip_of(tmp_path / "people.zip", layout))
     assert from_zip.added == 0 and len(from_zip.skipped) == 2  # the same two files, already enrolled
-    assert [(f.source, "sub-folder" in f.reason) for f in from_zip.failed] == [(f"people/Bill_Gates/2019/{b.name}", True)]
+    assert sorted((f.source, f.reason.split(":")[0]) for f in from_zip.failed) == [
+        (f"people/Bill_Gates/2019/{b.name}", "in a sub-folder of an identity folder"),
+        ("people/cover.webp", "not in an identity folder")]
+    assert {i.name for i in fs.identities()} == {"Bill_Gates", "Colin_Powell"}
+    # one person's zip with only sub-folders: nothing enrolled under the sub-folders' names
+    only = _zip_of(tmp_path / "one.zip", {f"people/Bill_Gates/2019/{a.name}": a.read_bytes(),
+                                          f"people/Bill_Gates/2020/{b.name}": b.read_bytes()})
+    with pytest.raises(FaceSearchError, match="left out, e.g. people/Bill_Gates/20.*sub-folder"):
+        fs.enroll_folder(only)
     assert {i.name for i in fs.identities()} == {"Bill_Gates", "Colin_Powell"}
 
 
@@ -434,6 +445,27 @@ def test_a_batch_embedded_by_the_old_model_after_the_switch_is_refused(tmp_path,
             old.enroll_items((("Bill_Gates", str(f), f) for f in files), switch_after_first_batch, batch_size=1)
         assert new.store.count_faces() == new.store.count_faces(new.model_id) == total + 1
         new.close()
+
+
+def test_a_model_directory_replaced_in_place_is_named(tmp_path, model_dir, other_model_dir, gallery_src):
+    """The gallery's model directory now holds other weights (retrained with --overwrite): opening it,
+    plainly or to reindex, says the files changed and which reindex re-embeds with them."""
+    mine = tmp_path / "my-model"
+    shutil.copytree(model_dir, mine)
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=mine) as fs:
+        total = fs.enroll_folder(g).added
+    shutil.copy(other_model_dir / "weights.pt", mine / "weights.pt")
+    hint = f"model files at {mine.resolve()} are now"
+    with pytest.raises(ModelMismatchError, match="replaced in place") as e:
+        FaceSearch.open(home=home)
+    assert hint in str(e.value)
+    with FaceSearch.open(home=home, strict=False) as fs:
+        with pytest.raises(ModelMismatchError, match="replaced in place") as e:
+            fs.reindex()
+        assert hint in str(e.value) and f"reindex --model {mine.resolve()}" in str(e.value)
+        assert fs.reindex(model=mine)["reembedded"] == total
 
 
 def test_the_same_weights_with_mirror_averaging_are_another_model(tmp_path, model_dir, gallery_src):
