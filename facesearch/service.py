@@ -343,11 +343,7 @@ class FaceSearch:
             key = model_key(net.config, model_dir)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 if model is None:  # the gallery's own model directory holds other weights now
-                    raise ModelMismatchError(
-                        f"this gallery was embedded by model {active.key}, but the model files at "
-                        f"{_where(location)} are now {key} (retrained or replaced in place?): embeddings of "
-                        "different models cannot be compared. Restore that model's files, or run "
-                        f"`facesearch reindex --model {_where(location)}` to re-embed the gallery with them.")
+                    raise ModelMismatchError(_replaced_in_place(active.key, location, key))
                 raise ModelMismatchError(
                     f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
                     f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
@@ -461,10 +457,7 @@ class FaceSearch:
             m = others[0][0]
             mine = self.store.model_location(self.model_id)
             if mine is not None and mine == m.location:  # same directory, other weights now
-                raise ModelMismatchError(
-                    f"this gallery was embedded by model {m.key}, but the model files at {_where(mine)} are now "
-                    f"{self.model_key} (retrained or replaced in place?). Restore that model's files, or run "
-                    f"`facesearch reindex --model {_where(mine)}` to re-embed the gallery with them.")
+                raise ModelMismatchError(_replaced_in_place(m.key, mine, self.model_key))
             raise ModelMismatchError(
                 f"every enrolled face is now embedded by model {m.key} ({_where(m.location)}), not by this "
                 f"handle's {self.model_key}: another process switched the gallery (`facesearch reindex "
@@ -969,6 +962,13 @@ class FaceSearch:
             "device": str(self.model.device),
             "detector": fdetect.describe(),
         }
+
+
+def _replaced_in_place(gallery_key: str, location: str, now_key: str) -> str:
+    return (f"this gallery was embedded by model {gallery_key}, but the model files at {_where(location)} are "
+            f"now {now_key} (retrained or replaced in place?): embeddings of different models cannot be "
+            f"compared. Restore that model's files, or run `facesearch reindex --model {_where(location)}` to "
+            "re-embed the gallery with them.")
 
 
 def _where(location: str) -> str:
