@@ -896,6 +896,9 @@ class FaceSearch:
             before = self.model, self.model_key, self.model_id
             self.model, self.model_key, self.model_id = net, key, rec.id
             try:
+                dropped = self.store.unstage_others(rec.id)  # what a reindex to another model left
+                if dropped:
+                    log.info("dropped %d embeddings staged by an earlier reindex to another model", dropped)
                 active = self.store.active_model()
                 everything = active is not None and active.id == rec.id
                 while True:

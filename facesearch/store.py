@@ -36,6 +36,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert as insert_,
     select,
     text,
     update,
@@ -157,6 +158,18 @@ def validate_identity(name: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
         raise InvalidIdentityError(f"identity name {name!r} contains control characters")
     return name
+
+
+def _upsert(dialect: str):
+    """The INSERT construct with ``on_conflict_do_update`` for this database, or None (not SQLite or
+    PostgreSQL)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert
 
 
 def nfc_name(name: str) -> str:
@@ -468,18 +481,31 @@ class Store:
     def stage_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep ``(face_id, embedding)`` of model ``model_id`` beside the faces, for :meth:`switch_model`.
         The gallery does not change (no new revision): searches go on with its current embeddings."""
-        ids = [int(f) for f, _ in updates]
+        rows = {int(f): np.ascontiguousarray(e, dtype="<f4").tobytes() for f, e in updates}
         with self.Session.begin() as s:
-            s.execute(delete(StagedEmbedding).where(StagedEmbedding.model_id == model_id,
-                                                    StagedEmbedding.face_id.in_(ids)))
-            s.add_all([StagedEmbedding(face_id=int(f), model_id=model_id,
-                                       embedding=np.ascontiguousarray(e, dtype="<f4").tobytes()) for f, e in updates])
+            # a face removed since its crop was read is left out (its row would break the foreign key);
+            # the rows kept are locked against removal until this commits (PostgreSQL; SQLite: write lock)
+            q = select(Face.id).where(Face.id.in_(list(rows)))
+            if self.engine.dialect.name == "postgresql":
+                q = q.with_for_update(key_share=True)
+            alive = set(s.scalars(q))
+            values = [{"face_id": f, "model_id": model_id, "embedding": e} for f, e in rows.items() if f in alive]
+            insert = _upsert(self.engine.dialect.name)
+            if not values:
+                return
+            if insert is not None:  # staged again (a rerun, or two runs at once) replaces, never collides
+                ins = insert(StagedEmbedding).values(values)
+                s.execute(ins.on_conflict_do_update(index_elements=["face_id", "model_id"],
+                                                    set_={"embedding": ins.excluded.embedding}))
+            else:  # another database: replace by delete and insert
+                s.execute(delete(StagedEmbedding).where(StagedEmbedding.model_id == model_id,
+                                                        StagedEmbedding.face_id.in_([v["face_id"] for v in values])))
+                s.execute(insert_(StagedEmbedding), values)
 
-    def unstage(self, model_id: int | None = None) -> None:
-        """Drop staged embeddings (of one model, or all)."""
+    def unstage_others(self, model_id: int) -> int:
+        """Drop the embeddings staged for any model but ``model_id`` (reindexes given up); returns how many."""
         with self.Session.begin() as s:
-            q = delete(StagedEmbedding)
-            s.execute(q.where(StagedEmbedding.model_id == model_id) if model_id is not None else q)
+            return s.execute(delete(StagedEmbedding).where(StagedEmbedding.model_id != model_id)).rowcount
 
     def count_staged(self, model_id: int) -> int:
         with self.Session() as s:
@@ -625,7 +651,9 @@ class Store:
             while True:
                 q = select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
                 if pending_for is not None:
+                    # "> last" here too: else PostgreSQL's plan reads every staged row on each chunk
                     staged = select(StagedEmbedding.face_id).where(StagedEmbedding.face_id == Face.id,
+                                                                   StagedEmbedding.face_id > last,
                                                                    StagedEmbedding.model_id == pending_for)
                     q = q.where(Face.model_id != pending_for, ~staged.exists())
                 rows = s.execute(q.order_by(Face.id).limit(chunk)).all()

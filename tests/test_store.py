@@ -101,6 +101,16 @@ def check_switch_model(store):
     store.stage_embeddings(new, [(ids[0], emb(0, 0, 1, 0)), (ids[1], emb(0, 0, 0, 1))])
     store.stage_embeddings(new, [(ids[1], emb(0, 1, 1, 0))])  # staged again: replaced, not added
     assert store.count_staged(new) == 2 and store.revision() == rev
+    # a face removed after its crop was read and before its embedding is staged is left out
+    gone, _ = store.add_faces(old, [("a", "x.png", "9" * 64, emb(1, 0, 1, 0), None)])
+    store.remove_faces(gone)
+    rev = store.revision()
+    store.stage_embeddings(new, [(gone[0], emb(0, 0, 1, 1))])
+    assert store.count_staged(new) == 2
+    # what a reindex to a third model left behind is dropped when a reindex to `new` starts
+    third = store.register_model("m@3", dict(store.active_model().config), "3" * 64, "/third").id
+    store.stage_embeddings(third, [(ids[0], emb(1, 1, 0, 0))])
+    assert store.unstage_others(new) == 1 and store.count_staged(third) == 0 and store.count_staged(new) == 2
     assert store.switch_model(new) == 1  # ids[2] has none yet: nothing changes
     assert store.active_model().id == old and store.revision() == rev and store.count_faces(old) == 3
     assert [len(c) for c in store.iter_crops(pending_for=new)] == [1]
