@@ -114,13 +114,20 @@ class Face(Base):
     source: Mapped[str] = mapped_column(String(1024))
     content_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, embedding_dim values
-    #: the aligned face crop the embedding came from (PNG), kept so that `reindex --model` can re-embed
-    crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     #: with --detect: the face's box, score and landmarks in the source photo (facesearch.detect.Face.to_dict)
     #: and faces_in_photo; NULL when the source was an aligned crop
     detection: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # None: SQL NULL
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class FaceCrop(Base):
+    """The aligned face crop (PNG) a face's embedding came from, kept so that ``reindex --model`` can
+    re-embed it. Its own table: a change to a face's row (a model switch) does not rewrite it."""
+
+    __tablename__ = "face_crops"
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    crop_png: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class StagedEmbedding(Base):
@@ -589,10 +596,12 @@ class Store:
             ids = {n: i if i is not None else created[nfc_name(n)] for n, i in ids.items()}
             rows = [
                 Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
-                     embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), crop_png=crop, detection=det)
+                     embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), detection=det)
                 for (name, source, sha, emb, crop), det in zip(faces, detections)
             ]
             s.add_all(rows)
+            s.flush()
+            s.add_all([FaceCrop(face_id=r.id, crop_png=f[4]) for r, f in zip(rows, faces) if f[4] is not None])
             s.flush()
             # checked after the writes, holding the write lock (SQLite) or the model row (PostgreSQL):
             # a `reindex --model` that switched models meanwhile makes this batch fail, not mix models
@@ -649,7 +658,8 @@ class Store:
         last = 0
         with self.Session() as s:
             while True:
-                q = select(Face.id, Face.source, Face.crop_png, Face.detection).where(Face.id > last)
+                q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection)
+                     .outerjoin(FaceCrop, FaceCrop.face_id == Face.id).where(Face.id > last))
                 if pending_for is not None:
                     # "> last" here too: else PostgreSQL's plan reads every staged row on each chunk
                     staged = select(StagedEmbedding.face_id).where(StagedEmbedding.face_id == Face.id,

@@ -85,7 +85,7 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src):
     info = json.loads(run("info", "--json", model=False).stdout)
     assert info["faces"] == info["index"]["size"] == 15
     assert "index rebuilt: 15 faces" in run("reindex", model=False).output
-    assert "current: 0004  head: 0004" in run("db", "current", model=False).output
+    assert "current: 0005  head: 0005" in run("db", "current", model=False).output
 
 
 def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_with_operating_points, tmp_path):

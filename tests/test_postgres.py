@@ -16,7 +16,12 @@ from facesearch.errors import FaceSearchError, InvalidIdentityError, UnknownIden
 from facesearch.store import Base, Store, alembic_config
 from tests import pg
 from tests.conftest import PEOPLE
-from tests.test_store import add_model, check_switch_model, emb  # the same tiny model and vectors as SQLite
+from tests.test_store import (  # the same tiny model and vectors as the SQLite tests
+    add_model,
+    check_face_crops_migration,
+    check_switch_model,
+    emb,
+)
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL tests")
 
@@ -292,3 +297,7 @@ def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(db_url):
     finally:
         reindexer.close()
         enroller.close()
+
+
+def test_face_crops_migration_keeps_crops_and_staged_embeddings(store):
+    check_face_crops_migration(store)

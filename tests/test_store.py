@@ -124,6 +124,39 @@ def check_switch_model(store):
     assert store.count_staged(old) == 0
 
 
+def check_face_crops_migration(store):
+    """0005 moves the crops out of ``faces``. Rebuilding ``faces`` (SQLite) must not let its ON DELETE
+    CASCADE empty the tables that refer to it: crops and staged embeddings survive up and down."""
+    mid = add_model(store)
+    store.downgrade("0004")
+    with store.engine.begin() as conn:  # a face with a crop and a staged embedding, under 0004
+        conn.execute(text("INSERT INTO identities (id, name, created_at) VALUES (1, 'a', '2026-01-01')"))
+        conn.execute(text("INSERT INTO faces (id, identity_id, model_id, source, content_sha256, embedding, "
+                          "crop_png, created_at) VALUES (7, 1, :m, 'old.png', :sha, :emb, :png, '2026-01-01')"),
+                     {"m": mid, "sha": "e" * 64, "emb": emb(1, 0, 0, 0).tobytes(), "png": b"png"})
+        conn.execute(text("INSERT INTO staged_embeddings (face_id, model_id, embedding) VALUES (7, :m, :e)"),
+                     {"m": mid, "e": emb(0, 1, 0, 0).tobytes()})
+    store.upgrade()
+    with store.engine.begin() as conn:
+        command.check(alembic_config(conn))
+    assert [r for chunk in store.iter_crops() for r in chunk] == [(7, "old.png", b"png", None)]
+    assert store.count_staged(mid) == 1
+    assert not [t for t in inspect(store.engine).get_table_names() if t.startswith("parked_")]
+    store.downgrade("0004")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT id, crop_png FROM faces")).all() == [(7, b"png")]
+        assert conn.execute(text("SELECT face_id FROM staged_embeddings")).all() == [(7,)]
+    store.upgrade()
+    assert [r for chunk in store.iter_crops() for r in chunk] == [(7, "old.png", b"png", None)]
+    store.remove_faces([7])  # the crop goes with its face
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM face_crops")).scalar() == 0
+
+
+def test_face_crops_migration_keeps_crops_and_staged_embeddings(store):
+    check_face_crops_migration(store)
+
+
 def test_switch_model_copies_staged_embeddings_only_when_complete(store):
     check_switch_model(store)
 
