@@ -319,6 +319,8 @@ class Store:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA journal_mode=WAL")
+                # face data is biometric: what is removed is overwritten with zeros, not left in free pages
+                cur.execute("PRAGMA secure_delete=ON")
                 cur.close()
 
         store = cls(engine)

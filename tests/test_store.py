@@ -157,6 +157,24 @@ def test_face_crops_migration_keeps_crops_and_staged_embeddings(store):
     check_face_crops_migration(store)
 
 
+def test_removed_faces_leave_no_bytes_in_the_database_file(tmp_path):
+    """secure_delete: a removed face's crop and embedding are overwritten, not left in free pages (checked
+    in the file after a checkpoint has moved everything out of the write-ahead log)."""
+    path = tmp_path / "f.db"
+    store = Store.open(f"sqlite:///{path}")
+    mid = add_model(store)
+    rng = np.random.default_rng(0)
+    crop, vec = rng.bytes(3000), rng.normal(size=4).astype(np.float32)
+    store.add_faces(mid, [("keep", "k.png", "1" * 64, emb(1, 0, 0, 0), b"kept crop")])
+    store.add_faces(mid, [("gone", "g.png", "2" * 64, vec, crop)])
+    store.remove_identity("gone")
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = path.read_bytes()
+    assert b"kept crop" in data and crop not in data and vec.astype("<f4").tobytes() not in data
+
+
 def test_switch_model_copies_staged_embeddings_only_when_complete(store):
     check_switch_model(store)
 
