@@ -51,6 +51,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _park("face_crops")
+    op.execute("CREATE UNIQUE INDEX ix_parked_face_crops_face_id ON parked_face_crops (face_id)")  # for the UPDATE
     _park("staged_embeddings")
     with op.batch_alter_table("faces") as batch:
         batch.add_column(sa.Column("crop_png", sa.LargeBinary(), nullable=True))
