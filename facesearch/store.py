@@ -398,10 +398,10 @@ class Store:
             raise FaceSearchError(f"{dest} exists; facesearch does not overwrite a backup")
         if not dest.parent.is_dir():
             raise FaceSearchError(f"{dest.parent}: no such directory")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if self.current_revision() is None:
             raise FaceSearchError(f"{self.engine.url.database} holds no facesearch gallery: nothing to back up")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             counts = self._backup_to(tmp, dest)
         except sqlite3.Error as e:
