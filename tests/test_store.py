@@ -224,6 +224,21 @@ def test_database_from_a_newer_schema_is_refused_untouched(tmp_path):
     assert s.current_revision() == "ffff_future"  # nothing was changed
 
 
+def test_the_revision_open_takes_for_head_is_alembic_s_head(tmp_path):
+    """Store.open skips alembic for a database at HEAD_REVISION: that constant must be the newest
+    migration, or a database one migration behind would never be upgraded."""
+    from facesearch.store import HEAD_REVISION
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    s = Store.open(url)
+    assert s.current_revision() == s.head_revision() == HEAD_REVISION
+    s.downgrade("0004")
+    s.close()
+    s = Store.open(url)  # one revision behind: upgraded on open
+    assert s.current_revision() == HEAD_REVISION
+    s.close()
+
+
 def test_database_file_is_owner_only(tmp_path):
     Store.open(f"sqlite:///{tmp_path / 'sub' / 'f.db'}").close()
     assert stat.S_IMODE(os.stat(tmp_path / "sub" / "f.db").st_mode) == 0o600
