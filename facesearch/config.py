@@ -7,6 +7,7 @@ the input pipeline from this config, never from literals of their own.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,12 @@ from typing import Any, BinaryIO, Callable
 
 from facesearch import distance
 from facesearch.errors import ModelFileError
+
+#: a model directory holds these two files
+CONFIG_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+#: where the models shipped inside the package live (``models/<name>/``; ``default`` is the built-in one)
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,6 +96,23 @@ class ModelConfig:
             raise ModelFileError(f"model config not found: {path}") from e
         except (json.JSONDecodeError, TypeError) as e:
             raise ModelFileError(f"model config {path} is not valid: {e}") from e
+
+
+def read_model_dir(directory: str | os.PathLike) -> ModelConfig:
+    """The config of a model directory, after checking it has both files (no torch needed)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise ModelFileError(f"{directory} is not a facesearch model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    return ModelConfig.load(directory / CONFIG_FILE)
+
+
+def weights_sha256(directory: str | os.PathLike) -> str:
+    """SHA-256 of a model directory's weights file (what names a model's embeddings; no torch needed)."""
+    h = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_private_atomic(path: Path, data: "bytes | Callable[[BinaryIO], None]") -> None:

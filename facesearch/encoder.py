@@ -10,7 +10,6 @@ A model lives in a directory: ``model.json`` (a :class:`ModelConfig`) and
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -18,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torchvision
 
 from facesearch import distance
-from facesearch.config import ModelConfig, write_private_atomic
+from facesearch.config import (  # noqa: F401 - the model directory's layout, re-exported
+    BUILTIN_MODELS,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    read_model_dir,
+    weights_sha256,
+    write_private_atomic,
+)
 from facesearch.errors import ModelFileError
-
-CONFIG_FILE = "model.json"
-WEIGHTS_FILE = "weights.pt"
-#: where the models shipped inside the package live (``models/<name>/``; ``default`` is the built-in one)
-BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 
 #: backbones facesearch can cut below the classifier: torchvision name -> width of the pooled features
 BACKBONES = {
@@ -39,6 +40,52 @@ BACKBONES = {
     "resnet50": 2048,
     "efficientnet_b0": 1280,
 }
+
+
+def _conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion (unless ``expand`` is 1), 3x3 depthwise, linear 1x1 projection;
+    the input is added back when the shape allows."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers = [_conv_bn_relu6(cin, hidden)] if expand != 1 else []
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def mobilenet_v2_features() -> nn.Sequential:
+    """MobileNetV2's convolutional part (width 1.0), built without torchvision: the layers of
+    torchvision's ``mobilenet_v2().features`` under the same names, so a state dict of either loads
+    into the other (tests/test_encoder.py checks keys, shapes and outputs). Loading a model uses it
+    because importing torchvision also imports ``torch._dynamo``: about 1.5 to 3 s of every CLI call
+    here. Training still builds torchvision's, which brings the ImageNet weights API."""
+    layers: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, 2)]
+    cin = 32
+    # (expansion, output channels, blocks, stride of the first block): the paper's Table 2
+    for expand, cout, blocks, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                         (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(blocks):
+            layers.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+            cin = cout
+    layers.append(_conv_bn_relu6(cin, BACKBONES["mobilenet_v2"]))
+    return nn.Sequential(*layers)
+
+
+def _torchvision_model(backbone: str) -> nn.Module:
+    import torchvision  # here, not at module level: see mobilenet_v2_features
+
+    return torchvision.models.get_model(backbone, weights=None)
 
 
 def _trunk(backbone: str, tv_model: nn.Module) -> nn.Module:
@@ -56,9 +103,12 @@ class Encoder(nn.Module):
         if config.backbone not in BACKBONES:
             raise ModelFileError(f"unknown backbone {config.backbone!r}; choose one of {sorted(BACKBONES)}")
         self.config = config
-        if tv_model is None:
-            tv_model = torchvision.models.get_model(config.backbone, weights=None)
-        self.trunk = _trunk(config.backbone, tv_model)
+        if tv_model is not None:
+            self.trunk = _trunk(config.backbone, tv_model)
+        elif config.backbone == "mobilenet_v2":
+            self.trunk = mobilenet_v2_features()
+        else:
+            self.trunk = _trunk(config.backbone, _torchvision_model(config.backbone))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(BACKBONES[config.backbone], config.embedding_dim)
@@ -79,6 +129,8 @@ class Encoder(nn.Module):
 
 def pretrained_checkpoint_path(backbone: str) -> Path:
     """Where torchvision keeps (and looks for) the ImageNet checkpoint of ``backbone``."""
+    import torchvision
+
     weights = torchvision.models.get_model_weights(backbone).DEFAULT
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
@@ -86,7 +138,7 @@ def pretrained_checkpoint_path(backbone: str) -> Path:
 def build(config: ModelConfig, pretrained: str | os.PathLike | None = "imagenet") -> Encoder:
     """A fresh encoder. ``pretrained``: ``"imagenet"`` (torchvision's checkpoint, which must already be
     in the torch hub cache: nothing is downloaded), a path to such a checkpoint, or ``None`` (random)."""
-    tv_model = torchvision.models.get_model(config.backbone, weights=None)
+    tv_model = _torchvision_model(config.backbone)
     if pretrained is not None:
         path = pretrained_checkpoint_path(config.backbone) if pretrained == "imagenet" else Path(pretrained)
         if not path.is_file():
@@ -113,21 +165,10 @@ def save(model: Encoder, directory: str | os.PathLike, config: ModelConfig | Non
     return directory
 
 
-def weights_sha256(directory: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
     """Load a model directory (``weights_only=True``: no pickled code runs) in eval mode."""
     directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise ModelFileError(f"{directory} is not a facesearch model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    config = ModelConfig.load(directory / CONFIG_FILE)
-    model = Encoder(config)
+    model = Encoder(read_model_dir(directory))
     path = directory / WEIGHTS_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

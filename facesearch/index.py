@@ -9,6 +9,7 @@ store's face ids. The index is a cache of the store: it is written atomically wi
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,8 @@ def resolve_backend(backend: str = "auto") -> str:
         return backend
     if faiss_has_gpu():
         return "faiss-gpu"
+    if not gpu_driver_present():
+        return "faiss-cpu"
     try:
         import torch
 
@@ -79,6 +83,18 @@ def resolve_backend(backend: str = "auto") -> str:
     except Exception:
         pass
     return "faiss-cpu"
+
+
+def gpu_driver_present() -> bool:
+    """False only where torch cannot have a GPU: Linux without the CUDA driver library or a ROCm device.
+    Asking torch costs seconds of import; commands that never embed (``info``, ``identities``) skip it."""
+    if sys.platform != "linux" or os.path.exists("/dev/kfd"):
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 @dataclass

@@ -30,14 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from facesearch import detect as fdetect
-from facesearch import distance, encoder, images
+from facesearch import distance, images
 from facesearch import index as vindex
-from facesearch.config import ModelConfig
+from facesearch.config import BUILTIN_MODELS, CONFIG_FILE, ModelConfig, read_model_dir, weights_sha256
 from facesearch.datasets import ImageFolder
 from facesearch.errors import (
     FaceSearchError,
@@ -48,12 +49,14 @@ from facesearch.errors import (
 )
 from facesearch.store import Store, nfc_name, validate_identity
 
+if TYPE_CHECKING:  # the encoder module imports torch: loaded when a face is first embedded
+    from facesearch import encoder
+
 log = logging.getLogger("facesearch")
 
 DB_FILE = "facesearch.db"
 INDEX_FILE = "index.fsx"
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = encoder.BUILTIN_MODELS
 DEFAULT_MODEL = "default"
 
 Progress = Callable[[int], None]
@@ -194,7 +197,7 @@ def _png(chw_uint8: np.ndarray) -> bytes:
 def model_key(config: ModelConfig, model_dir: Path) -> str:
     """What identifies a model's embeddings: its name, its weights and, when on, mirror-image averaging
     (a gallery embedded one way cannot be searched with probes embedded the other)."""
-    key = f"{config.name}@{encoder.weights_sha256(model_dir)[:12]}"
+    key = f"{config.name}@{weights_sha256(model_dir)[:12]}"
     return key + "+flip" if config.flip_average else key
 
 
@@ -220,7 +223,7 @@ def _fold_batch_norms(module) -> int:
     return folded
 
 
-def _inference_copy(model: encoder.Encoder) -> encoder.Encoder:
+def _inference_copy(model: "encoder.Encoder") -> "encoder.Encoder":
     """The same encoder, faster on the CPU: batch norms folded into the convolutions and channels-last
     layout (embeddings equal to the original's within float rounding; 2.5x less CPU per image, measured in
     benchmarks/README.md). Falls back to the model itself if folding fails."""
@@ -276,14 +279,23 @@ class _ThreadTuner:
         self.batch += 1
 
 
+@dataclass(frozen=True)
+class _ModelFiles:
+    """A model not loaded yet: its config (read), where its weights are, and the device asked for."""
+
+    config: ModelConfig
+    directory: Path
+    device: str | None
+
+
 class FaceSearch:
     """A gallery of enrolled faces: a metadata store, an index built from it, and one encoder."""
 
-    def __init__(self, store: Store, model: encoder.Encoder, model_key: str, model_id: int,
+    def __init__(self, store: Store, model: "encoder.Encoder | _ModelFiles", model_key: str, model_id: int,
                  home: Path, index_factory: str = "auto", index_backend: str = "auto",
                  keep_crops: bool = True, detect: bool = False):
         self.store = store
-        self.model = model
+        self._model = model
         self.model_key = model_key
         self.model_id = model_id
         self.home = home
@@ -327,7 +339,6 @@ class FaceSearch:
         db_url = db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}"
         store = Store.open(db_url)
         try:
-            dev = encoder.resolve_device(device)
             active = store.active_model()
             if model is not None:
                 location = str(Path(model).expanduser().resolve())
@@ -336,11 +347,11 @@ class FaceSearch:
             else:
                 location = BUILTIN_PREFIX + DEFAULT_MODEL
             model_dir = _model_dir(location)
-            net = encoder.load(model_dir, dev)
-            if net.config.threshold is None:
+            config = read_model_dir(model_dir)  # the weights are loaded when a face is first embedded
+            if config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
-            vindex.check_factory(index, net.config.embedding_dim)
-            key = model_key(net.config, model_dir)
+            vindex.check_factory(index, config.embedding_dim)
+            key = model_key(config, model_dir)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 if model is None:  # the gallery's own model directory holds other weights now
                     raise ModelMismatchError(_replaced_in_place(active.key, location, key))
@@ -349,10 +360,11 @@ class FaceSearch:
                     f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
                     "with the new model, or leave --model out to use the gallery's model."
                 )
-            rec = store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir), location)
+            rec = store.register_model(key, config.to_dict(), weights_sha256(model_dir), location)
             if active is None or (active.key != key and store.count_faces() == 0):
                 store.set_active_model(rec.id)
-            return cls(store, net, key, rec.id, home, index, backend, keep_crops, detect)
+            return cls(store, _ModelFiles(config, model_dir, device), key, rec.id, home, index, backend,
+                       keep_crops, detect)
         except BaseException:
             store.close()
             raise
@@ -369,8 +381,46 @@ class FaceSearch:
 
     # ---- properties -----------------------------------------------------------------------
     @property
+    def model(self) -> "encoder.Encoder":
+        """The encoder, loaded on first use: a command that embeds nothing (``info``, ``identities``,
+        ``remove``, ...) never imports torch, which takes seconds."""
+        files = self._model
+        if isinstance(files, _ModelFiles):
+            from facesearch import encoder
+
+            net = encoder.load(files.directory, encoder.resolve_device(files.device))
+            if model_key(net.config, files.directory) != self.model_key:
+                raise ModelMismatchError(_replaced_in_place(self.model_key, str(files.directory),
+                                                            model_key(net.config, files.directory)))
+            self._model = net
+        return self._model
+
+    @model.setter
+    def model(self, net: "encoder.Encoder") -> None:
+        self._model = net
+
+    @property
+    def device(self):
+        """The torch device faces are embedded on (resolving ``auto`` imports torch)."""
+        if isinstance(self._model, _ModelFiles):
+            from facesearch import encoder
+
+            return encoder.resolve_device(self._model.device)
+        return self._model.device
+
+    @property
     def config(self) -> ModelConfig:
-        return self.model.config
+        return self._model.config
+
+    def _device_name(self) -> str:
+        """Where faces are (or will be) embedded, without importing torch where no GPU can be there."""
+        files = self._model
+        if isinstance(files, _ModelFiles):
+            if files.device not in (None, "auto"):
+                return str(files.device)
+            if not vindex.gpu_driver_present():
+                return "cpu"
+        return str(self.device)
 
     @property
     def threshold(self) -> float:
@@ -442,6 +492,8 @@ class FaceSearch:
             self._fast = (self.model, _inference_copy(self.model))
         if not len(crops):
             return np.zeros((0, self.config.embedding_dim), np.float32)
+        from facesearch import encoder
+
         return encoder.embed(self._fast[1], np.stack(crops))
 
     # ---- index ----------------------------------------------------------------------------
@@ -655,7 +707,7 @@ class FaceSearch:
         import torch
 
         before = torch.get_num_threads()
-        self._tuner = _ThreadTuner(before) if self.model.device.type == "cpu" and before > 1 else None
+        self._tuner = _ThreadTuner(before) if self.device.type == "cpu" and before > 1 else None
         self._embed_crops([])  # build the inference copy now, outside the timed batches
         try:
             yield
@@ -773,7 +825,7 @@ class FaceSearch:
         """One probe gains nothing from a parallel region on the CPU, and on a busy machine a 2-thread
         region waits for the second core (measured: 24 ms vs 0.24 ms for a 10k exact search, ~1.5 s vs
         ~10 ms for one embedding; benchmarks/README.md). Torch and FAISS run single-threaded inside."""
-        if self.model.device.type != "cpu":
+        if self.device.type != "cpu":
             yield
             return
         import faiss
@@ -880,12 +932,14 @@ class FaceSearch:
         (from the face crops kept in the store) and make it the gallery's model."""
         reembedded = 0
         if model is not None:
+            from facesearch import encoder
+
             model_dir = Path(model).expanduser().resolve()
-            net = encoder.load(model_dir, self.model.device)
+            net = encoder.load(model_dir, self.device)
             if net.config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold")
             key = model_key(net.config, model_dir)
-            rec = self.store.register_model(key, net.config.to_dict(), encoder.weights_sha256(model_dir),
+            rec = self.store.register_model(key, net.config.to_dict(), weights_sha256(model_dir),
                                             str(model_dir))
             # The new embeddings are staged beside the faces: until the switch the gallery keeps its
             # model and embeddings, and other processes go on searching and enrolling. What they add
@@ -893,7 +947,7 @@ class FaceSearch:
             # every face has a new embedding. An interrupted run leaves the gallery as it was, and
             # running it again skips the faces staged already. Asked for the gallery's own model,
             # every face is embedded again.
-            before = self.model, self.model_key, self.model_id
+            before = self._model, self.model_key, self.model_id
             self.model, self.model_key, self.model_id = net, key, rec.id
             try:
                 dropped = self.store.unstage_others(rec.id)  # what a reindex to another model left
@@ -907,7 +961,7 @@ class FaceSearch:
                     if self.store.switch_model(rec.id) == 0:
                         break
             except BaseException:
-                self.model, self.model_key, self.model_id = before
+                self._model, self.model_key, self.model_id = before
                 raise
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
@@ -962,7 +1016,7 @@ class FaceSearch:
             "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
                        "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)} if idx is not None
                       else {"error": index_error, "file": str(self.index_path)}),
-            "device": str(self.model.device),
+            "device": self._device_name(),
             "detector": fdetect.describe(),
         }
 
@@ -982,7 +1036,7 @@ def _where(location: str) -> str:
 def _model_dir(location: str) -> Path:
     if location.startswith(BUILTIN_PREFIX):
         d = builtin_model_dir(location[len(BUILTIN_PREFIX):])
-        if not (d / encoder.CONFIG_FILE).exists():
+        if not (d / CONFIG_FILE).exists():
             raise ModelFileError(
                 f"the built-in model {location[len(BUILTIN_PREFIX):]!r} is not installed at {d}; "
                 "pass --model DIR (a directory with model.json and weights.pt)")

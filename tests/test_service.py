@@ -568,3 +568,42 @@ def test_query_many_batches_and_reports_bad_files(fs, gallery_src, tmp_path):
         assert [m.identity for m in r.matches] == [m.identity for m in s.matches]
         np.testing.assert_allclose([m.distance for m in r.matches], [m.distance for m in s.matches], atol=1e-4)
     assert res[-1].source == str(bad) and "not an image" in res[-1].reason
+
+
+_IMPORTS_PROBE = """
+import json, sys
+from facesearch.service import FaceSearch
+from facesearch import index
+fs = FaceSearch.open(home=sys.argv[1])  # device "auto"
+info = fs.info()
+after_info = {m: m in sys.modules for m in ("torch", "torchvision", "torch._dynamo")}
+r = fs.query(sys.argv[2])
+after_query = {m: m in sys.modules for m in ("torch", "torchvision", "torch._dynamo")}
+print(json.dumps({"gpu_driver": index.gpu_driver_present(), "faces": info["faces"], "device": info["device"],
+                  "after_info": after_info,
+                  "after_query": after_query, "top": [r.matches[0].identity, r.matches[0].distance]}))
+"""
+
+
+def test_commands_that_embed_nothing_import_no_torch(tmp_path, model_dir, gallery_src):
+    """A fresh process (as each CLI call is): info needs no torch at all, and a query needs torch but not
+    torchvision, whose import pulls in torch._dynamo (seconds per call). The answer is the same."""
+    import json
+    import subprocess
+    import sys
+
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 1)
+    probe = next((gallery_src / "Tony_Blair").iterdir())
+    with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu") as fs:
+        added = fs.enroll_folder(g).added
+        expected = fs.query(probe).matches[0]
+    out = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path / "home"), str(probe)],
+                         capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout)
+    assert seen["faces"] == added > 0
+    if not seen["gpu_driver"]:  # where a GPU driver is present, torch is asked whether it sees the GPU
+        assert seen["after_info"] == {"torch": False, "torchvision": False, "torch._dynamo": False}
+        assert seen["device"] == "cpu"  # "auto" where no GPU driver is: known without asking torch
+    assert seen["after_query"] == {"torch": True, "torchvision": False, "torch._dynamo": False}
+    assert seen["top"][0] == expected.identity
+    assert seen["top"][1] == pytest.approx(expected.distance, abs=1e-5)
