@@ -33,6 +33,8 @@ class _Group(click.Group):
             logging.getLogger("facesearch").info("database error", exc_info=True)
             why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
             raise click.ClickException(f"database error: {why}") from e
+        except BrokenPipeError:  # the reader went away (``| head``): click exits quietly, as other tools do
+            raise
         except OSError as e:
             logging.getLogger("facesearch").info("system error", exc_info=True)
             where = f": {e.filename}" if e.filename else ""

@@ -28,7 +28,7 @@ from facesearch.config import (  # noqa: F401 - the model directory's layout, re
     weights_sha256,
     write_private_atomic,
 )
-from facesearch.errors import ModelFileError
+from facesearch.errors import FaceSearchError, ModelFileError
 
 #: backbones facesearch can cut below the classifier: torchvision name -> width of the pooled features
 BACKBONES = {
@@ -217,4 +217,15 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``auto``/None -> CUDA when available, else CPU; otherwise the named device."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FaceSearchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FaceSearchError(f"device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
+                                  "(or auto, which picks a GPU when there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FaceSearchError(f"device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                                  f"numbered from 0")
+    return dev

@@ -191,3 +191,36 @@ def test_a_bad_index_option_is_refused_before_any_work(run, tmp_path, gallery_sr
     r = run("--index", "IVF64,Flat", "reindex", ok=False)
     assert r.exit_code == 1 and "cannot train index 'IVF64,Flat' on 4 faces" in r.output and "Traceback" not in r.output
     assert "index rebuilt: 4 faces, Flat" in run("reindex").output  # the gallery is fine
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path, model_dir):
+    """`facesearch info | head -1`: when the reader has closed the pipe, the command stops quietly, as
+    other tools do, instead of printing "Error: Broken pipe"."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "facesearch.cli", "--home", str(tmp_path / "home"), "--model",
+                            str(model_dir), "info"], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert p.returncode == 1  # click's exit for a closed stdout
+    assert "Error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_device_that_is_not_there_is_a_message(tmp_path, model_dir, gallery_src):
+    import torch
+
+    probe = str(next((gallery_src / "Bill_Gates").iterdir()))
+    base = ["--home", str(tmp_path / "home"), "--model", str(model_dir)]
+    r = CliRunner().invoke(cli, base + ["--device", "bogus", "query", probe])
+    assert r.exit_code == 1 and "unknown device 'bogus': use auto, cpu, cuda or cuda:N" in r.output, r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(cli, base + ["--device", "cuda", "verify", probe, probe])
+        assert r.exit_code == 1 and "torch sees no CUDA GPU on this machine" in r.output, r.output
+    else:
+        r = CliRunner().invoke(cli, base + ["--device", f"cuda:{torch.cuda.device_count()}", "verify", probe, probe])
+        assert r.exit_code == 1 and "numbered from 0" in r.output, r.output
