@@ -61,10 +61,10 @@ class App:
             self._fs.close()
 
 
-def _progress(total: int | None, desc: str, unit: str = "img"):
+def _progress(total: int | None, desc: str, unit: str = "img", disable: bool | None = None):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
 def _detect_option(f):
@@ -396,8 +396,13 @@ def info(app: App, as_json):
 def reindex(app: App, new_model, as_json):
     """Rebuild the index from the store (or re-embed the gallery with --model)."""
     fs = app.open(strict=False)
-    with _progress(fs.store.count_faces() if new_model else None, "re-embed", "face") as bar:
-        r = fs.reindex(model=new_model, progress=bar.update)
+    with _progress(None, "re-embed", "face", disable=None if new_model else True) as bar:
+
+        def left(n: int) -> None:  # before each pass: what is left (a rerun skips what was staged)
+            bar.total = bar.n + n
+            bar.refresh()
+
+        r = fs.reindex(model=new_model, progress=bar.update, total=left)
     if as_json:
         _echo_json(r)
     else:

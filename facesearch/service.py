@@ -26,6 +26,7 @@ import io
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -296,6 +297,7 @@ class FaceSearch:
                  keep_crops: bool = True, detect: bool = False):
         self.store = store
         self._model = model
+        self._load_lock = threading.Lock()
         self.model_key = model_key
         self.model_id = model_id
         self.home = home
@@ -384,15 +386,17 @@ class FaceSearch:
     def model(self) -> "encoder.Encoder":
         """The encoder, loaded on first use: a command that embeds nothing (``info``, ``identities``,
         ``remove``, ...) never imports torch, which takes seconds."""
-        files = self._model
-        if isinstance(files, _ModelFiles):
-            from facesearch import encoder
+        if isinstance(self._model, _ModelFiles):
+            with self._load_lock:  # threads sharing a gallery load it once
+                files = self._model
+                if isinstance(files, _ModelFiles):
+                    from facesearch import encoder
 
-            net = encoder.load(files.directory, encoder.resolve_device(files.device))
-            if model_key(net.config, files.directory) != self.model_key:
-                raise ModelMismatchError(_replaced_in_place(self.model_key, str(files.directory),
-                                                            model_key(net.config, files.directory)))
-            self._model = net
+                    net = encoder.load(files.directory, encoder.resolve_device(files.device))
+                    now = model_key(net.config, files.directory)
+                    if now != self.model_key:
+                        raise ModelMismatchError(_replaced_in_place(self.model_key, str(files.directory), now))
+                    self._model = net
         return self._model
 
     @model.setter
@@ -927,9 +931,11 @@ class FaceSearch:
         return len(ids)
 
     # ---- maintenance ----------------------------------------------------------------------
-    def reindex(self, model: str | os.PathLike | None = None, progress: Progress | None = None) -> dict:
+    def reindex(self, model: str | os.PathLike | None = None, progress: Progress | None = None,
+                total: Progress | None = None) -> dict:
         """Rebuild the index from the store; with ``model``, first re-embed every face with that model
-        (from the face crops kept in the store) and make it the gallery's model."""
+        (from the face crops kept in the store) and make it the gallery's model. ``progress`` is called
+        with the number of faces done after each chunk, ``total`` with the number left before each pass."""
         reembedded = 0
         if model is not None:
             from facesearch import encoder
@@ -946,7 +952,7 @@ class FaceSearch:
             # meanwhile is picked up by the next pass; the switch is one transaction, made only when
             # every face has a new embedding. An interrupted run leaves the gallery as it was, and
             # running it again skips the faces staged already. Asked for the gallery's own model,
-            # every face is embedded again.
+            # every face is embedded again (except those an interrupted run of it staged).
             before = self._model, self.model_key, self.model_id
             self.model, self.model_key, self.model_id = net, key, rec.id
             try:
@@ -956,6 +962,8 @@ class FaceSearch:
                 active = self.store.active_model()
                 everything = active is not None and active.id == rec.id
                 while True:
+                    if total is not None:
+                        total(self.store.count_pending(rec.id, own_too=everything))
                     reembedded += self._reembed_pass(rec.id, progress, everything)
                     everything = False
                     if self.store.switch_model(rec.id) == 0:
@@ -967,10 +975,10 @@ class FaceSearch:
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
 
     def _reembed_pass(self, model_id: int, progress: Progress | None, everything: bool = False) -> int:
-        """Embed, with the current model, every face that model neither embedded nor has a staged
-        embedding of (or every face), and stage the results; returns how many."""
+        """Embed, with the current model, every face with no embedding staged for it that it did not
+        embed (``everything``: even if it did), and stage the results; returns how many."""
         done, missing = 0, []
-        for chunk in self.store.iter_crops(pending_for=None if everything else model_id):
+        for chunk in self.store.iter_crops(pending_for=model_id, own_too=everything):
             crops, fids = [], []
             for fid, source, png, found in chunk:
                 try:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    and_,
     create_engine,
     delete,
     event,
@@ -664,21 +665,33 @@ class Store:
                 out.update({fid: FaceInfo(fid, name, src) for fid, name, src in rows})
         return out
 
-    def iter_crops(self, chunk: int = 256, pending_for: int | None = None
+    @staticmethod
+    def _pending(model_id: int, own_too: bool, after: int = 0):
+        """Faces with no embedding staged for model ``model_id`` and (unless ``own_too``) not embedded
+        by it: what a reindex to it has left to do."""
+        # "> after" here too: else PostgreSQL's plan reads every staged row on each chunk
+        staged = select(StagedEmbedding.face_id).where(StagedEmbedding.face_id == Face.id,
+                                                       StagedEmbedding.face_id > after,
+                                                       StagedEmbedding.model_id == model_id)
+        return ~staged.exists() if own_too else and_(Face.model_id != model_id, ~staged.exists())
+
+    def count_pending(self, model_id: int, own_too: bool = False) -> int:
+        """How many faces :meth:`iter_crops` with the same arguments yields."""
+        with self.Session() as s:
+            return int(s.scalar(select(func.count(Face.id)).where(self._pending(model_id, own_too))))
+
+    def iter_crops(self, chunk: int = 256, pending_for: int | None = None, own_too: bool = False
                    ) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
         """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding (with
-        ``pending_for``: only faces that model neither embedded nor has a staged embedding of)."""
+        ``pending_for``: only faces with no embedding staged for that model, and unless ``own_too``,
+        not embedded by it either)."""
         last = 0
         with self.Session() as s:
             while True:
                 q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection)
                      .outerjoin(FaceCrop, FaceCrop.face_id == Face.id).where(Face.id > last))
                 if pending_for is not None:
-                    # "> last" here too: else PostgreSQL's plan reads every staged row on each chunk
-                    staged = select(StagedEmbedding.face_id).where(StagedEmbedding.face_id == Face.id,
-                                                                   StagedEmbedding.face_id > last,
-                                                                   StagedEmbedding.model_id == pending_for)
-                    q = q.where(Face.model_id != pending_for, ~staged.exists())
+                    q = q.where(self._pending(pending_for, own_too, last))
                 rows = s.execute(q.order_by(Face.id).limit(chunk)).all()
                 if not rows:
                     return

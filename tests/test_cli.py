@@ -60,7 +60,7 @@ def test_enroll_query_verify_info_json(run, gallery, gallery_src):
     assert info["identities"] == len(PEOPLE)
 
 
-def test_human_output_and_identities_commands(run, gallery, gallery_src):
+def test_human_output_and_identities_commands(run, gallery, gallery_src, other_model_dir):
     out = run("enroll", str(gallery), code=3).output
     assert "added: 18" in out and "failed: 1" in out and "broken.jpg" in out
     # a photo enrolled already, asked for under another name (in the gallery, and twice in one run)
@@ -85,6 +85,9 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src):
     info = json.loads(run("info", "--json", model=False).stdout)
     assert info["faces"] == info["index"]["size"] == 15
     assert "index rebuilt: 15 faces" in run("reindex", model=False).output
+    other = json.loads(run("reindex", "--model", str(other_model_dir), "--json", model=False).stdout)
+    assert other["reembedded"] == other["faces"] == 15 and other["model"].startswith("test-other@")
+    assert json.loads(run("info", "--json", model=False).stdout)["model"]["key"] == other["model"]
     assert "current: 0005  head: 0005" in run("db", "current", model=False).output
 
 

@@ -368,11 +368,32 @@ def test_an_interrupted_reindex_leaves_the_gallery_as_it_was_and_is_finished_whe
         assert fs.store.revision() == revision and fs.info()["index"]["size"] == total
         assert fs.query(probe).matches == before.matches
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
-        assert fs.reindex(model=other_model_dir)["reembedded"] == total - total // 2
+        left, done = [], []
+        assert fs.reindex(model=other_model_dir, progress=done.append, total=left.append)["reembedded"] == \
+            total - total // 2
+        assert left == [total - total // 2] and sum(done) == total - total // 2  # what the bar shows
         assert fs.store.count_staged(rec.id) == 0
     with FaceSearch.open(home=home) as fs:
         assert fs.config.name == "test-other" and fs.store.count_faces(fs.model_id) == total
         assert fs.query(probe).matches[0].distance == pytest.approx(0, abs=1e-5)
+
+
+def test_an_interrupted_reindex_to_the_gallery_s_own_model_is_finished_where_it_stopped(
+        tmp_path, model_dir, gallery_src):
+    """`reindex --model` with the gallery's own model embeds every face again; run again after an
+    interruption it embeds only what the first run did not stage."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        total = fs.enroll_folder(g).added
+        first = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 3]
+        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in first])
+        fs.store.stage_embeddings(fs.model_id, [(fid, e) for (fid, *_), e in zip(first, embs)])
+        left = []
+        assert fs.reindex(model=model_dir, total=left.append)["reembedded"] == total - total // 3
+        assert left[0] == total - total // 3 and fs.store.count_staged(fs.model_id) == 0
+        assert fs.reindex(model=model_dir)["reembedded"] == total  # not interrupted: every face again
+        assert fs.store.count_faces(fs.model_id) == total
 
 
 def test_a_gallery_mixed_by_an_older_reindex_names_the_one_to_run(tmp_path, model_dir, other_model_dir,
