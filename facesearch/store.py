@@ -686,17 +686,19 @@ class Store:
         ``pending_for``: only faces with no embedding staged for that model, and unless ``own_too``,
         not embedded by it either)."""
         last = 0
-        with self.Session() as s:
-            while True:
-                q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection)
-                     .outerjoin(FaceCrop, FaceCrop.face_id == Face.id).where(Face.id > last))
-                if pending_for is not None:
-                    q = q.where(self._pending(pending_for, own_too, last))
+        while True:
+            q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection)
+                 .outerjoin(FaceCrop, FaceCrop.face_id == Face.id).where(Face.id > last))
+            if pending_for is not None:
+                q = q.where(self._pending(pending_for, own_too, last))
+            # a transaction per chunk, closed before the caller embeds it: one held for a whole pass
+            # (an hour per million faces) would make `db upgrade` on PostgreSQL wait that long
+            with self.Session() as s:
                 rows = s.execute(q.order_by(Face.id).limit(chunk)).all()
-                if not rows:
-                    return
-                last = rows[-1][0]
-                yield [tuple(r) for r in rows]
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [tuple(r) for r in rows]
 
     def replace_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]]) -> int:
         """Set new embeddings (from model ``model_id``) for existing faces; returns the new revision."""

@@ -301,3 +301,21 @@ def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(db_url):
 
 def test_face_crops_migration_keeps_crops_and_staged_embeddings(store):
     check_face_crops_migration(store)
+
+
+def test_reading_crops_for_a_reindex_holds_no_transaction_between_chunks(store, db_url):
+    """A reindex pass reads crops chunk by chunk and embeds each (an hour per million faces on 2 cores).
+    Between chunks no transaction may stay open: it would hold a lock that makes a schema change
+    (`db upgrade`) or a VACUUM FULL wait until the pass ends."""
+    mid = add_model(store)
+    store.add_faces(mid, [(f"p{i}", f"{i}.png", f"{i:064d}", emb(1, 0, 0, 0), b"png") for i in range(5)])
+    crops = store.iter_crops(chunk=2)
+    assert len(next(crops)) == 2  # the caller now embeds this chunk
+    other = Store.open(db_url)
+    try:
+        with other.engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+            conn.execute(text("LOCK TABLE faces IN ACCESS EXCLUSIVE MODE"))  # fails if a reader holds faces
+    finally:
+        other.close()
+    assert sum(len(c) for c in crops) == 3
