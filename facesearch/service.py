@@ -312,6 +312,7 @@ class FaceSearch:
         self._index_revision = -1
         self._fast: tuple[encoder.Encoder, encoder.Encoder] | None = None  # (model, its inference copy)
         self._tuner: _ThreadTuner | None = None  # set while enrolling on the CPU
+        self._start_embedding: Callable[[], None] | None = None  # armed by _embed_threads
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -707,17 +708,25 @@ class FaceSearch:
     @contextlib.contextmanager
     def _embed_threads(self):
         """While enrolling on the CPU, pick torch's intra-op thread count by measurement (see
-        :class:`_ThreadTuner`); restored afterwards."""
-        import torch
+        :class:`_ThreadTuner`); restored afterwards. Set up when the first batch has something to
+        embed: a rerun that finds every file enrolled already loads no model and imports no torch."""
+        restore: list[Callable[[], None]] = []
 
-        before = torch.get_num_threads()
-        self._tuner = _ThreadTuner(before) if self.device.type == "cpu" and before > 1 else None
-        self._embed_crops([])  # build the inference copy now, outside the timed batches
+        def start() -> None:
+            import torch
+
+            before = torch.get_num_threads()
+            restore.append(lambda: torch.set_num_threads(before))
+            self._tuner = _ThreadTuner(before) if self.device.type == "cpu" and before > 1 else None
+            self._embed_crops([])  # build the inference copy now, outside the timed batches
+
+        self._start_embedding = start
         try:
             yield
         finally:
-            self._tuner = None
-            torch.set_num_threads(before)
+            self._start_embedding = self._tuner = None
+            for undo in restore:
+                undo()
 
     def _triage(self, fetched, run: "_EnrollRun") -> list:
         """Report unreadable items, and skip content enrolled already (the store is asked once per
@@ -759,6 +768,9 @@ class FaceSearch:
     def _store_faces(self, todo, report: EnrollReport) -> None:
         """Embed ``(identity, source, sha, (crop, crop_png, detection))`` rows and store them in one
         transaction, then index them."""
+        if self._start_embedding is not None:
+            start, self._start_embedding = self._start_embedding, None
+            start()
         tuner = self._tuner
         if tuner is not None:
             tuner.start()

@@ -598,17 +598,21 @@ from facesearch import index
 fs = FaceSearch.open(home=sys.argv[1])  # device "auto"
 info = fs.info()
 after_info = {m: m in sys.modules for m in ("torch", "torchvision", "torch._dynamo")}
+again = fs.enroll_folder(sys.argv[3])
+after_reenroll = {m: m in sys.modules for m in ("torch", "torchvision", "torch._dynamo")}
 r = fs.query(sys.argv[2])
 after_query = {m: m in sys.modules for m in ("torch", "torchvision", "torch._dynamo")}
 print(json.dumps({"gpu_driver": index.gpu_driver_present(), "faces": info["faces"], "device": info["device"],
-                  "after_info": after_info,
+                  "after_info": after_info, "again": [again.added, len(again.skipped)],
+                  "after_reenroll": after_reenroll,
                   "after_query": after_query, "top": [r.matches[0].identity, r.matches[0].distance]}))
 """
 
 
 def test_commands_that_embed_nothing_import_no_torch(tmp_path, model_dir, gallery_src):
-    """A fresh process (as each CLI call is): info needs no torch at all, and a query needs torch but not
-    torchvision, whose import pulls in torch._dynamo (seconds per call). The answer is the same."""
+    """A fresh process (as each CLI call is): info, and enrolling a folder enrolled already, need no
+    torch at all, and a query needs torch but not torchvision, whose import pulls in torch._dynamo
+    (seconds per call). The answer is the same."""
     import json
     import subprocess
     import sys
@@ -618,12 +622,13 @@ def test_commands_that_embed_nothing_import_no_torch(tmp_path, model_dir, galler
     with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu") as fs:
         added = fs.enroll_folder(g).added
         expected = fs.query(probe).matches[0]
-    out = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path / "home"), str(probe)],
+    out = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path / "home"), str(probe), str(g)],
                          capture_output=True, text=True, check=True)
     seen = json.loads(out.stdout)
-    assert seen["faces"] == added > 0
+    assert seen["faces"] == added > 0 and seen["again"] == [0, added]
     if not seen["gpu_driver"]:  # where a GPU driver is present, torch is asked whether it sees the GPU
         assert seen["after_info"] == {"torch": False, "torchvision": False, "torch._dynamo": False}
+        assert seen["after_reenroll"] == {"torch": False, "torchvision": False, "torch._dynamo": False}
         assert seen["device"] == "cpu"  # "auto" where no GPU driver is: known without asking torch
     assert seen["after_query"] == {"torch": True, "torchvision": False, "torch._dynamo": False}
     assert seen["top"][0] == expected.identity
