@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import LFW_ZIP, RESULTS, machine, machine_tag, ratio  # noqa: E402
+from benchmarks.common import LFW_ZIP, machine, ratio, write_result  # noqa: E402
 
 BASELINE = r"""
 import sys
@@ -137,15 +137,12 @@ def main(argv=None) -> int:
     rows = [{"command": k, "median_s": round(float(np.median(v)), 3), "min_s": round(min(v), 3),
              "ratio_vs_baseline": ratio(float(np.median(v)), base), "runs_s": [round(x, 3) for x in v]}
             for k, v in times.items()]
-    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res = {"benchmark": "CLI call wall time, fresh process each, against a hand-rolled torchvision + FAISS query",
            "gallery": {"people": args.people, "faces": enrolled, "model": "builtin:default"},
            "rounds": args.rounds, "results": rows, "machine": info,
            "note": "medians over rounds in which the commands take turns; the baseline answers the same "
                    "identity as facesearch query (checked in the run)"}
-    out = Path(args.out) if args.out else RESULTS / f"cli-startup-{machine_tag(info)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    out = write_result(res, args.out, "cli-startup")
     print(f"\n{enrolled} faces of {args.people} people, {args.rounds} rounds, fresh process per call")
     print(f"{'command':36s} {'median s':>9s} {'min s':>7s} {'vs baseline':>12s}")
     for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -108,6 +109,16 @@ def machine() -> dict:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     return info
+
+
+def write_result(res: dict, out: str | os.PathLike | None, name: str) -> Path:
+    """Write a benchmark's JSON to ``out``, else ``benchmarks/results/<name>-<machine>.json``; the machine
+    description (``res["machine"]``) gets the load average at the end. Returns the path written."""
+    res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = Path(out) if out else RESULTS / f"{name}-{machine_tag(res['machine'])}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    return path
 
 
 def machine_tag(info: dict) -> str:

@@ -28,7 +28,6 @@ Writes benchmarks/results/detect-align-<machine>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, machine, machine_tag, ratio  # noqa: E402
+from benchmarks.common import machine, ratio, write_result  # noqa: E402
 from facesearch import detect, images, metrics  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
 from facesearch.evaluate import read_pairs  # noqa: E402
@@ -150,9 +149,7 @@ def main() -> None:
            "note": "the shipped model has seen these 30 people (trained on all of LFW): compare the rows, "
                    "do not read the absolute numbers as accuracy on unseen people",
            "results": rows, "aligned_crops": crops_rows, "timing": timing, "machine": info}
-    out = Path(args.out) if args.out else RESULTS / f"detect-align-{machine_tag(info)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    out = write_result(res, args.out, "detect-align")
     print(f"{'photos':<9} {'method':<15} {'rank-1':>7} {'AUC':>7} {'acc@thr':>8} {'no face':>8}")
     for r in rows:
         print(f"{r['photos']:<9} {r['method']:<15} {r['rank1']:>7.3f} {r['auc']:>7.4f} "

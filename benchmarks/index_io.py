@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, current_rss_bytes, machine, machine_tag, peak_rss_bytes, ratio  # noqa: E402
+from benchmarks.common import current_rss_bytes, machine, peak_rss_bytes, ratio, write_result  # noqa: E402
 
 
 def _reset_peak() -> bool:
@@ -160,15 +159,12 @@ def main(argv=None) -> int:
         r["peak_ratio_vs_baseline"] = ratio(r["extra_peak_bytes_per_face"], base["extra_peak_bytes_per_face"])
         r["time_ratio_vs_baseline"] = ratio(r["seconds"], base["seconds"])
         r["peak_over_index_size"] = round(r["extra_peak_bytes_per_face"] / index_bpf, 2)
-    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res = {"benchmark": "index file save/load: peak memory and time, streamed (facesearch) vs one buffer (baseline)",
            "faces": args.faces, "dim": args.dim, "factory": args.factory, "file_bytes": file_bytes,
            "index_bytes_per_face": round(index_bpf, 1), "results": table, "machine": info,
            "note": "extra peak: the process's peak RSS during the operation minus its RSS just before, per face "
                    "(save: the index is already in memory; load: it is being built). Median over rounds."}
-    out = Path(args.out) if args.out else RESULTS / f"index-io-{machine_tag(info)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    out = write_result(res, args.out, "index-io")
     print(f"\n{args.faces:,} faces, {args.factory}, index file {index_bpf:.0f} B/face")
     print(f"{'op':5s} {'mode':11s} {'seconds':>8s} {'extra peak B/face':>18s} {'x index':>8s} {'peak ratio':>11s} "
           f"{'time ratio':>11s}")
