@@ -10,6 +10,7 @@ A model lives in a directory: ``model.json`` (a :class:`ModelConfig`) and
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -67,7 +68,7 @@ class _InvertedResidual(nn.Module):
 def mobilenet_v2_features() -> nn.Sequential:
     """MobileNetV2's convolutional part (width 1.0), built without torchvision: the layers of
     torchvision's ``mobilenet_v2().features`` under the same names, so a state dict of either loads
-    into the other (tests/test_encoder.py checks keys, shapes and outputs). Loading a model uses it
+    into the other (tests/test_model_files.py checks names, shapes and outputs). Loading a model uses it
     because importing torchvision also imports ``torch._dynamo``: about 1.5 to 3 s of every CLI call
     here. Training still builds torchvision's, which brings the ImageNet weights API."""
     layers: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, 2)]
@@ -165,13 +166,20 @@ def save(model: Encoder, directory: str | os.PathLike, config: ModelConfig | Non
     return directory
 
 
-def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
-    """Load a model directory (``weights_only=True``: no pickled code runs) in eval mode."""
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu", config: ModelConfig | None = None
+         ) -> Encoder:
+    """Load a model directory (``weights_only=True``: no pickled code runs) in eval mode. ``config``: the
+    directory's config as read before (a gallery keeps the one it opened with). The weights file is read
+    once; ``model.weights_sha256`` is the hash of the bytes loaded."""
     directory = Path(directory)
-    model = Encoder(read_model_dir(directory))
+    model = Encoder(read_model_dir(directory) if config is None else config)
     path = directory / WEIGHTS_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"cannot read weights {path}: {e.strerror or e}") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own text suggests weights_only=False, which would run code from the file: not said here
         text = str(e)
@@ -186,6 +194,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> En
     except Exception as e:
         raise ModelFileError(f"{path} does not fit the model in {directory / CONFIG_FILE}: "
                              f"{' '.join(str(e).split())[:400]}") from e
+    model.weights_sha256 = hashlib.sha256(raw).hexdigest()
     return model.to(device).eval()
 
 
@@ -228,4 +237,10 @@ def resolve_device(device: str | None = None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise FaceSearchError(f"device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
                                   f"numbered from 0")
+    elif dev.type != "cpu":  # mps, xpu, ...: usable only where this torch build supports them
+        try:
+            torch.empty(1, device=dev)
+        except Exception as e:
+            why = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__])[0]
+            raise FaceSearchError(f"device {device} is not usable here ({why}); use --device cpu or auto") from None
     return dev

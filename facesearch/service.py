@@ -26,6 +26,7 @@ import io
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -195,10 +196,11 @@ def _png(chw_uint8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def model_key(config: ModelConfig, model_dir: Path) -> str:
-    """What identifies a model's embeddings: its name, its weights and, when on, mirror-image averaging
-    (a gallery embedded one way cannot be searched with probes embedded the other)."""
-    key = f"{config.name}@{weights_sha256(model_dir)[:12]}"
+def model_key(config: ModelConfig, model_dir: Path | None = None, sha256: str | None = None) -> str:
+    """What identifies a model's embeddings: its name, its weights (their hash: ``sha256``, else that of
+    ``model_dir``'s weights file) and, when on, mirror-image averaging (a gallery embedded one way cannot
+    be searched with probes embedded the other)."""
+    key = f"{config.name}@{(sha256 or weights_sha256(model_dir))[:12]}"
     return key + "+flip" if config.flip_average else key
 
 
@@ -288,6 +290,16 @@ class _ModelFiles:
     directory: Path
     device: str | None
 
+    def load(self) -> "encoder.Encoder":
+        """The encoder, with this config (a gallery keeps the config it was opened with)."""
+        from facesearch import encoder
+
+        return encoder.load(self.directory, encoder.resolve_device(self.device), config=self.config)
+
+
+#: device names a gallery accepts (checked at open, without torch; whether it is usable, at loading)
+_DEVICE = re.compile(r"auto|cpu|(cuda|mps|xpu)(:\d+)?")
+
 
 class FaceSearch:
     """A gallery of enrolled faces: a metadata store, an index built from it, and one encoder."""
@@ -302,7 +314,9 @@ class FaceSearch:
         self.model_id = model_id
         self.home = home
         self.index_factory = index_factory
-        self.index_backend = vindex.resolve_backend(index_backend)
+        if index_backend != "auto":
+            vindex.resolve_backend(index_backend)  # an unknown name is refused now
+        self._backend = index_backend
         self.keep_crops = keep_crops
         #: find and align faces in the images (ordinary photos) instead of taking them as aligned crops
         self.detect = detect
@@ -339,6 +353,8 @@ class FaceSearch:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise FaceSearchError(f"cannot use {home} as the facesearch home: {e.strerror or e}") from None
+        if device is not None and not _DEVICE.fullmatch(str(device)):
+            raise FaceSearchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
         db_url = db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}"
         store = Store.open(db_url)
         try:
@@ -350,11 +366,21 @@ class FaceSearch:
             else:
                 location = BUILTIN_PREFIX + DEFAULT_MODEL
             model_dir = _model_dir(location)
-            config = read_model_dir(model_dir)  # the weights are loaded when a face is first embedded
+            config = read_model_dir(model_dir)
             if config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold; train or calibrate it first")
             vindex.check_factory(index, config.embedding_dim)
-            key = model_key(config, model_dir)
+            net: "encoder.Encoder | _ModelFiles" = _ModelFiles(config, model_dir, device)
+            sha = weights_sha256(model_dir)
+            key = model_key(config, sha256=sha)
+            if active is None or active.key != key:
+                # a model the gallery does not use yet is loaded now, before it is recorded or made
+                # active, so damaged weights or an unusable device leave nothing behind; the gallery's
+                # own model is loaded when a face is first embedded (commands that embed nothing then
+                # never import torch)
+                net = net.load()
+                sha = net.weights_sha256  # of the bytes loaded
+                key = model_key(config, sha256=sha)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 if model is None:  # the gallery's own model directory holds other weights now
                     raise ModelMismatchError(_replaced_in_place(active.key, location, key))
@@ -363,11 +389,10 @@ class FaceSearch:
                     f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
                     "with the new model, or leave --model out to use the gallery's model."
                 )
-            rec = store.register_model(key, config.to_dict(), weights_sha256(model_dir), location)
+            rec = store.register_model(key, config.to_dict(), sha, location)
             if active is None or (active.key != key and store.count_faces() == 0):
                 store.set_active_model(rec.id)
-            return cls(store, _ModelFiles(config, model_dir, device), key, rec.id, home, index, backend,
-                       keep_crops, detect)
+            return cls(store, net, key, rec.id, home, index, backend, keep_crops, detect)
         except BaseException:
             store.close()
             raise
@@ -387,22 +412,27 @@ class FaceSearch:
     def model(self) -> "encoder.Encoder":
         """The encoder, loaded on first use: a command that embeds nothing (``info``, ``identities``,
         ``remove``, ...) never imports torch, which takes seconds."""
-        if isinstance(self._model, _ModelFiles):
+        net = self._model
+        if isinstance(net, _ModelFiles):
             with self._load_lock:  # threads sharing a gallery load it once
-                files = self._model
-                if isinstance(files, _ModelFiles):
-                    from facesearch import encoder
-
-                    net = encoder.load(files.directory, encoder.resolve_device(files.device))
-                    now = model_key(net.config, files.directory)
+                net = self._model
+                if isinstance(net, _ModelFiles):
+                    files, net = net, net.load()
+                    now = model_key(files.config, sha256=net.weights_sha256)  # of the bytes just loaded
                     if now != self.model_key:
                         raise ModelMismatchError(_replaced_in_place(self.model_key, str(files.directory), now))
                     self._model = net
-        return self._model
+        return net
 
     @model.setter
     def model(self, net: "encoder.Encoder") -> None:
-        self._model = net
+        with self._load_lock:
+            self._model = net
+
+    def load_model(self) -> None:
+        """Load the encoder now rather than at the first embedding (a service checking at start-up that
+        its model and device work: damaged weights or an unusable device raise here)."""
+        self.model  # noqa: B018 - the property loads
 
     @property
     def device(self):
@@ -416,6 +446,14 @@ class FaceSearch:
     @property
     def config(self) -> ModelConfig:
         return self._model.config
+
+    @property
+    def index_backend(self) -> str:
+        """Where the index searches; ``auto`` is resolved at the first use of the index (it may ask torch
+        about CUDA, which a command that never searches need not import)."""
+        if self._backend == "auto":
+            self._backend = vindex.resolve_backend("auto")
+        return self._backend
 
     def _device_name(self) -> str:
         """Where faces are (or will be) embedded, without importing torch where no GPU can be there."""
@@ -956,9 +994,8 @@ class FaceSearch:
             net = encoder.load(model_dir, self.device)
             if net.config.threshold is None:
                 raise ModelFileError(f"model {model_dir} has no calibrated threshold")
-            key = model_key(net.config, model_dir)
-            rec = self.store.register_model(key, net.config.to_dict(), weights_sha256(model_dir),
-                                            str(model_dir))
+            key = model_key(net.config, sha256=net.weights_sha256)
+            rec = self.store.register_model(key, net.config.to_dict(), net.weights_sha256, str(model_dir))
             # The new embeddings are staged beside the faces: until the switch the gallery keeps its
             # model and embeddings, and other processes go on searching and enrolling. What they add
             # meanwhile is picked up by the next pass; the switch is one transaction, made only when
@@ -981,7 +1018,8 @@ class FaceSearch:
                     if self.store.switch_model(rec.id) == 0:
                         break
             except BaseException:
-                self._model, self.model_key, self.model_id = before
+                with self._load_lock:
+                    self._model, self.model_key, self.model_id = before
                 raise
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}

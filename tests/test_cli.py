@@ -221,6 +221,11 @@ def test_a_device_that_is_not_there_is_a_message(tmp_path, model_dir, gallery_sr
     base = ["--home", str(tmp_path / "home"), "--model", str(model_dir)]
     r = CliRunner().invoke(cli, base + ["--device", "bogus", "query", probe])
     assert r.exit_code == 1 and "unknown device 'bogus': use auto, cpu, cuda or cuda:N" in r.output, r.output
+    r = CliRunner().invoke(cli, base + ["--device", "bogus", "info"])  # checked before anything is opened
+    assert r.exit_code == 1 and "unknown device 'bogus'" in r.output, r.output
+    if not torch.backends.mps.is_available():
+        r = CliRunner().invoke(cli, base + ["--device", "mps", "query", probe])
+        assert r.exit_code == 1 and "device mps is not usable here" in r.output, r.output
     if not torch.cuda.is_available():
         r = CliRunner().invoke(cli, base + ["--device", "cuda", "verify", probe, probe])
         assert r.exit_code == 1 and "torch sees no CUDA GPU on this machine" in r.output, r.output

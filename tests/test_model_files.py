@@ -9,7 +9,7 @@ import torch
 
 from facesearch import encoder
 from facesearch.config import ModelConfig
-from facesearch.errors import ModelFileError
+from facesearch.errors import FaceSearchError, ModelFileError
 
 
 class _Payload:
@@ -81,7 +81,63 @@ def test_weights_replaced_between_open_and_first_use_are_refused(tmp_path, model
     shutil.copytree(model_dir, mine)
     probe = next((gallery_src / "Bill_Gates").iterdir())
     with FaceSearch.open(home=tmp_path / "home", model=mine, device="cpu") as fs:
+        n = fs.enroll_files("Bill_Gates", [probe]).added
+    with FaceSearch.open(home=tmp_path / "home", device="cpu") as fs:  # the gallery's model: not loaded yet
         shutil.copy(other_model_dir / "weights.pt", mine / "weights.pt")
         with pytest.raises(ModelMismatchError, match="replaced in place"):
-            fs.embed([probe])
-        assert fs.store.count_faces() == 0
+            fs.query(probe)
+        assert fs.store.count_faces() == n == 1
+
+
+def test_a_model_that_cannot_be_loaded_is_never_recorded(tmp_path, model_dir, gallery_src):
+    """A new gallery's model is loaded at open, before it is recorded: damaged weights or an unusable
+    device leave the gallery as if the command had not run, and the next command uses the built-in model."""
+    from facesearch.service import FaceSearch
+
+    bad = tmp_path / "damaged"
+    shutil.copytree(model_dir, bad)
+    (bad / "weights.pt").write_bytes((model_dir / "weights.pt").read_bytes()[:100_000])
+    home = tmp_path / "home"
+    with pytest.raises(ModelFileError, match="cannot load weights"):
+        FaceSearch.open(home=home, model=bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(FaceSearchError, match="no CUDA GPU"):
+            FaceSearch.open(home=home, model=model_dir, device="cuda")
+    with pytest.raises(FaceSearchError, match="unknown device 'bogus'"):
+        FaceSearch.open(home=home, device="bogus")
+    with FaceSearch.open(home=home) as fs:
+        assert fs.store.active_model().location == "builtin:default" and not fs.index_path.exists()
+
+
+def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, model_dir, gallery_src):
+    """Not "replaced in place" with a reindex to run, which would fail on the same file."""
+    from facesearch.service import FaceSearch
+
+    mine = tmp_path / "my-model"
+    shutil.copytree(model_dir, mine)
+    with FaceSearch.open(home=tmp_path / "home", model=mine) as fs:
+        fs.enroll_files("Bill_Gates", [next((gallery_src / "Bill_Gates").iterdir())])
+    (mine / "weights.pt").write_bytes((model_dir / "weights.pt").read_bytes()[:100_000])
+    with pytest.raises(ModelFileError, match="cannot load weights"):
+        FaceSearch.open(home=tmp_path / "home")
+
+
+def test_an_open_gallery_keeps_the_config_it_was_opened_with(tmp_path, model_dir, gallery_src):
+    """The weights are loaded at the first embedding; model.json rewritten meanwhile (`calibrate` does)
+    does not change the threshold or preprocessing of a gallery already open: one handle, one answer."""
+    from facesearch.config import ModelConfig
+    from facesearch.service import FaceSearch
+
+    mine = tmp_path / "my-model"
+    shutil.copytree(model_dir, mine)
+    probe = next((gallery_src / "Bill_Gates").iterdir())
+    with FaceSearch.open(home=tmp_path / "home", model=mine) as fs:
+        fs.enroll_files("Bill_Gates", [probe])
+    with FaceSearch.open(home=tmp_path / "home") as fs:
+        threshold = fs.threshold
+        cfg = ModelConfig.load(mine / "model.json")
+        cfg.threshold, cfg.mean, cfg.std = 0.01, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        cfg.save(mine / "model.json")
+        first, second = fs.query(probe), fs.query(probe)
+        assert first.threshold == second.threshold == threshold == fs.config.threshold
+        assert first.matches[0].distance == pytest.approx(0, abs=1e-5)  # the same preprocessing as enrolled
