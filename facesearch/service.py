@@ -1000,16 +1000,17 @@ class FaceSearch:
             # model and embeddings, and other processes go on searching and enrolling. What they add
             # meanwhile is picked up by the next pass; the switch is one transaction, made only when
             # every face has a new embedding. An interrupted run leaves the gallery as it was, and
-            # running it again skips the faces staged already. Asked for the gallery's own model,
-            # every face is embedded again (except those an interrupted run of it staged).
+            # running it again skips the faces staged already. Asked for the gallery's own model (how a
+            # change in preparing faces is picked up), every face is embedded again, by this code: what
+            # an earlier interrupted run of it staged, perhaps by another version, is dropped first.
             before = self._model, self.model_key, self.model_id
             self.model, self.model_key, self.model_id = net, key, rec.id
             try:
-                dropped = self.store.unstage_others(rec.id)  # what a reindex to another model left
-                if dropped:
-                    log.info("dropped %d embeddings staged by an earlier reindex to another model", dropped)
                 active = self.store.active_model()
                 everything = active is not None and active.id == rec.id
+                dropped = self.store.unstage_others(rec.id, own_too=everything)
+                if dropped:
+                    log.info("dropped %d embeddings staged by an earlier reindex", dropped)
                 while True:
                     if total is not None:
                         total(self.store.count_pending(rec.id, own_too=everything))
@@ -1029,8 +1030,9 @@ class FaceSearch:
         embed (``everything``: even if it did), and stage the results; returns how many."""
         done, missing = 0, []
         for chunk in self.store.iter_crops(pending_for=model_id, own_too=everything):
-            crops, fids = [], []
-            for fid, source, png, found in chunk:
+            crops, fids, shas = [], [], {}
+            for fid, source, png, found, sha in chunk:
+                shas[fid] = sha
                 try:
                     if png:
                         pixels = images.decode(png, source)
@@ -1044,7 +1046,7 @@ class FaceSearch:
                     missing.append(Failure(source, str(e)))
             if missing:
                 break
-            self.store.stage_embeddings(model_id, list(zip(fids, self._embed_crops(crops))))
+            self.store.stage_embeddings(model_id, list(zip(fids, self._embed_crops(crops))), shas)
             done += len(fids)
             if progress is not None:
                 progress(len(chunk))

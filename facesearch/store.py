@@ -499,17 +499,22 @@ class Store:
             self._bump(s)
 
     # ---- switching models (reindex --model) ------------------------------------------------
-    def stage_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]]) -> None:
+    def stage_embeddings(self, model_id: int, updates: Sequence[tuple[int, np.ndarray]],
+                         content: dict[int, str] | None = None) -> None:
         """Keep ``(face_id, embedding)`` of model ``model_id`` beside the faces, for :meth:`switch_model`.
-        The gallery does not change (no new revision): searches go on with its current embeddings."""
+        The gallery does not change (no new revision): searches go on with its current embeddings.
+        ``content``: face id -> the content SHA-256 the embedding was made from (as :meth:`iter_crops`
+        gives it); a face whose id now holds other content is left out."""
         rows = {int(f): np.ascontiguousarray(e, dtype="<f4").tobytes() for f, e in updates}
         with self.Session.begin() as s:
-            # a face removed since its crop was read is left out (its row would break the foreign key);
-            # the rows kept are locked against removal until this commits (PostgreSQL; SQLite: write lock)
-            q = select(Face.id).where(Face.id.in_(list(rows)))
+            # a face removed since its crop was read is left out (its row would break the foreign key), and
+            # so is a face enrolled since under the same id (SQLite gives a removed last id to the next
+            # face); the rows kept are locked against removal until this commits (PostgreSQL; SQLite: write
+            # lock)
+            q = select(Face.id, Face.content_sha256).where(Face.id.in_(list(rows)))
             if self.engine.dialect.name == "postgresql":
                 q = q.with_for_update(key_share=True)
-            alive = set(s.scalars(q))
+            alive = {fid for fid, sha in s.execute(q) if content is None or content.get(fid) == sha}
             values = [{"face_id": f, "model_id": model_id, "embedding": e} for f, e in rows.items() if f in alive]
             insert = _upsert(self.engine.dialect.name)
             if not values:
@@ -523,10 +528,12 @@ class Store:
                                                         StagedEmbedding.face_id.in_([v["face_id"] for v in values])))
                 s.execute(insert_(StagedEmbedding), values)
 
-    def unstage_others(self, model_id: int) -> int:
-        """Drop the embeddings staged for any model but ``model_id`` (reindexes given up); returns how many."""
+    def unstage_others(self, model_id: int, own_too: bool = False) -> int:
+        """Drop the embeddings staged for any model but ``model_id`` (reindexes given up), and with
+        ``own_too`` those staged for it as well; returns how many."""
         with self.Session.begin() as s:
-            return s.execute(delete(StagedEmbedding).where(StagedEmbedding.model_id != model_id)).rowcount
+            q = delete(StagedEmbedding)
+            return s.execute(q if own_too else q.where(StagedEmbedding.model_id != model_id)).rowcount
 
     def count_staged(self, model_id: int) -> int:
         with self.Session() as s:
@@ -681,13 +688,13 @@ class Store:
             return int(s.scalar(select(func.count(Face.id)).where(self._pending(model_id, own_too))))
 
     def iter_crops(self, chunk: int = 256, pending_for: int | None = None, own_too: bool = False
-                   ) -> Iterator[list[tuple[int, str, bytes | None, dict | None]]]:
-        """Yield lists of ``(face_id, source, crop_png, detection)`` for re-embedding (with
+                   ) -> Iterator[list[tuple[int, str, bytes | None, dict | None, str]]]:
+        """Yield lists of ``(face_id, source, crop_png, detection, content_sha256)`` for re-embedding (with
         ``pending_for``: only faces with no embedding staged for that model, and unless ``own_too``,
         not embedded by it either)."""
         last = 0
         while True:
-            q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection)
+            q = (select(Face.id, Face.source, FaceCrop.crop_png, Face.detection, Face.content_sha256)
                  .outerjoin(FaceCrop, FaceCrop.face_id == Face.id).where(Face.id > last))
             if pending_for is not None:
                 q = q.where(self._pending(pending_for, own_too, last))

@@ -191,7 +191,7 @@ def test_reindex_aligns_again_from_the_stored_landmarks(tmp_path, photos, model_
         report = fs.enroll_folder(photos)
         before = fs.store.embeddings(report.face_ids)
         rows = [r for chunk in fs.store.iter_crops() for r in chunk]
-        assert all(png is None and det is not None and len(det["landmarks"]) == 5 for _, _, png, det in rows)
+        assert all(png is None and det is not None and len(det["landmarks"]) == 5 for _, _, png, det, _ in rows)
         assert fs.reindex(model=model_dir)["reembedded"] == 8
         after = fs.store.embeddings(report.face_ids)
     np.testing.assert_allclose(after, before, atol=1e-5)

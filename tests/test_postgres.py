@@ -108,7 +108,7 @@ def test_faces_round_trip_and_revision_bumps(store):
     got = np.concatenate([c[1] for c in chunks])
     assert got.dtype == np.float32 and got.tobytes() == np.stack([e1, e2]).astype("<f4").tobytes()  # bit-exact
     np.testing.assert_array_equal(store.embeddings([ids[1], ids[0]]), np.stack([e2, e1]))
-    assert [(i, s, c) for batch in store.iter_crops() for i, s, c, _ in batch] == [(ids[0], "1.png", None),
+    assert [(i, s, c) for batch in store.iter_crops() for i, s, c, *_ in batch] == [(ids[0], "1.png", None),
                                                                                 (ids[1], "2.png", crop)]
     assert store.known_hashes(["1" * 64, "9" * 64]) == {"1" * 64: "a"}
     assert {i.name: i.faces for i in store.identities()} == {"a": 1, "b": 1}

@@ -362,7 +362,7 @@ def test_an_interrupted_reindex_leaves_the_gallery_as_it_was_and_is_finished_whe
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
         half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
-        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in half])
+        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
         fs.store.stage_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])  # what the killed run did
     with FaceSearch.open(home=home) as fs:
         assert fs.store.revision() == revision and fs.info()["index"]["size"] == total
@@ -378,22 +378,43 @@ def test_an_interrupted_reindex_leaves_the_gallery_as_it_was_and_is_finished_whe
         assert fs.query(probe).matches[0].distance == pytest.approx(0, abs=1e-5)
 
 
-def test_an_interrupted_reindex_to_the_gallery_s_own_model_is_finished_where_it_stopped(
-        tmp_path, model_dir, gallery_src):
-    """`reindex --model` with the gallery's own model embeds every face again; run again after an
-    interruption it embeds only what the first run did not stage."""
+def test_a_reindex_to_the_gallery_s_own_model_embeds_every_face_again(tmp_path, model_dir, gallery_src):
+    """`reindex --model` with the gallery's own model is how a change in preparing faces is picked up:
+    every face is embedded again by this code, even where an interrupted earlier run (perhaps of another
+    facesearch version) left embeddings staged; those are dropped, never switched in."""
     home = tmp_path / "home"
     g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
     with FaceSearch.open(home=home, model=model_dir) as fs:
         total = fs.enroll_folder(g).added
-        first = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 3]
-        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in first])
-        fs.store.stage_embeddings(fs.model_id, [(fid, e) for (fid, *_), e in zip(first, embs)])
-        left = []
-        assert fs.reindex(model=model_dir, total=left.append)["reembedded"] == total - total // 3
-        assert left[0] == total - total // 3 and fs.store.count_staged(fs.model_id) == 0
-        assert fs.reindex(model=model_dir)["reembedded"] == total  # not interrupted: every face again
-        assert fs.store.count_faces(fs.model_id) == total
+        ids = [fid for chunk in fs.store.iter_crops() for fid, *_ in chunk]
+        good = fs.store.embeddings(ids)
+        stale = np.roll(good, 1, axis=0)  # what an older run staged: other vectors
+        fs.store.stage_embeddings(fs.model_id, list(zip(ids[: total // 3], stale)))
+        left, done = [], []
+        assert fs.reindex(model=model_dir, progress=done.append, total=left.append)["reembedded"] == total
+        assert left == [total] and sum(done) == total and fs.store.count_staged(fs.model_id) == 0
+        np.testing.assert_allclose(fs.store.embeddings(ids), good, atol=1e-5)
+
+
+def test_staging_leaves_out_a_face_whose_id_now_holds_other_content(tmp_path, model_dir, gallery_src):
+    """SQLite gives a removed last face id to the next face enrolled. A reindex pass that read the removed
+    face's crop before must not stage its embedding for the new face under the same id."""
+    home = tmp_path / "home"
+    g = gallery_with_holdout(gallery_src, tmp_path / "g", 2)
+    with FaceSearch.open(home=home, model=model_dir) as fs:
+        fs.enroll_folder(g)
+        chunk = [r for c in fs.store.iter_crops() for r in c]
+        last_id, _, png, _, sha = chunk[-1]  # the reindex read it, and is embedding it
+        emb = fs._embed_crops([images.prepare(images.decode(png), fs.config)])[0]
+        fs.remove_faces([last_id])
+        newcomer = next(p for p in (gallery_src / "Hugo_Chavez").iterdir() if not (g / "Hugo_Chavez" / p.name).exists())
+        fs.enroll_files("Hugo_Chavez", [newcomer])
+        reused = max(fid for c in fs.store.iter_crops() for fid, *_ in c)
+        assert reused == last_id  # SQLite reused the id
+        fs.store.stage_embeddings(fs.model_id, [(last_id, emb)], {last_id: sha})
+        assert fs.store.count_staged(fs.model_id) == 0  # the removed face's embedding was left out
+        fs.store.stage_embeddings(fs.model_id, [(last_id, emb)])  # unchecked, it would have been staged
+        assert fs.store.count_staged(fs.model_id) == 1
 
 
 def test_a_gallery_mixed_by_an_older_reindex_names_the_one_to_run(tmp_path, model_dir, other_model_dir,
@@ -407,7 +428,7 @@ def test_a_gallery_mixed_by_an_older_reindex_names_the_one_to_run(tmp_path, mode
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
         half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
-        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, _ in half])
+        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
         fs.store.replace_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])
     with FaceSearch.open(home=home) as fs:
         hint = f"reindex --model {other_model_dir.resolve()}"
