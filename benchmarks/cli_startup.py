@@ -92,7 +92,7 @@ def _timed(argv: list[str], env: dict) -> tuple[float, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

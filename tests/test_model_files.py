@@ -141,3 +141,18 @@ def test_an_open_gallery_keeps_the_config_it_was_opened_with(tmp_path, model_dir
         first, second = fs.query(probe), fs.query(probe)
         assert first.threshold == second.threshold == threshold == fs.config.threshold
         assert first.matches[0].distance == pytest.approx(0, abs=1e-5)  # the same preprocessing as enrolled
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_model_reports_at_once_what_the_first_embedding_would(tmp_path, model_dir, gallery_src):
+    """The gallery's own model is loaded lazily; load_model() is the start-up check that fails now."""
+    from facesearch.service import FaceSearch
+
+    with FaceSearch.open(home=tmp_path / "home", model=model_dir) as fs:
+        fs.enroll_files("Bill_Gates", [next((gallery_src / "Bill_Gates").iterdir())])
+    with FaceSearch.open(home=tmp_path / "home", device="cuda") as fs:  # opens: nothing loaded yet
+        with pytest.raises(FaceSearchError, match="no CUDA GPU"):
+            fs.load_model()
+    with FaceSearch.open(home=tmp_path / "home", device="cpu") as fs:
+        fs.load_model()
+        assert str(fs.info()["device"]) == "cpu" and fs.model.weights_sha256.startswith(fs.model_key.split("@")[1])
