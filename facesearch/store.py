@@ -150,6 +150,8 @@ class IndexState(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0)
     #: random id of the last change, new with every revision: identifies the content across databases
     change_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: the largest face id ever given (SQLite; see :meth:`Store._reserve_face_ids`)
+    last_face_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 def validate_identity(name: str) -> str:
@@ -265,7 +267,7 @@ def migrations_dir() -> Path:
 
 #: the newest revision in migrations/versions (tests/test_store.py checks that it is alembic's head): a
 #: database stamped with it opens without importing alembic and reading the scripts (~0.3 s a command)
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def alembic_config(connection=None):
@@ -615,10 +617,11 @@ class Store:
             s.flush()  # one flush for all new identities (a flush each made 1M-face inserts 3x slower)
             created = {i.name: i.id for i in new}
             ids = {n: i if i is not None else created[nfc_name(n)] for n, i in ids.items()}
+            face_ids = self._reserve_face_ids(s, len(faces))
             rows = [
-                Face(identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
+                Face(id=fid, identity_id=ids[name], model_id=model_id, source=source[:1024], content_sha256=sha,
                      embedding=np.ascontiguousarray(emb, dtype="<f4").tobytes(), detection=det)
-                for (name, source, sha, emb, crop), det in zip(faces, detections)
+                for fid, (name, source, sha, emb, crop), det in zip(face_ids, faces, detections)
             ]
             s.add_all(rows)
             s.flush()
@@ -637,6 +640,19 @@ class Store:
                     "while these faces were being embedded); nothing of this batch was stored. Run the "
                     "command again: it uses the gallery's new model and skips what is stored.")
             return [r.id for r in rows], self._bump(s)
+
+    def _reserve_face_ids(self, s: Session, n: int) -> list[int | None]:
+        """Ids for ``n`` new faces. SQLite would give a new row the largest id present plus one, so the id
+        of a removed last face went to the next one enrolled; ids are taken above the largest ever given
+        instead (one UPDATE: it takes the write lock, and concurrent writers wait for it). PostgreSQL's
+        sequence never repeats an id: None lets it choose."""
+        if self.engine.dialect.name != "sqlite" or n == 0:
+            return [None] * n
+        top = select(func.coalesce(func.max(Face.id), 0)).scalar_subquery()
+        s.execute(update(IndexState).where(IndexState.id == 1).values(
+            last_face_id=func.max(IndexState.last_face_id, top) + n))
+        last = int(s.scalar(select(IndexState.last_face_id).where(IndexState.id == 1)))
+        return list(range(last - n + 1, last + 1))
 
     def iter_embeddings(self, model_id: int | None = None, chunk: int = 50_000
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -224,6 +224,33 @@ def test_database_from_a_newer_schema_is_refused_untouched(tmp_path):
     assert s.current_revision() == "ffff_future"  # nothing was changed
 
 
+def test_staging_leaves_out_a_face_whose_id_holds_other_content(store):
+    """stage_embeddings with the content each embedding came from: a face id that now holds other
+    content (a database from before migration 0006 reused ids) is not given that embedding."""
+    mid = add_model(store)
+    ids, _ = store.add_faces(mid, [("a", "1.png", "1" * 64, emb(1, 0, 0, 0), b"png")])
+    new = store.register_model("m@2", dict(store.active_model().config), "2" * 64, "/x").id
+    store.stage_embeddings(new, [(ids[0], emb(0, 1, 0, 0))], {ids[0]: "9" * 64})
+    assert store.count_staged(new) == 0
+    store.stage_embeddings(new, [(ids[0], emb(0, 1, 0, 0))], {ids[0]: "1" * 64})
+    assert store.count_staged(new) == 1
+
+
+def test_migration_0006_records_the_largest_face_id(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    s = Store.open(url)
+    mid = add_model(s)
+    ids, _ = s.add_faces(mid, [(n, f"{n}.png", n * 64, emb(1, 0, 0, 0), None) for n in "abc"])
+    s.remove_faces([ids[1]])
+    s.downgrade("0005")
+    s.upgrade()
+    with s.engine.connect() as conn:
+        assert conn.execute(text("SELECT last_face_id FROM index_state")).scalar() == ids[2]
+    more, _ = s.add_faces(mid, [("d", "d.png", "d" * 64, emb(0, 1, 0, 0), None)])
+    assert more == [ids[2] + 1]
+    s.close()
+
+
 def test_the_revision_open_takes_for_head_is_alembic_s_head(tmp_path):
     """Store.open skips alembic for a database at HEAD_REVISION: that constant must be the newest
     migration, or a database one migration behind would never be upgraded."""
