@@ -373,16 +373,16 @@ class FaceSearch:
             net: "encoder.Encoder | _ModelFiles" = _ModelFiles(config, model_dir, device)
             sha = weights_sha256(model_dir)
             key = model_key(config, sha256=sha)
-            if active is None or active.key != key:
-                # a model the gallery does not use yet is loaded now, before it is recorded or made
-                # active, so damaged weights or an unusable device leave nothing behind; the gallery's
-                # own model is loaded when a face is first embedded (commands that embed nothing then
-                # never import torch)
+            if active is None or (model is not None and active.key != key and not (strict and store.count_faces())):
+                # a model new to the gallery is loaded now, before it is recorded or made active, so
+                # damaged weights or an unusable device leave nothing behind; the gallery's own model is
+                # loaded when a face is first embedded (commands that embed nothing never import torch)
                 net = net.load()
                 sha = net.weights_sha256  # of the bytes loaded
                 key = model_key(config, sha256=sha)
             if active is not None and active.key != key and strict and store.count_faces() > 0:
                 if model is None:  # the gallery's own model directory holds other weights now
+                    net.load()  # damaged? then that is the error, not "replaced in place"
                     raise ModelMismatchError(_replaced_in_place(active.key, location, key))
                 raise ModelMismatchError(
                     f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
@@ -417,7 +417,15 @@ class FaceSearch:
             with self._load_lock:  # threads sharing a gallery load it once
                 net = self._model
                 if isinstance(net, _ModelFiles):
-                    files, net = net, net.load()
+                    files = net
+                    try:
+                        net = files.load()
+                    except ModelFileError as e:  # other weights that do not fit: say they were replaced
+                        now = model_key(files.config, files.directory)
+                        if now != self.model_key:
+                            raise ModelMismatchError(
+                                _replaced_in_place(self.model_key, str(files.directory), now)) from e
+                        raise
                     now = model_key(files.config, sha256=net.weights_sha256)  # of the bytes just loaded
                     if now != self.model_key:
                         raise ModelMismatchError(_replaced_in_place(self.model_key, str(files.directory), now))

@@ -87,6 +87,13 @@ def test_weights_replaced_between_open_and_first_use_are_refused(tmp_path, model
         with pytest.raises(ModelMismatchError, match="replaced in place"):
             fs.query(probe)
         assert fs.store.count_faces() == n == 1
+    small = tmp_path / "small"  # other weights that do not even fit model.json
+    encoder.save(encoder.build(ModelConfig(embedding_dim=64, threshold=0.3), pretrained=None), small)
+    shutil.copy(model_dir / "weights.pt", mine / "weights.pt")
+    with FaceSearch.open(home=tmp_path / "home", device="cpu") as fs:
+        shutil.copy(small / "weights.pt", mine / "weights.pt")
+        with pytest.raises(ModelMismatchError, match="replaced in place"):
+            fs.query(probe)
 
 
 def test_a_model_that_cannot_be_loaded_is_never_recorded(tmp_path, model_dir, gallery_src):
@@ -109,8 +116,13 @@ def test_a_model_that_cannot_be_loaded_is_never_recorded(tmp_path, model_dir, ga
         assert fs.store.active_model().location == "builtin:default" and not fs.index_path.exists()
 
 
-def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, model_dir, gallery_src):
-    """Not "replaced in place" with a reindex to run, which would fail on the same file."""
+def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, model_dir, other_model_dir,
+                                                                    gallery_src):
+    """Not "replaced in place" with a reindex to run, which would fail on the same file; a reindex to
+    another model still rescues the gallery."""
+    from click.testing import CliRunner
+
+    from facesearch.cli import cli
     from facesearch.service import FaceSearch
 
     mine = tmp_path / "my-model"
@@ -120,6 +132,8 @@ def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, mod
     (mine / "weights.pt").write_bytes((model_dir / "weights.pt").read_bytes()[:100_000])
     with pytest.raises(ModelFileError, match="cannot load weights"):
         FaceSearch.open(home=tmp_path / "home")
+    r = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "reindex", "--model", str(other_model_dir)])
+    assert r.exit_code == 0 and "(1 re-embedded)" in r.output, r.output
 
 
 def test_an_open_gallery_keeps_the_config_it_was_opened_with(tmp_path, model_dir, gallery_src):
@@ -150,6 +164,8 @@ def test_load_model_reports_at_once_what_the_first_embedding_would(tmp_path, mod
 
     with FaceSearch.open(home=tmp_path / "home", model=model_dir) as fs:
         fs.enroll_files("Bill_Gates", [next((gallery_src / "Bill_Gates").iterdir())])
+    with pytest.raises(FaceSearchError, match="unknown device 'gpu'"):  # a name torch has not: at open
+        FaceSearch.open(home=tmp_path / "home", device="gpu")
     with FaceSearch.open(home=tmp_path / "home", device="cuda") as fs:  # opens: nothing loaded yet
         with pytest.raises(FaceSearchError, match="no CUDA GPU"):
             fs.load_model()

@@ -246,6 +246,7 @@ def test_migration_0006_records_the_largest_face_id(tmp_path):
     s.upgrade()
     with s.engine.connect() as conn:
         assert conn.execute(text("SELECT last_face_id FROM index_state")).scalar() == ids[2]
+    s.remove_faces([ids[2]])  # now the last one: its id is not given again
     more, _ = s.add_faces(mid, [("d", "d.png", "d" * 64, emb(0, 1, 0, 0), None)])
     assert more == [ids[2] + 1]
     s.close()
