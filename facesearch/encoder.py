@@ -129,11 +129,16 @@ class Encoder(nn.Module):
 
 
 def pretrained_checkpoint_path(backbone: str) -> Path:
-    """Where torchvision keeps (and looks for) the ImageNet checkpoint of ``backbone``."""
+    """Where torchvision keeps (and looks for) an ImageNet checkpoint of ``backbone``: the first of its
+    published checkpoints found in the torch hub cache, torchvision's default first (mobilenet_v2 has
+    two: IMAGENET1K_V2 is the default, and ``make setup`` installs IMAGENET1K_V1, the one facesearch's
+    recipes were measured with); the default's path when none is there."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(backbone).DEFAULT
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    enum = torchvision.models.get_model_weights(backbone)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    paths = [cache / os.path.basename(w.url) for w in [enum.DEFAULT] + [w for w in enum if w != enum.DEFAULT]]
+    return next((p for p in paths if p.is_file()), paths[0])
 
 
 def build(config: ModelConfig, pretrained: str | os.PathLike | None = "imagenet") -> Encoder:
@@ -143,9 +148,11 @@ def build(config: ModelConfig, pretrained: str | os.PathLike | None = "imagenet"
     if pretrained is not None:
         path = pretrained_checkpoint_path(config.backbone) if pretrained == "imagenet" else Path(pretrained)
         if not path.is_file():
+            where = f"in {path.parent}" if pretrained == "imagenet" else f"at {path}"
             raise ModelFileError(
-                f"ImageNet weights for {config.backbone} not found at {path}. facesearch does not download "
-                f"them: copy the checkpoint there (see README) or pass its path with --pretrained."
+                f"ImageNet weights for {config.backbone} not found {where}. facesearch does not download "
+                f"them: copy torchvision's checkpoint there (`make setup` does, from ../shared/weights) or "
+                f"pass its path with --pretrained."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:

@@ -303,13 +303,34 @@ def test_cuda_graph_step_trains_like_the_eager_step():
     assert res["ok"], res
 
 
+def _hub_with_the_setup_checkpoint(tmp_path, monkeypatch) -> Path:
+    """A torch hub cache holding what `make setup` copies there: torchvision's IMAGENET1K_V1 checkpoint
+    of mobilenet_v2 (its default is IMAGENET1K_V2, another file)."""
+    hub = tmp_path / "torch-home"
+    (hub / "hub" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    return hub / "hub" / "checkpoints"
+
+
+def test_imagenet_start_is_found_under_any_of_torchvision_s_names(tmp_path, monkeypatch):
+    checkpoints = _hub_with_the_setup_checkpoint(tmp_path, monkeypatch)
+    with pytest.raises(encoder.ModelFileError, match=f"not found in {checkpoints}"):
+        encoder.build(ModelConfig(input_size=32), pretrained="imagenet")
+    shutil.copy(WEIGHTS, checkpoints / WEIGHTS.name)
+    trunk = encoder.build(ModelConfig(input_size=32), pretrained="imagenet").trunk.state_dict()
+    state = torch.load(WEIGHTS, weights_only=True)
+    assert all(torch.equal(v, state[f"features.{k}"]) for k, v in trunk.items())
+
+
 @needs_lfw
-def test_cli_trains_and_reports_json(tmp_path, people):
+def test_cli_trains_and_reports_json(tmp_path, people, monkeypatch):
+    """`facesearch train DATA` with the default ImageNet start, as the README runs it after `make setup`."""
+    shutil.copy(WEIGHTS, _hub_with_the_setup_checkpoint(tmp_path, monkeypatch) / WEIGHTS.name)
     names = tmp_path / "people.txt"
     names.write_text("\n".join(sorted(people)[:36]) + "\n")
     out = tmp_path / "cli-model"
     result = CliRunner().invoke(train_cmd, [
-        str(LFW_ZIP), "--out", str(out), "--pretrained", str(WEIGHTS), "--input-size", "48", "--epochs", "1",
+        str(LFW_ZIP), "--out", str(out), "--input-size", "48", "--epochs", "1",
         "--pk", "8", "2", "--include-people", str(names), "--calibration-fraction", "0.2", "--device", "cpu",
         "--no-flip-average", "--json",
     ])
