@@ -6,7 +6,16 @@ The public API lives in :mod:`facesearch.service` (``FaceSearch``); the CLI
 
 __version__ = "0.1.0"
 
-from facesearch.errors import FaceSearchError  # noqa: E402
+from facesearch.errors import (  # noqa: E402
+    FaceSearchError,
+    InvalidIdentityError,
+    InvalidImageError,
+    ModelFileError,
+    ModelMismatchError,
+    SchemaError,
+    ThresholdError,
+    UnknownIdentityError,
+)
 
 
 def __getattr__(name):
@@ -18,4 +27,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["FaceSearch", "FaceSearchError", "__version__"]
+__all__ = ["FaceSearch", "FaceSearchError", "InvalidIdentityError", "InvalidImageError", "ModelFileError",
+           "ModelMismatchError", "SchemaError", "ThresholdError", "UnknownIdentityError", "__version__"]

@@ -28,5 +28,9 @@ class SchemaError(FaceSearchError):
     """The database schema is newer than this version of facesearch, or otherwise unusable."""
 
 
+class ThresholdError(FaceSearchError, ValueError):
+    """A decision threshold that is out of range, or a false accept rate the model has no threshold for."""
+
+
 class ModelFileError(FaceSearchError, ValueError):
     """A model directory that is missing, incomplete or inconsistent."""

@@ -70,6 +70,15 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend != "auto":
         if backend not in ("faiss-cpu", "faiss-gpu", "torch-cuda"):
             raise ValueError(f"unknown index backend {backend!r}")
+        if backend == "faiss-gpu" and not faiss_has_gpu():
+            raise FaceSearchError("--backend faiss-gpu: the installed FAISS has no GPU support, or sees no GPU; "
+                                  "use auto or faiss-cpu (or install a FAISS GPU build)")
+        if backend == "torch-cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise FaceSearchError("--backend torch-cuda: torch sees no CUDA GPU on this machine; use auto or "
+                                      "faiss-cpu")
         return backend
     if faiss_has_gpu():
         return "faiss-gpu"

@@ -48,6 +48,7 @@ from facesearch.errors import (
     InvalidImageError,
     ModelFileError,
     ModelMismatchError,
+    ThresholdError,
 )
 from facesearch.store import Store, nfc_name, validate_identity
 
@@ -467,11 +468,14 @@ class FaceSearch:
         """Where faces are (or will be) embedded, without importing torch where no GPU can be there."""
         files = self._model
         if isinstance(files, _ModelFiles):
-            if files.device not in (None, "auto"):
-                return str(files.device)
-            if not vindex.gpu_driver_present():
+            if files.device in (None, "auto") and not vindex.gpu_driver_present():
                 return "cpu"
-        return str(self.device)
+            if files.device == "cpu":
+                return "cpu"
+        try:
+            return str(self.device)
+        except FaceSearchError as e:  # only a model not loaded yet can get here; info says so, not fails
+            return f"{getattr(files, 'device', '?')} (not usable here: {e})"
 
     @property
     def threshold(self) -> float:
@@ -487,10 +491,10 @@ class FaceSearch:
         """The threshold to decide with: ``threshold`` if given, else the stored operating point for ``far``,
         else the model's calibrated threshold. Raises ValueError for a bad threshold or an unknown ``far``."""
         if threshold is not None and far is not None:
-            raise ValueError("give a threshold or a far, not both")
+            raise ThresholdError("give a threshold or a far, not both")
         if threshold is not None:
             if not distance.MIN <= threshold <= distance.MAX:
-                raise ValueError(f"threshold is a {self.config.distance} distance in [{distance.MIN}, {distance.MAX}]")
+                raise ThresholdError(f"threshold is a {self.config.distance} distance in [{distance.MIN}, {distance.MAX}]")
             return float(threshold)
         if far is None:
             return self.threshold
@@ -498,7 +502,7 @@ class FaceSearch:
             if math.isclose(op["far"], far, rel_tol=1e-9):
                 return float(op["threshold"])
         have = ", ".join(f"{op['far']:g}" for op in self.operating_points()) or "none"
-        raise ValueError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
+        raise ThresholdError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
                          f"`facesearch calibrate MODEL DATA` stores them")
 
     @property

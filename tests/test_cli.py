@@ -232,3 +232,30 @@ def test_a_device_that_is_not_there_is_a_message(tmp_path, model_dir, gallery_sr
     else:
         r = CliRunner().invoke(cli, base + ["--device", f"cuda:{torch.cuda.device_count()}", "verify", probe, probe])
         assert r.exit_code == 1 and "numbered from 0" in r.output, r.output
+
+
+def test_backends_and_devices_that_are_not_there_are_said_so(tmp_path, model_dir):
+    import torch
+
+    from facesearch import index
+
+    base = ["--home", str(tmp_path / "home"), "--model", str(model_dir)]
+    assert CliRunner().invoke(cli, base + ["info"]).exit_code == 0
+    if not index.faiss_has_gpu():
+        r = CliRunner().invoke(cli, base + ["--backend", "faiss-gpu", "info"])
+        assert r.exit_code == 1 and "the installed FAISS has no GPU support" in r.output, r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(cli, base + ["--backend", "torch-cuda", "info"])
+        assert r.exit_code == 1 and "torch sees no CUDA GPU" in r.output, r.output
+        info = json.loads(CliRunner().invoke(cli, base + ["--device", "cuda", "info", "--json"]).stdout)
+        assert info["device"].startswith("cuda (not usable here: device cuda: torch sees no CUDA GPU")
+
+
+def test_the_errors_the_readme_names_are_importable_and_facesearch_errors():
+    import facesearch
+    from facesearch import errors
+
+    for name in ("InvalidImageError", "InvalidIdentityError", "UnknownIdentityError", "ModelMismatchError",
+                 "SchemaError", "ModelFileError", "ThresholdError"):
+        assert getattr(facesearch, name) is getattr(errors, name)
+        assert issubclass(getattr(facesearch, name), facesearch.FaceSearchError)

@@ -656,3 +656,12 @@ def test_commands_that_embed_nothing_import_no_torch(tmp_path, model_dir, galler
     assert seen["after_query"] == {"torch": True, "torchvision": False, "torch._dynamo": False}
     assert seen["top"][0] == expected.identity
     assert seen["top"][1] == pytest.approx(expected.distance, abs=1e-5)
+
+
+def test_a_bad_threshold_or_far_is_a_facesearch_error(fs):
+    from facesearch.errors import FaceSearchError, ThresholdError
+
+    for kwargs in ({"far": 1e-4}, {"threshold": 3.0}, {"far": 1e-2, "threshold": 0.5}):
+        with pytest.raises(ThresholdError) as e:
+            fs.threshold_at(**kwargs)
+        assert isinstance(e.value, (FaceSearchError, ValueError))
