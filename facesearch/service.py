@@ -501,6 +501,13 @@ class FaceSearch:
         for op in self.operating_points():
             if math.isclose(op["far"], far, rel_tol=1e-9):
                 return float(op["threshold"])
+        for op in (self.config.calibration or {}).get("operating_points_not_measurable") or []:
+            if math.isclose(op["far"], far, rel_tol=1e-9):
+                raise ThresholdError(
+                    f"model {self.config.name} has no threshold for FAR {far:g}: its calibration had "
+                    f"{self.config.calibration.get('impostor_pairs')} impostor pairs, and measuring a FAR of "
+                    f"{far:g} needs at least {op['needs_impostor_pairs']}. Calibrate on more people "
+                    "(`facesearch calibrate MODEL DATA`), or pass --threshold D")
         have = ", ".join(f"{op['far']:g}" for op in self.operating_points()) or "none"
         raise ThresholdError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
                          f"`facesearch calibrate MODEL DATA` stores them")

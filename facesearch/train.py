@@ -539,8 +539,12 @@ def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int, so
         if same[fit].any() and (~same[fit]).any() and score.any():
             t, _ = metrics.best_threshold(dist[fit], same[fit])
             cv.append(metrics.accuracy(dist[score], same[score], t))
-    operating_points = []
+    operating_points, not_measurable = [], []
+    impostors = int((~same).sum())
     for far in OPERATING_FARS:
+        if impostors * far < 1.0 - 1e-9:  # fewer than 1/far impostor pairs: that FAR cannot be told from 0
+            not_measurable.append({"far": far, "needs_impostor_pairs": int(math.ceil(1.0 / far - 1e-9))})
+            continue
         tar, t = metrics.tar_at_far(dist, same, far)
         operating_points.append({"far": far, "threshold": t, "tar": tar})
     return {
@@ -548,9 +552,10 @@ def calibrate(emb: np.ndarray, labels: np.ndarray, max_pairs: int, seed: int, so
         "accuracy": acc,
         "cross_validated_accuracy": float(np.mean(cv)) if cv else None,
         # stricter thresholds on the same pairs, for 1:N search and high-security 1:1 (query/verify --far,
-        # FaceSearch.threshold_at); with n impostor pairs a FAR below 1/n cannot be measured, so 1e-3 rests
-        # on few pairs
+        # FaceSearch.threshold_at); with n impostor pairs a FAR below 1/n cannot be measured: none is
+        # stored for it (at 1/n exactly it rests on one false accept)
         "operating_points": operating_points,
+        "operating_points_not_measurable": not_measurable,
         "pairs": int(len(same)),
         "genuine_pairs": int(same.sum()),
         "impostor_pairs": int((~same).sum()),

@@ -665,3 +665,22 @@ def test_a_bad_threshold_or_far_is_a_facesearch_error(fs):
         with pytest.raises(ThresholdError) as e:
             fs.threshold_at(**kwargs)
         assert isinstance(e.value, (FaceSearchError, ValueError))
+
+
+def test_a_far_the_calibration_could_not_measure_says_why(tmp_path, model_dir):
+    """With 18 impostor pairs (a small fine-tune), no FAR under 1/18 can be measured: calibration stores
+    no threshold for 1e-2 or 1e-3, and asking for one says what it would need."""
+    d = tmp_path / "small-cal"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "model.json").read_text())
+    cfg["calibration"] = dict(cfg.get("calibration") or {}, impostor_pairs=18, operating_points=[],
+                              operating_points_not_measurable=[{"far": 1e-2, "needs_impostor_pairs": 100},
+                                                               {"far": 1e-3, "needs_impostor_pairs": 1000}])
+    (d / "model.json").write_text(json.dumps(cfg))
+    from facesearch.errors import ThresholdError
+
+    with FaceSearch.open(home=tmp_path / "home", model=d) as fs:
+        with pytest.raises(ThresholdError, match="had 18 impostor pairs, and measuring a FAR of 0.001 needs at "
+                                                  "least 1000"):
+            fs.threshold_at(far=1e-3)
+        assert fs.operating_points() == []
