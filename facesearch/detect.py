@@ -230,6 +230,7 @@ def align_folder(src, out, progress=None, total=None) -> AlignReport:
 
     available_or_raise()
     folder, out, report = ImageFolder(src), Path(out), AlignReport()
+    report.failed.extend(folder.ignored)  # sub-folders, files outside identity folders: listed, as enroll does
     if total is not None:
         total(len(folder))
     for ident in folder.identities():

@@ -288,13 +288,15 @@ def test_align_writes_owner_only_crops_like_the_training_pack(tmp_path, photos):
             if f.is_file():
                 z.write(f, f.relative_to(photos).as_posix())
         z.writestr(".sneaky/x.jpg", (photos / ONE / f"{ONE}_0001.jpg").read_bytes())
+        z.writestr(f"{ONE}/older/y.jpg", (photos / ONE / f"{ONE}_0001.jpg").read_bytes())  # listed, as enroll does
     out = tmp_path / "crops"
     r = CliRunner().invoke(cli, ["align", str(src), str(out), "--json"], catch_exceptions=False)
     assert r.exit_code == 3, r.output  # wall.png failed, the rest was aligned
     rep = json.loads(r.stdout)
     assert rep["written"] == 8 and rep["existing"] == 0
     # a hidden folder is left out, as in a directory
-    assert [(f["source"].split("/")[-1], f["reason"][:13]) for f in rep["failures"]] == [("wall.png", "no face found")]
+    assert [(f["source"].split("/")[-1], f["reason"][:13]) for f in rep["failures"]] == [
+        ("y.jpg", "in a sub-fold"), ("wall.png", "no face found")]
     assert not (tmp_path / ".sneaky").exists() and not (out / ".sneaky").exists()
     crops = ImageFolder(out)
     assert crops.identities() == [ONE, TWO] and len(crops) == 8
