@@ -29,6 +29,15 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _builtin_sha() -> str | None:
+    from facesearch.config import BUILTIN_MODELS, weights_sha256
+
+    try:
+        return weights_sha256(BUILTIN_MODELS / "default")
+    except OSError:
+        return None
+
+
 def _training_note(model: dict) -> list[str]:
     t = model.get("training") or {}
     lines = []
@@ -42,15 +51,19 @@ def _training_note(model: dict) -> list[str]:
         lines.append(desc)
         if t.get("notes"):
             lines.append(f"training notes: {t['notes']}")
-        seen = [data]
+        seen, shas = [data], {model.get("weights_sha256")}
         init = t.get("init_model")
         while init:  # fine-tuned: what the model it started from (and that one's start) was trained on
             before = init.get("trained_on") or {}
             lines.append(f"fine-tuned from {init.get('name')} (trained on {before.get('data')}, "
                          f"{before.get('people')} people)")
             seen.append(before.get("data"))
+            shas.add(init.get("weights_sha256"))
             init = before.get("init_model")
-        if any(d and "lfw" in str(d).lower() for d in seen):
+        if _builtin_sha() in shas:
+            lines.append("warning: this is, or was fine-tuned from, the built-in model, which was trained on LFW "
+                         "people of every fold: none of its LFW numbers is honest (see README)")
+        elif any(d and "lfw" in str(d).lower() for d in seen):
             lines.append(
                 "warning: this model was trained on LFW images; its numbers are honest only on folds whose "
                 "people it never saw (see shared/docs/data.md)"

@@ -379,6 +379,13 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_pat
     assert any("fine-tuned from" in ln for ln in _training_note({"training": summary["training"]}))
     assert any(ln.startswith("warning: this model was trained on LFW")
                for ln in _training_note({"training": dict(summary["training"], data="my-people")}))
+    # fine-tuned from the built-in model (which saw every fold's people): no fold is honest, said plainly
+    from facesearch.config import BUILTIN_MODELS
+
+    builtin = {"name": "facesearch-mobilenet_v2-lfw-all", "weights_sha256": encoder.weights_sha256(BUILTIN_MODELS /
+               "default"), "trained_on": {"data": "lfw-deepfunneled-112.zip", "people": 1512}}
+    note = _training_note({"training": dict(summary["training"], data="my-people", init_model=builtin)})
+    assert any(ln.startswith("warning: this is, or was fine-tuned from, the built-in model") for ln in note)
 
     # a resume continues the same lineage: the ImageNet-started run's checkpoint is refused as a fine-tune
     resumed = tmp_path / "resumed"
