@@ -489,7 +489,8 @@ class FaceSearch:
 
     def threshold_at(self, far: float | None = None, threshold: float | None = None) -> float:
         """The threshold to decide with: ``threshold`` if given, else the stored operating point for ``far``,
-        else the model's calibrated threshold. Raises ValueError for a bad threshold or an unknown ``far``."""
+        else the model's calibrated threshold. Raises ThresholdError (a ValueError) for a bad threshold or a
+        ``far`` the model has no threshold for."""
         if threshold is not None and far is not None:
             raise ThresholdError("give a threshold or a far, not both")
         if threshold is not None:
