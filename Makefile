@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 SHARED ?= ../shared
 PY     := $(VENV)/bin/python
-TORCH_HUB := $(shell $(PYTHON) -c "import os;print(os.path.join(os.environ.get('TORCH_HOME',os.path.expanduser('~/.cache/torch')),'hub','checkpoints'))")
+TORCH_HUB := $(shell $(PYTHON) -c "import os;e=os.environ;print(os.path.join(e.get('TORCH_HOME',os.path.join(e.get('XDG_CACHE_HOME',os.path.expanduser('~/.cache')),'torch')),'hub','checkpoints'))")
 
 .PHONY: setup demo test test-fast bench lfw-protocol clean
 

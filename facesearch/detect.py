@@ -230,7 +230,8 @@ def align_folder(src, out, progress=None, total=None) -> AlignReport:
 
     available_or_raise()
     folder, out, report = ImageFolder(src), Path(out), AlignReport()
-    report.failed.extend(folder.ignored)  # sub-folders, files outside identity folders: listed, as enroll does
+    # sub-folders, files outside identity folders: listed, as enroll does
+    report.failed.extend((k, why.replace("not enrolled", "left out")) for k, why in folder.ignored)
     if total is not None:
         total(len(folder))
     for ident in folder.identities():

@@ -148,11 +148,11 @@ def build(config: ModelConfig, pretrained: str | os.PathLike | None = "imagenet"
     if pretrained is not None:
         path = pretrained_checkpoint_path(config.backbone) if pretrained == "imagenet" else Path(pretrained)
         if not path.is_file():
-            where = f"in {path.parent}" if pretrained == "imagenet" else f"at {path}"
+            where = f"in {path.parent} (as {path.name})" if pretrained == "imagenet" else f"at {path}"
+            setup = " (`make setup` copies mobilenet_v2's from ../shared/weights)" if config.backbone == "mobilenet_v2" else ""
             raise ModelFileError(
                 f"ImageNet weights for {config.backbone} not found {where}. facesearch does not download "
-                f"them: copy torchvision's checkpoint there (`make setup` does, from ../shared/weights) or "
-                f"pass its path with --pretrained."
+                f"them: copy torchvision's checkpoint there{setup} or pass its path with --pretrained."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:

@@ -349,6 +349,8 @@ class FaceSearch:
         """
         if detect:
             fdetect.available_or_raise()  # before any file or database is touched
+        if backend != "auto":
+            vindex.resolve_backend(backend)  # one that is not there is refused before anything is recorded
         home = Path(home).expanduser() if home is not None else default_home()
         try:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -507,11 +509,12 @@ class FaceSearch:
                 raise ThresholdError(
                     f"model {self.config.name} has no threshold for FAR {far:g}: its calibration had "
                     f"{self.config.calibration.get('impostor_pairs')} impostor pairs, and measuring a FAR of "
-                    f"{far:g} needs at least {op['needs_impostor_pairs']}. Calibrate on more people "
-                    "(`facesearch calibrate MODEL DATA`), or pass --threshold D")
+                    f"{far:g} needs at least {op['needs_impostor_pairs']}. Train with more held-out people "
+                    "(`facesearch train --calibration-fraction`), or pass --threshold D")
         have = ", ".join(f"{op['far']:g}" for op in self.operating_points()) or "none"
         raise ThresholdError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
-                         f"`facesearch calibrate MODEL DATA` stores them")
+                             "`facesearch calibrate` stores FAR 1e-2 and 1e-3 where the held-out pairs can measure "
+                             "them; pass --threshold D for another")
 
     @property
     def index_path(self) -> Path:

@@ -207,7 +207,9 @@ class TrainOptions:
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["decode_cache"] = None if self.decode_cache is None else str(self.decode_cache)
-        if self.pretrained is not None and self.pretrained != "imagenet":
+        if self.pretrained == "imagenet":  # which of torchvision's checkpoints the hub cache gave
+            d["pretrained"] = f"imagenet:{encoder.pretrained_checkpoint_path(self.backbone).name}"
+        elif self.pretrained is not None:
             d["pretrained"] = f"file:{Path(self.pretrained).name}"
         if self.init_model is not None:  # what it was, not where it was: its name, weights and data
             d["pretrained"] = None

@@ -244,6 +244,9 @@ def test_backends_and_devices_that_are_not_there_are_said_so(tmp_path, model_dir
     if not index.faiss_has_gpu():
         r = CliRunner().invoke(cli, base + ["--backend", "faiss-gpu", "info"])
         assert r.exit_code == 1 and "the installed FAISS has no GPU support" in r.output, r.output
+        fresh = tmp_path / "fresh"  # refused before anything is created or recorded
+        r = CliRunner().invoke(cli, ["--home", str(fresh), "--model", str(model_dir), "--backend", "faiss-gpu", "info"])
+        assert r.exit_code == 1 and not fresh.exists(), r.output
     if not torch.cuda.is_available():
         r = CliRunner().invoke(cli, base + ["--backend", "torch-cuda", "info"])
         assert r.exit_code == 1 and "torch sees no CUDA GPU" in r.output, r.output

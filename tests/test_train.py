@@ -342,6 +342,7 @@ def test_cli_trains_and_reports_json(tmp_path, people, monkeypatch):
     summary = json.loads(result.output)
     cfg = ModelConfig.load(out / "model.json")
     assert cfg.threshold == summary["threshold"]
+    assert cfg.training["options"]["pretrained"] == f"imagenet:{WEIGHTS.name}"  # which file the cache gave
     assert cfg.flip_average is False
     assert summary["training"]["images_per_s"] > 0
 
