@@ -486,8 +486,12 @@ class FaceSearch:
 
     def operating_points(self) -> list[dict]:
         """Stricter thresholds stored by calibration: ``[{"far": 0.01, "threshold": t, "tar": x}, ...]``,
-        each the largest threshold whose false accept rate on the held-out impostor pairs was at most ``far``."""
-        return list((self.config.calibration or {}).get("operating_points") or [])
+        each the largest threshold whose false accept rate on the held-out impostor pairs was at most ``far``;
+        only those the impostor pairs could measure (at least 1/far of them: a model calibrated before
+        facesearch checked this may have stored others)."""
+        cal = self.config.calibration or {}
+        n = cal.get("impostor_pairs")
+        return [op for op in cal.get("operating_points") or [] if n is None or n * op["far"] >= 1.0 - 1e-9]
 
     def threshold_at(self, far: float | None = None, threshold: float | None = None) -> float:
         """The threshold to decide with: ``threshold`` if given, else the stored operating point for ``far``,
@@ -504,13 +508,12 @@ class FaceSearch:
         for op in self.operating_points():
             if math.isclose(op["far"], far, rel_tol=1e-9):
                 return float(op["threshold"])
-        for op in (self.config.calibration or {}).get("operating_points_not_measurable") or []:
-            if math.isclose(op["far"], far, rel_tol=1e-9):
-                raise ThresholdError(
-                    f"model {self.config.name} has no threshold for FAR {far:g}: its calibration had "
-                    f"{self.config.calibration.get('impostor_pairs')} impostor pairs, and measuring a FAR of "
-                    f"{far:g} needs at least {op['needs_impostor_pairs']}. Train with more held-out people "
-                    "(`facesearch train --calibration-fraction`), or pass --threshold D")
+        n = (self.config.calibration or {}).get("impostor_pairs")
+        if n is not None and n * far < 1.0 - 1e-9:
+            raise ThresholdError(
+                f"model {self.config.name} has no threshold for FAR {far:g}: its calibration had {n} impostor "
+                f"pairs, and measuring a FAR of {far:g} needs at least {math.ceil(1.0 / far - 1e-9)}. Train with "
+                "more held-out people (`facesearch train --calibration-fraction`), or pass --threshold D")
         have = ", ".join(f"{op['far']:g}" for op in self.operating_points()) or "none"
         raise ThresholdError(f"model {self.config.name} has no threshold for FAR {far:g} (it has: {have}); "
                              "`facesearch calibrate` stores FAR 1e-2 and 1e-3 where the held-out pairs can measure "

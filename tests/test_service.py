@@ -668,14 +668,15 @@ def test_a_bad_threshold_or_far_is_a_facesearch_error(fs):
 
 
 def test_a_far_the_calibration_could_not_measure_says_why(tmp_path, model_dir):
-    """With 18 impostor pairs (a small fine-tune), no FAR under 1/18 can be measured: calibration stores
-    no threshold for 1e-2 or 1e-3, and asking for one says what it would need."""
+    """With 18 impostor pairs (a small fine-tune), no FAR under 1/18 can be measured: such a threshold is
+    neither stored by calibration nor used if an older calibration stored it; asking says what it needs."""
     d = tmp_path / "small-cal"
     shutil.copytree(model_dir, d)
     cfg = json.loads((d / "model.json").read_text())
-    cfg["calibration"] = dict(cfg.get("calibration") or {}, impostor_pairs=18, operating_points=[],
-                              operating_points_not_measurable=[{"far": 1e-2, "needs_impostor_pairs": 100},
-                                                               {"far": 1e-3, "needs_impostor_pairs": 1000}])
+    # as a model calibrated before facesearch checked this stored them: a FAR 1e-2 and 1e-3 from 18 pairs
+    cfg["calibration"] = dict(cfg.get("calibration") or {}, impostor_pairs=18,
+                              operating_points=[{"far": 1e-2, "threshold": 0.2, "tar": 0.5},
+                                                {"far": 1e-3, "threshold": 0.2, "tar": 0.5}])
     (d / "model.json").write_text(json.dumps(cfg))
     from facesearch.errors import ThresholdError
 
