@@ -118,6 +118,9 @@ def format_identify(r) -> str:
     ]
     if r.detect:
         out.append(f"left out, no face found: {r.no_face['gallery']} gallery photo(s), {r.no_face['probes']} probe(s)")
+    if "lfw" in str(r.images).lower() and any(ln.startswith("warning:") for ln in _training_note(m)):
+        out.append("warning: these are LFW images, and this model was trained on LFW people: these rates say "
+                   "nothing about people it never saw")
     out += [
         "",
     ]

@@ -265,6 +265,9 @@ def test_identify_end_to_end_through_the_service(model_dir):
     assert r.dir_at_fpir["1e-01"]["measurable"] and not r.dir_at_fpir["1e-02"]["measurable"]
     text = format_identify(r)
     assert "DIR @ FPIR = 1e-02" in text and "not measurable: needs at least 100 unknown probes, there are 20" in text
+    assert "warning: these are LFW images" not in text  # this model was not trained on LFW
+    r.model = dict(r.model, training={"data": "lfw-deepfunneled-112.zip", "people": 1512})
+    assert "warning: these are LFW images, and this model was trained on LFW people" in format_identify(r)
     assert r.model_threshold == pytest.approx(0.3)
     assert 0 <= r.unknown_rejected <= 1 and r.dir_at_model_threshold <= r.rank1
     json.dumps(r.summary())
