@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from facesearch import distance, encoder, metrics  # noqa: E402
-from facesearch.config import ModelConfig  # noqa: E402
+from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
 from facesearch.train import TrainOptions, read_lfw_people, run  # noqa: E402
 
@@ -311,20 +311,21 @@ def main(argv=None) -> int:
     p.add_argument("--pretrained", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
                    help="'imagenet', a checkpoint path, or 'none'")
     p.add_argument("--embedding-dim", type=int, default=128)
-    p.add_argument("--input-size", type=int, default=112)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--input-size", type=int, default=TRAIN_INPUT_SIZE)
+    p.add_argument("--epochs", type=int, default=TRAIN_EPOCHS)
     p.add_argument("--time-budget", type=float, default=None, help="minutes per training unit")
     p.add_argument("--pk", type=int, nargs=2, default=[32, 4], metavar=("P", "K"))
     p.add_argument("--pos-margin", type=float, default=0.0)
     p.add_argument("--margin", type=float, default=0.6)
     p.add_argument("--mining", default="hard")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=TRAIN_LR)
     p.add_argument("--backbone-lr-factor", type=float, default=1.0)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--calibration-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
-                   help="models embed each face and its mirror image (the facesearch train default)")
+                   help="models embed each face and its mirror image (as in the recorded runs; `facesearch train` "
+                        "leaves it off; the result also scores the same models without it)")
     p.add_argument("--decode-cache", default=None, help="directory for the decoded-pixel cache (shared by units)")
     p.add_argument("--record-command", default=None,
                    help="the command to record as the one that reproduces the result (e.g. a driver script)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR
 from facesearch.errors import FaceSearchError
 
 DEFAULT_OUT = "facesearch-model"
@@ -45,9 +46,9 @@ def _names_file(path: Path) -> frozenset[str]:
                    "'default': the built-in model) instead of --pretrained. Its backbone, embedding size "
                    "and input size are used; its training data is recorded in the new model.")
 @click.option("--embedding-dim", type=click.IntRange(min=2), default=128, show_default=True)
-@click.option("--input-size", type=click.IntRange(min=32), default=112, show_default=True,
-              help="Side of the square input, in pixels.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+@click.option("--input-size", type=click.IntRange(min=32), default=TRAIN_INPUT_SIZE, show_default=True,
+              help="Side of the square input, in pixels (aligned crops are 112 px; the default upsamples them).")
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_EPOCHS, show_default=True,
               help="Most epochs (an epoch visits every training identity once).")
 @click.option("--time-budget", type=float, default=None,
               help="Minutes for the whole run (decoding, training, calibration, saving); the lr schedule "
@@ -61,7 +62,7 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--margin", "--neg-margin", "neg_margin", type=click.FloatRange(0, 2), default=0.6,
               show_default=True, help="Negative pairs are pushed beyond this cosine distance.")
 @click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default="hard", show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", type=float, default=TRAIN_LR, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--backbone-lr-factor", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
 @click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,

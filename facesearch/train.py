@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from facesearch import distance, encoder, metrics
-from facesearch.config import ModelConfig
+from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError
 from facesearch.losses import MINING, ContrastiveLoss
@@ -90,9 +90,11 @@ class TrainOptions:
     #: must be its own
     init_model: str | os.PathLike | None = None
     embedding_dim: int = 128
-    input_size: int = 112
+    #: side of the square input in pixels; None: the model's to fine-tune (``init_model``), else the recipe's
+    #: (the defaults of input_size, epochs and lr are the measured recipe: facesearch.config.TRAIN_*)
+    input_size: int | None = None
     #: the most epochs to run (an epoch visits every training identity once); see also time_budget
-    epochs: int = 30
+    epochs: int = TRAIN_EPOCHS
     #: P: identities per batch
     identities_per_batch: int = 32
     #: K: images per identity in a batch
@@ -104,7 +106,7 @@ class TrainOptions:
     #: which negative pairs take part: "all", "hard" or "semihard" (see facesearch.losses)
     mining: str = "hard"
     #: peak learning rate of the embedding head (AdamW)
-    lr: float = 3e-4
+    lr: float = TRAIN_LR
     #: the backbone's learning rate is lr * backbone_lr_factor
     backbone_lr_factor: float = 1.0
     weight_decay: float = 0.05
@@ -156,6 +158,8 @@ class TrainOptions:
         self.exclude_people = frozenset(self.exclude_people or ())
         if self.include_people is not None:
             self.include_people = frozenset(self.include_people)
+        if self.input_size is None and self.init_model is None:
+            self.input_size = TRAIN_INPUT_SIZE
 
     def validate(self) -> None:
         if self.backbone not in encoder.BACKBONES:
@@ -187,16 +191,18 @@ class TrainOptions:
             raise TrainingError("time_budget must be positive (seconds)")
         if self.checkpoint_interval_s < 0:
             raise TrainingError("checkpoint_interval_s must be >= 0")
-        if self.input_size < 32:
-            raise TrainingError("input_size must be at least 32")
         if self.init_model is not None:
             cfg = init_model_config(self.init_model)
+            if self.input_size is None:
+                self.input_size = cfg.input_size
             mine = (self.backbone, self.embedding_dim, self.input_size)
             theirs = (cfg.backbone, cfg.embedding_dim, cfg.input_size)
             if mine != theirs:
                 raise TrainingError(
                     f"the model to fine-tune ({self.init_model}) is a {theirs[0]} with {theirs[1]}-d embeddings "
                     f"at {theirs[2]} px, not {mine[0]}, {mine[1]}-d, {mine[2]} px: use its settings")
+        if self.input_size < 32:
+            raise TrainingError("input_size must be at least 32")
         if self.cuda_graph and self.amp == "fp16":
             raise TrainingError("cuda_graph needs amp bf16, auto or off: fp16's gradient scaler waits on the GPU "
                                 "every step, which a CUDA graph cannot")

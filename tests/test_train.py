@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from facesearch import distance, encoder, metrics
 from facesearch.cli_train import train as train_cmd
-from facesearch.config import ModelConfig
+from facesearch.config import TRAIN_INPUT_SIZE, ModelConfig
 from facesearch.datasets import ImageFolder
 from facesearch.losses import ContrastiveLoss
 from facesearch.train import (
@@ -361,6 +361,11 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_pat
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert ModelConfig.load(out / "model.json").input_size == 48
+    # the Python API likewise: input_size left out is the given model's, not the recipe's default
+    api = TrainOptions(data=LFW_ZIP, out=tmp_path / "api", init_model=opts.out, pretrained=None)
+    api.validate()
+    assert api.input_size == 48 != TRAIN_INPUT_SIZE
+    assert TrainOptions(data=LFW_ZIP, out=tmp_path / "api").input_size == TRAIN_INPUT_SIZE
     base, tuned = encoder.load(opts.out), encoder.load(out)
     fresh = encoder.build(ModelConfig(input_size=48), pretrained=WEIGHTS)
 
