@@ -191,6 +191,8 @@ class TrainOptions:
             raise TrainingError("time_budget must be positive (seconds)")
         if self.checkpoint_interval_s < 0:
             raise TrainingError("checkpoint_interval_s must be >= 0")
+        if self.input_size is None and self.init_model is None:
+            self.input_size = TRAIN_INPUT_SIZE
         if self.init_model is not None:
             cfg = init_model_config(self.init_model)
             if self.input_size is None:
@@ -606,7 +608,24 @@ def _identity_of_run(options: TrainOptions, split: Split, init_record: dict | No
         "calibration_people_sha256": people_hash(split.calibration),
         "p": options.identities_per_batch,
         "k": options.images_per_identity,
+        # the schedule: a resume under other values would jump along another learning-rate curve (the
+        # defaults changed once: a run started under the old ones must not continue under the new ones)
+        "schedule": {"lr": options.lr, "epochs": options.epochs, "time_budget": options.time_budget},
     }
+
+
+def _run_differences(saved: dict, now: dict) -> str:
+    """The options a checkpoint was made with that differ from this run's, readably."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if key == "schedule" and a is None:
+            continue  # a checkpoint from before the schedule was recorded: as before, not compared
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k} {a.get(k)} (checkpoint) vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} {a} (checkpoint) vs {b}")
+    return "; ".join(out)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -664,10 +683,11 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     ckpt = None
     if options.resume:
         ckpt = _load_checkpoint(ckpt_path)
-        if ckpt.get("run") != run_id:
+        differ = _run_differences(ckpt.get("run") or {}, run_id)
+        if differ:
             raise TrainingError(
-                f"cannot resume from {ckpt_path}: it was made with other data or options "
-                f"({ckpt.get('run')} vs {run_id})"
+                f"cannot resume from {ckpt_path}: it was made with other data or options ({differ}); "
+                f"resume with the options the run was started with"
             )
         model = encoder.Encoder(config)
         model.load_state_dict(ckpt["model"])

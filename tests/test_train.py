@@ -178,8 +178,11 @@ def test_resume_continues_to_the_same_weights(trained, tmp_path, people):
 def test_resume_refuses_a_checkpoint_of_other_data(trained, people):
     opts, _, _ = trained
     other = frozenset(sorted(people)[:70])
-    with pytest.raises(TrainingError, match="other data or options"):
+    with pytest.raises(TrainingError, match="other data or options.*train_people_sha256"):
         run(tiny_options(opts.out, other, resume=True), progress=False)
+    # another learning-rate schedule (e.g. a run started under older defaults) is refused too, and named
+    with pytest.raises(TrainingError, match=r"epochs 4 \(checkpoint\) vs 70; lr 0.001 \(checkpoint\) vs 0.0005\)"):
+        run(tiny_options(opts.out, people, resume=True, lr=5e-4, epochs=70), progress=False)
 
 
 @needs_lfw
