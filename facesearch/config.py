@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 #: training defaults (facesearch.train.TrainOptions, `facesearch train`, benchmarks/lfw_protocol.py): the
 #: recipe measured identity-disjoint on LFW View 2 (benchmarks/results/lfw-mnv2-160-tenfold.json). The
 #: 112 px crops upsampled to 160 px scored 1.6 points better than 112 px in the ablation; the 10 fold
-#: trainings ran 69 epochs at a peak lr of 5e-4. Kept here, free of torch, so the CLI starts fast.
+#: trainings ran 69-71 epochs at a peak lr of 5e-4. Kept here, free of torch, so the CLI starts fast.
 TRAIN_INPUT_SIZE = 160
 TRAIN_EPOCHS = 70
 TRAIN_LR = 5e-4
