@@ -43,8 +43,8 @@ BASELINE = r"""
 import sys
 import faiss, numpy as np, torch, torchvision
 from PIL import Image
-from facesearch.config import ModelConfig
-from facesearch.encoder import Encoder
+from facesearch.model.config import ModelConfig
+from facesearch.model.encoder import Encoder
 
 model_dir, gallery, names, probe = sys.argv[1:5]
 cfg = ModelConfig.load(model_dir + "/model.json")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not LFW_ZIP.exists():
         raise SystemExit(f"LFW pack not found at {LFW_ZIP}")
-    from facesearch.service import FaceSearch, builtin_model_dir
+    from facesearch.gallery.facade import FaceSearch, builtin_model_dir
 
     info = machine()
     fs_bin = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"

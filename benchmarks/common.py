@@ -134,8 +134,8 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
     if model:
         d = Path(model).expanduser().resolve()
         return d, f"{d}"
-    from facesearch import encoder
-    from facesearch.service import builtin_model_dir
+    from facesearch.model import encoder
+    from facesearch.gallery.facade import builtin_model_dir
 
     d = builtin_model_dir()
     if (d / encoder.CONFIG_FILE).exists() and (d / encoder.WEIGHTS_FILE).exists():
@@ -143,7 +143,7 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
     if not IMAGENET.exists():
         raise SystemExit(f"no model: pass --model DIR (the shipped default model is not installed at {d} and "
                          f"the ImageNet checkpoint is not at {IMAGENET})")
-    from facesearch.config import ModelConfig
+    from facesearch.model.config import ModelConfig
 
     net = encoder.build(ModelConfig(threshold=0.3), pretrained=str(IMAGENET)).eval()
     out = workdir / "model-imagenet-init"
@@ -152,8 +152,8 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
 
 
 def model_key(model_dir: Path) -> str:
-    from facesearch import encoder
-    from facesearch.config import ModelConfig
+    from facesearch.model import encoder
+    from facesearch.model.config import ModelConfig
 
     cfg = ModelConfig.load(Path(model_dir) / encoder.CONFIG_FILE)
     return f"{cfg.name}@{encoder.weights_sha256(model_dir)[:12]}"

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, ratio, write_result  # noqa: E402
 from facesearch import detect, images, metrics  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
-from facesearch.evaluate import read_pairs  # noqa: E402
-from facesearch.service import FaceSearch  # noqa: E402
+from facesearch.evaluation import read_pairs  # noqa: E402
+from facesearch.gallery.facade import FaceSearch  # noqa: E402
 
 
 def placed(pixels: np.ndarray, rng: np.random.Generator, size=(400, 300)) -> np.ndarray:

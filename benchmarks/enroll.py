@@ -64,7 +64,8 @@ def baseline_enroll(model_dir: Path, files: list[tuple[str, Path]], home: Path, 
                     budget_s: float = 40.0) -> dict:
     """Sequential, one image at a time: read, decode, preprocess, embed (batch 1), insert, index add.
     Stops after ``budget_s`` seconds (at least 10 images)."""
-    from facesearch import encoder, images
+    from facesearch import images
+    from facesearch.model import encoder
     from facesearch import index as vindex
     from facesearch.store import Store
 
@@ -99,7 +100,8 @@ def breakdown(model_dir: Path, files: list[tuple[str, Path]], n: int = 256) -> d
     import torch
     from PIL import Image
 
-    from facesearch import encoder, images
+    from facesearch import images
+    from facesearch.model import encoder
     from facesearch.store import Store
 
     model = encoder.load(model_dir, "cpu")
@@ -128,7 +130,7 @@ def breakdown(model_dir: Path, files: list[tuple[str, Path]], n: int = 256) -> d
         pngs.append(buf.getvalue())
     out["png_crop_encode"] = time.perf_counter() - t
     batch = np.stack(crops)
-    from facesearch.service import _inference_copy
+    from facesearch.gallery.facade import _inference_copy
 
     fast = _inference_copy(model)
     threads = torch.get_num_threads()
@@ -163,7 +165,7 @@ def breakdown(model_dir: Path, files: list[tuple[str, Path]], n: int = 256) -> d
 def run(model_dir: Path, workdir: Path, n_images: int = 2000, n_baseline: int = 300, seed: int = 0,
         log=print) -> tuple[dict, dict]:
     """The enroll benchmark. Returns (result for the JSON, real embeddings for the generator fit)."""
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     folder, enroll_keys, probe_keys = select_lfw(n_images, seed=seed)
     root, enrolled, probe_files = extract(folder, enroll_keys, probe_keys, workdir / "lfw")

@@ -129,7 +129,7 @@ def search(sizes=(1_000_000, 10_000_000), batches=(1, 1000), dtypes=("float16", 
 def embedding(model_dir, device: str = "cuda", batch: int = 256, seconds: float = 10.0, log=print) -> dict:
     import torch
 
-    from facesearch import encoder
+    from facesearch.model import encoder
 
     out = {}
     x = np.random.default_rng(0).integers(0, 256, (batch, 3, 112, 112), dtype=np.uint8)

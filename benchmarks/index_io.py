@@ -63,7 +63,7 @@ def _baseline_save(index, path: Path, stamp) -> None:
     import faiss
 
     from facesearch import index as vindex
-    from facesearch.config import write_private_atomic
+    from facesearch.model.config import write_private_atomic
 
     payload = faiss.serialize_index(index.cpu_index).tobytes()
     header = dict(stamp.__dict__, format=vindex.FORMAT, sha256=hashlib.sha256(payload).hexdigest(),

@@ -43,10 +43,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facesearch import distance, encoder, metrics  # noqa: E402
-from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig  # noqa: E402
+from facesearch import distance, metrics  # noqa: E402
+from facesearch.model import encoder  # noqa: E402
+from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
-from facesearch.train import TrainOptions, read_lfw_people, run  # noqa: E402
+from facesearch.training import TrainOptions, read_lfw_people, run  # noqa: E402
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"
 RESULTS = ROOT / "benchmarks" / "results"

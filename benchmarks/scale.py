@@ -136,7 +136,7 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
              n_single: int = 200, indexes: list[str] | None = None, seed: int = 0,
              budget_s: float = 20.0, serve_check: bool = True, log=print) -> dict:
     from facesearch import index as vindex
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     rng = np.random.default_rng(seed + n)
     t_all = time.perf_counter()
@@ -338,7 +338,7 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
         code = (
             "import json,time,numpy as np;t=time.perf_counter();"
             "from benchmarks.common import peak_rss_bytes,current_rss_bytes;"
-            "from facesearch.service import FaceSearch;"
+            "from facesearch.gallery.facade import FaceSearch;"
             f"fs=FaceSearch.open(home={str(home)!r},device='cpu',backend='faiss-cpu');r0=current_rss_bytes();"
             "fs.index();"
             "t_open=time.perf_counter()-t;"

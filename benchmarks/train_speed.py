@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_name  # noqa: E402
-from facesearch import encoder  # noqa: E402
-from facesearch.config import ModelConfig  # noqa: E402
+from facesearch.model import encoder  # noqa: E402
+from facesearch.model.config import ModelConfig  # noqa: E402
 from facesearch.losses import ContrastiveLoss  # noqa: E402
-from facesearch.train import (  # noqa: E402
+from facesearch.training import (  # noqa: E402
     TrainOptions, TrainStep, _amp_dtype, _to_device, augment_batch, make_optimizer)
 
 SHARED = ROOT.parent / "shared"

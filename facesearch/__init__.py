@@ -1,6 +1,6 @@
 """facesearch: face verification and face search on one distance.
 
-The public API lives in :mod:`facesearch.service` (``FaceSearch``); the CLI
+The public API lives in :mod:`facesearch.gallery` (``FaceSearch``); the CLI
 (``facesearch ...``) is a thin layer over it.
 """
 
@@ -21,7 +21,7 @@ from facesearch.errors import (  # noqa: E402
 def __getattr__(name):
     # Lazy: importing facesearch must not import torch, faiss or SQLAlchemy.
     if name == "FaceSearch":
-        from facesearch.service import FaceSearch
+        from facesearch.gallery.facade import FaceSearch
 
         return FaceSearch
     raise AttributeError(name)

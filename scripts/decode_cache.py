@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facesearch.config import ModelConfig  # noqa: E402
+from facesearch.model.config import ModelConfig  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
 
 

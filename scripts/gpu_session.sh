@@ -125,7 +125,7 @@ for k in 1 2 3 4 5 6 7 8 9 10; do
 done
 rm -rf "$SCRATCH/default-model" "$WORK/default-model.log" "$OUT/default-model.json" "$OUT/default-model.tar"
 if [ "$DEFAULT_MODEL" = 1 ]; then
-$PY -c "from facesearch.cli_train import train; train()" "$ZIP" \
+$PY -c "from facesearch.cli.train import train; train()" "$ZIP" \
   --out "$SCRATCH/default-model" --pretrained "$CKPT" \
   --decode-cache "$CACHE" --backbone mobilenet_v2 --input-size "$SIZE" --embedding-dim 128 --pk $PK --lr "$LR" \
   --margin 0.6 --epochs 1000 --time-budget "$BUDGET" --device "$DEVICE" --seed 0 --json --amp "$AMP" "${GRAPH_FLAG[@]}" \

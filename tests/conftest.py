@@ -40,8 +40,8 @@ def model_dir(tmp_path_factory) -> Path:
         pytest.skip(f"ImageNet checkpoint not found at {IMAGENET}")
     import torch
 
-    from facesearch import encoder
-    from facesearch.config import ModelConfig
+    from facesearch.model import encoder
+    from facesearch.model.config import ModelConfig
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("model")
@@ -74,8 +74,8 @@ def other_model_dir(tmp_path_factory, model_dir) -> Path:
     """A second model (different head weights) to check that models are never mixed."""
     import torch
 
-    from facesearch import encoder
-    from facesearch.config import ModelConfig
+    from facesearch.model import encoder
+    from facesearch.model.config import ModelConfig
 
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("model2")
@@ -93,7 +93,7 @@ def gallery_src(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fs(tmp_path, model_dir):
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu") as f:
         yield f

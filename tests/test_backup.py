@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from facesearch.cli import cli
 from facesearch.errors import FaceSearchError
-from facesearch.service import DB_FILE, FaceSearch
+from facesearch.gallery.facade import DB_FILE, FaceSearch
 from facesearch.store import Store
 from tests.test_store import add_model
 from tests.test_service import gallery_with_holdout

@@ -8,8 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from facesearch import encoder
-from facesearch.config import ModelConfig
+from facesearch.model import encoder
+from facesearch.model.config import ModelConfig
 from facesearch.datasets import ImageFolder
 
 from tests.conftest import LFW_ZIP, extract_people, needs_lfw

@@ -143,7 +143,7 @@ def photos(tmp_path):
 
 
 def test_enroll_query_verify_photos_with_detect(tmp_path, photos):
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     with FaceSearch.open(home=tmp_path / "home", device="cpu", detect=True) as fs:  # the shipped model
         report = fs.enroll_folder(photos)
@@ -184,7 +184,7 @@ def test_enroll_query_verify_photos_with_detect(tmp_path, photos):
 def test_reindex_aligns_again_from_the_stored_landmarks(tmp_path, photos, model_dir):
     """Without stored crops, `reindex --model` re-embeds photos from their source files: faces found by
     the detector are aligned again from the landmarks kept in faces.detection, giving the same vectors."""
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu", detect=True,
                          keep_crops=False) as fs:

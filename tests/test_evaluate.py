@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from facesearch import evaluate as ev
+from facesearch import evaluation as ev
 from facesearch import metrics
-from facesearch.cli_evaluate import format_identify
+from facesearch.cli.evaluate import format_identify
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LFW = SHARED / "data" / "lfw"
@@ -136,7 +136,7 @@ def test_lfw_embeds_each_image_once(lfw_result):
 
 
 def test_embedding_in_chunks_equals_embedding_at_once(model_dir):
-    from facesearch import encoder
+    from facesearch.model import encoder
     from facesearch.datasets import ImageFolder
 
     folder = ImageFolder(LFW_ZIP)
@@ -149,7 +149,7 @@ def test_embedding_in_chunks_equals_embedding_at_once(model_dir):
 
 
 def test_report_files(lfw_result, tmp_path):
-    from facesearch import report
+    from facesearch.evaluation import report
 
     r, _ = lfw_result
     paths = report.write_lfw_report(r, tmp_path / "rep")
@@ -172,7 +172,7 @@ def test_report_files(lfw_result, tmp_path):
 
 
 def _cli():
-    from facesearch.cli_evaluate import evaluate
+    from facesearch.cli.evaluate import evaluate
 
     return evaluate
 

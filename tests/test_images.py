@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from facesearch import images
-from facesearch.config import ModelConfig
+from facesearch.model.config import ModelConfig
 from facesearch.errors import InvalidImageError
 
 

@@ -163,7 +163,7 @@ def test_saved_file_streams_the_same_bytes_and_loads_the_same_index(tmp_path):
 
 
 def test_a_failed_streamed_write_keeps_the_old_file(tmp_path):
-    from facesearch.config import write_private_atomic
+    from facesearch.model.config import write_private_atomic
 
     path = tmp_path / "f.bin"
     write_private_atomic(path, b"old")

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from facesearch import encoder
-from facesearch.config import ModelConfig
+from facesearch.model import encoder
+from facesearch.model.config import ModelConfig
 from facesearch.errors import FaceSearchError, ModelFileError
 
 
@@ -75,7 +75,7 @@ def test_weights_replaced_between_open_and_first_use_are_refused(tmp_path, model
     """The weights are read when a face is first embedded, not at open: if the files changed in between,
     the gallery's model key no longer names them, and nothing is embedded with them."""
     from facesearch.errors import ModelMismatchError
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     mine = tmp_path / "my-model"
     shutil.copytree(model_dir, mine)
@@ -99,7 +99,7 @@ def test_weights_replaced_between_open_and_first_use_are_refused(tmp_path, model
 def test_a_model_that_cannot_be_loaded_is_never_recorded(tmp_path, model_dir, gallery_src):
     """A new gallery's model is loaded at open, before it is recorded: damaged weights or an unusable
     device leave the gallery as if the command had not run, and the next command uses the built-in model."""
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     bad = tmp_path / "damaged"
     shutil.copytree(model_dir, bad)
@@ -123,7 +123,7 @@ def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, mod
     from click.testing import CliRunner
 
     from facesearch.cli import cli
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     mine = tmp_path / "my-model"
     shutil.copytree(model_dir, mine)
@@ -139,8 +139,8 @@ def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, mod
 def test_an_open_gallery_keeps_the_config_it_was_opened_with(tmp_path, model_dir, gallery_src):
     """The weights are loaded at the first embedding; model.json rewritten meanwhile (`calibrate` does)
     does not change the threshold or preprocessing of a gallery already open: one handle, one answer."""
-    from facesearch.config import ModelConfig
-    from facesearch.service import FaceSearch
+    from facesearch.model.config import ModelConfig
+    from facesearch.gallery.facade import FaceSearch
 
     mine = tmp_path / "my-model"
     shutil.copytree(model_dir, mine)
@@ -160,7 +160,7 @@ def test_an_open_gallery_keeps_the_config_it_was_opened_with(tmp_path, model_dir
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_load_model_reports_at_once_what_the_first_embedding_would(tmp_path, model_dir, gallery_src):
     """The gallery's own model is loaded lazily; load_model() is the start-up check that fails now."""
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     with FaceSearch.open(home=tmp_path / "home", model=model_dir) as fs:
         fs.enroll_files("Bill_Gates", [next((gallery_src / "Bill_Gates").iterdir())])

@@ -194,7 +194,7 @@ def test_identity_names_are_stored_verbatim(store, db_url):
 
 # ---- the service -------------------------------------------------------------------------------
 def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, gallery_src, tmp_path):
-    from facesearch.service import FaceSearch
+    from facesearch.gallery.facade import FaceSearch
 
     g = tmp_path / "g"
     for p in PEOPLE:  # the first 3 images of each person enrolled, the 4th is a probe

@@ -12,7 +12,7 @@ import pytest
 
 from facesearch import images
 from facesearch.errors import FaceSearchError, InvalidIdentityError, ModelMismatchError
-from facesearch.service import FaceSearch
+from facesearch.gallery.facade import FaceSearch
 from tests.conftest import PEOPLE, REPO
 
 
@@ -273,8 +273,8 @@ def test_index_file_is_stamped_and_rebuilt_when_stale_or_corrupt(tmp_path, model
 def test_inference_copy_folds_every_batch_norm_and_embeds_the_same(model_dir):
     import torch
 
-    from facesearch import encoder
-    from facesearch.service import _inference_copy
+    from facesearch.model import encoder
+    from facesearch.gallery.facade import _inference_copy
 
     model = encoder.load(model_dir).eval()
     fast = _inference_copy(model)
@@ -515,7 +515,7 @@ def test_a_model_directory_replaced_in_place_is_named(tmp_path, model_dir, other
 def test_the_same_weights_with_mirror_averaging_are_another_model(tmp_path, model_dir, gallery_src):
     import shutil
 
-    from facesearch.config import ModelConfig
+    from facesearch.model.config import ModelConfig
 
     flipped = tmp_path / "flipped"
     shutil.copytree(model_dir, flipped)
@@ -573,7 +573,7 @@ def test_two_processes_enrolling_at_once(tmp_path, model_dir, gallery_src):
         pass  # create the database first, as a user's first command would
     code = textwrap.dedent("""
         import sys
-        from facesearch.service import FaceSearch
+        from facesearch.gallery.facade import FaceSearch
         with FaceSearch.open(home=sys.argv[1]) as fs:
             r = fs.enroll_folder(sys.argv[2])
             print(r.added)
@@ -616,7 +616,7 @@ def test_query_many_batches_and_reports_bad_files(fs, gallery_src, tmp_path):
 
 _IMPORTS_PROBE = """
 import json, sys
-from facesearch.service import FaceSearch
+from facesearch.gallery.facade import FaceSearch
 from facesearch import index
 fs = FaceSearch.open(home=sys.argv[1])  # device "auto"
 info = fs.info()

@@ -10,12 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from facesearch import distance, encoder, metrics
-from facesearch.cli_train import train as train_cmd
-from facesearch.config import TRAIN_INPUT_SIZE, ModelConfig
+from facesearch import distance, metrics
+from facesearch.model import encoder
+from facesearch.cli.train import train as train_cmd
+from facesearch.model.config import TRAIN_INPUT_SIZE, ModelConfig
 from facesearch.datasets import ImageFolder
 from facesearch.losses import ContrastiveLoss
-from facesearch.train import (
+from facesearch.training import (
     PKSampler,
     TrainingError,
     TrainOptions,
@@ -383,13 +384,13 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_pat
     assert init["trained_on"]["people_sha256"] == first["training"]["people_sha256"]
 
     # the evaluation warns that the fine-tuned model has seen LFW through the model it started from
-    from facesearch.cli_evaluate import _training_note
+    from facesearch.cli.evaluate import _training_note
 
     assert any("fine-tuned from" in ln for ln in _training_note({"training": summary["training"]}))
     assert any(ln.startswith("warning: this model was trained on LFW")
                for ln in _training_note({"training": dict(summary["training"], data="my-people")}))
     # fine-tuned from the built-in model (which saw every fold's people): no fold is honest, said plainly
-    from facesearch.config import BUILTIN_MODELS
+    from facesearch.model.config import BUILTIN_MODELS
 
     builtin = {"name": "facesearch-mobilenet_v2-lfw-all", "weights_sha256": encoder.weights_sha256(BUILTIN_MODELS /
                "default"), "trained_on": {"data": "lfw-deepfunneled-112.zip", "people": 1512}}
@@ -455,7 +456,7 @@ def test_cli_reports_errors_clearly(tmp_path):
 def test_calibrate_rebuilds_the_held_out_identities_and_can_switch_mirror_averaging(trained, tmp_path, people):
     import shutil
 
-    from facesearch.cli_train import calibrate as calibrate_cmd
+    from facesearch.cli.train import calibrate as calibrate_cmd
 
     opts, summary, _ = trained
     model = tmp_path / "model"

@@ -223,7 +223,7 @@ def align_folder(src, out, progress=None, total=None) -> AlignReport:
     from pathlib import Path
 
     from facesearch import images
-    from facesearch.config import write_private_atomic
+    from facesearch.model.config import write_private_atomic
     from facesearch.datasets import ImageFolder
     from facesearch.errors import InvalidIdentityError
     from facesearch.store import validate_identity

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR
+from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR
 from facesearch.errors import FaceSearchError
 
 DEFAULT_OUT = "facesearch-model"
@@ -110,7 +110,7 @@ def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim,
     Contrastive loss on cosine distance over P x K batches; the match threshold is calibrated on
     held-out identities and stored in OUT/model.json.
     """
-    from facesearch.train import TrainOptions, read_lfw_people, run
+    from facesearch.training import TrainOptions, read_lfw_people, run
 
     if pk is not None:
         identities_per_batch, images_per_identity = pk
@@ -162,7 +162,7 @@ def _fine_tune_settings(init_model, backbone, embedding_dim, input_size, pretrai
     which TrainOptions.validate checks); --pretrained does not apply."""
     from click.core import ParameterSource
 
-    from facesearch.train import init_model_config
+    from facesearch.training import init_model_config
 
     ctx = click.get_current_context()
     try:
@@ -229,8 +229,8 @@ def calibrate(model_dir, data, flip_average, exclude_folds, people_file, exclude
     A gallery enrolled with the model before a --flip-average change must be re-embedded:
     `facesearch reindex --model MODEL_DIR`.
     """
-    from facesearch.config import ModelConfig
-    from facesearch.train import read_lfw_people, recalibrate
+    from facesearch.model.config import ModelConfig
+    from facesearch.training import read_lfw_people, recalibrate
 
     try:
         if data is None:

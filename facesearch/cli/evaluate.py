@@ -30,7 +30,7 @@ def _pct(v) -> str:
 
 
 def _builtin_sha() -> str | None:
-    from facesearch.config import BUILTIN_MODELS, weights_sha256
+    from facesearch.model.config import BUILTIN_MODELS, weights_sha256
 
     try:
         return weights_sha256(BUILTIN_MODELS / "default")
@@ -148,7 +148,7 @@ def format_identify(r) -> str:
 
 def _emit(result, paths, as_json: bool, formatter) -> None:
     """Print a result as JSON (with the report's files) or as the readable table."""
-    from facesearch import report
+    from facesearch.evaluation import report
 
     if as_json:
         data = result.summary()
@@ -199,8 +199,8 @@ def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
     other 9 and accuracy is measured on the held-out fold; mean ± std over folds. Also ROC AUC, EER,
     TAR at FAR 1e-2 / 1e-3 and the best global threshold. View 1 (pairsDevTest.txt): one set, accuracy
     at the model's stored threshold and at the best threshold."""
-    from facesearch import evaluate as ev
-    from facesearch import report
+    from facesearch import evaluation as ev
+    from facesearch.evaluation import report
 
     try:
         result = ev.evaluate_lfw(pairs, images, model=_model_or_global(model), device=device, batch_size=batch_size,
@@ -238,8 +238,8 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
     N images each) in a temporary facesearch home, probes of enrolled and never-enrolled people are
     searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate, DIR at
     FPIR 1% and 10%, and the share of unknown probes rejected at the model's stored threshold."""
-    from facesearch import evaluate as ev
-    from facesearch import report
+    from facesearch import evaluation as ev
+    from facesearch.evaluation import report
 
     try:
         result = ev.evaluate_identify(

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from facesearch import detect as fdetect
 from facesearch import distance, images
 from facesearch import index as vindex
-from facesearch.config import BUILTIN_MODELS, CONFIG_FILE, ModelConfig, read_model_dir, weights_sha256
+from facesearch.model.config import BUILTIN_MODELS, CONFIG_FILE, ModelConfig, read_model_dir, weights_sha256
 from facesearch.datasets import ImageFolder
 from facesearch.errors import (
     FaceSearchError,
@@ -53,7 +53,7 @@ from facesearch.errors import (
 from facesearch.store import Store, nfc_name, validate_identity
 
 if TYPE_CHECKING:  # the encoder module imports torch: loaded when a face is first embedded
-    from facesearch import encoder
+    from facesearch.model import encoder
 
 log = logging.getLogger("facesearch")
 
@@ -293,7 +293,7 @@ class _ModelFiles:
 
     def load(self) -> "encoder.Encoder":
         """The encoder, with this config (a gallery keeps the config it was opened with)."""
-        from facesearch import encoder
+        from facesearch.model import encoder
 
         return encoder.load(self.directory, encoder.resolve_device(self.device), config=self.config)
 
@@ -449,7 +449,7 @@ class FaceSearch:
     def device(self):
         """The torch device faces are embedded on (resolving ``auto`` imports torch)."""
         if isinstance(self._model, _ModelFiles):
-            from facesearch import encoder
+            from facesearch.model import encoder
 
             return encoder.resolve_device(self._model.device)
         return self._model.device
@@ -561,7 +561,7 @@ class FaceSearch:
             self._fast = (self.model, _inference_copy(self.model))
         if not len(crops):
             return np.zeros((0, self.config.embedding_dim), np.float32)
-        from facesearch import encoder
+        from facesearch.model import encoder
 
         return encoder.embed(self._fast[1], np.stack(crops))
 
@@ -1014,7 +1014,7 @@ class FaceSearch:
         with the number of faces done after each chunk, ``total`` with the number left before each pass."""
         reembedded = 0
         if model is not None:
-            from facesearch import encoder
+            from facesearch.model import encoder
 
             model_dir = Path(model).expanduser().resolve()
             net = encoder.load(model_dir, self.device)

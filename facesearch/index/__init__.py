@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch import distance
-from facesearch.config import write_private_atomic
+from facesearch.model.config import write_private_atomic
 from facesearch.errors import FaceSearchError
 
 MAGIC = b"FACESEARCH-INDEX\n"

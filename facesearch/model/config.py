@@ -21,13 +21,13 @@ from facesearch.errors import ModelFileError
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 #: where the models shipped inside the package live (``models/<name>/``; ``default`` is the built-in one)
-BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
+BUILTIN_MODELS = Path(__file__).resolve().parent / "builtin"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1
 
-#: training defaults (facesearch.train.TrainOptions, `facesearch train`, benchmarks/lfw_protocol.py): the
+#: training defaults (facesearch.training.TrainOptions, `facesearch train`, benchmarks/lfw_protocol.py): the
 #: recipe measured identity-disjoint on LFW View 2 (benchmarks/results/lfw-mnv2-160-tenfold.json). The
 #: 112 px crops upsampled to 160 px scored 1.6 points better than 112 px in the ablation; the 10 fold
 #: trainings ran 69-71 epochs at a peak lr of 5e-4. Kept here, free of torch, so the CLI starts fast.

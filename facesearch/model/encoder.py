@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from facesearch import distance
-from facesearch.config import (  # noqa: F401 - the model directory's layout, re-exported
+from facesearch.model.config import (  # noqa: F401 - the model directory's layout, re-exported
     BUILTIN_MODELS,
     CONFIG_FILE,
     WEIGHTS_FILE,

@@ -26,10 +26,11 @@ import numpy as np
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
+from facesearch.model.config import BUILTIN_MODELS
 
 #: where the model shipped with facesearch lives (used when no model directory is given); the same folder
 #: as ``facesearch.service.builtin_model_dir()``, named here so that LFW evaluation needs no FAISS or SQL
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+DEFAULT_MODEL_DIR = BUILTIN_MODELS / "default"
 #: FAR values at which TAR is reported
 FARS = (1e-2, 1e-3)
 #: FPIR values at which DIR is reported
@@ -161,7 +162,7 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def model_info(model_dir: Path, model) -> dict[str, Any]:
-    from facesearch import encoder
+    from facesearch.model import encoder
 
     cfg = model.config
     return {
@@ -191,7 +192,7 @@ def embed_keys(
     Images are decoded in threads, ``chunk`` at a time, the next chunk while the model runs on this one,
     and embedded ``batch_size`` at a time on the model's device.
     """
-    from facesearch import encoder
+    from facesearch.model import encoder
 
     keys = list(keys)
     out = np.zeros((len(keys), model.config.embedding_dim), np.float32)
@@ -329,7 +330,7 @@ def evaluate_lfw(
     std; View 1 (one set): accuracy at the model's stored threshold and at the best threshold. Both:
     ROC AUC, EER, TAR at FAR 1e-2 and 1e-3, the best global threshold. Each image is embedded once.
     """
-    from facesearch import encoder
+    from facesearch.model import encoder
 
     t0 = time.perf_counter()
     plist = read_pairs(pairs)
@@ -472,7 +473,7 @@ def evaluate_identify(
     identification rates (enrolled probes), DIR at FPIR 1% and 10%, and at the model's stored
     threshold the share of unknown probes rejected (their best distance is not a match).
     """
-    from facesearch.service import DB_FILE, FaceSearch
+    from facesearch.gallery.facade import DB_FILE, FaceSearch
 
     t0 = time.perf_counter()
     folder = ImageFolder(images)

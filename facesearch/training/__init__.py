@@ -2,7 +2,7 @@
 
 ``run(TrainOptions(data=..., out=...))`` trains, calibrates the match threshold
 on held-out identities and writes a model directory with :func:`encoder.save`.
-The CLI (:mod:`facesearch.cli_train`) only parses options and calls :func:`run`.
+The CLI (:mod:`facesearch.cli.train`) only parses options and calls :func:`run`.
 
 How it works:
 
@@ -58,8 +58,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facesearch import distance, encoder, metrics
-from facesearch.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
+from facesearch import distance, metrics
+from facesearch.model import encoder
+from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError
 from facesearch.losses import MINING, ContrastiveLoss

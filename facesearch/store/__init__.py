@@ -262,7 +262,7 @@ def migrations_dir() -> Path:
 
         return Path(m.__file__).parent
     except ImportError:
-        return Path(__file__).resolve().parent.parent / "migrations"
+        return Path(__file__).resolve().parents[2] / "migrations"
 
 
 #: the newest revision in migrations/versions (tests/test_store.py checks that it is alembic's head): a

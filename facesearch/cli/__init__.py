@@ -1,4 +1,4 @@
-"""The ``facesearch`` command line: a thin layer over :class:`facesearch.service.FaceSearch`.
+"""The ``facesearch`` command line: a thin layer over :class:`facesearch.gallery.FaceSearch`.
 
 It parses, calls one library function, and formats; errors from the library become a
 message and exit code 1 (usage errors: 2).
@@ -50,7 +50,7 @@ class App:
 
     def open(self, strict: bool = True, detect: bool = False):
         if self._fs is None:
-            from facesearch.service import FaceSearch
+            from facesearch.gallery.facade import FaceSearch
 
             self._fs = FaceSearch.open(home=self.home, db_url=self.db, model=self.model, device=self.device,
                                        index=self.index, backend=self.backend, strict=strict, detect=detect)
@@ -209,7 +209,7 @@ def query(app: App, images_, top_k, threshold, far, detect, as_json):
     Several images or a folder are embedded and searched in batches. With --detect, every face found in
     each photo is searched, largest first, and its box (x, y, width, height) is shown.
     """
-    from facesearch.service import Failure
+    from facesearch.gallery.facade import Failure
 
     files = _probe_files(images_)
     if not files:
@@ -233,7 +233,7 @@ def query(app: App, images_, top_k, threshold, far, detect, as_json):
 
 
 def _print_result(r, threshold) -> None:
-    from facesearch.service import Failure
+    from facesearch.gallery.facade import Failure
 
     if isinstance(r, Failure):
         click.echo(f"{r.source}: error: {r.reason}", err=True)
@@ -418,7 +418,7 @@ def db():
 def _store(app: App, upgrade: bool, must_exist: bool = False):
     import os
 
-    from facesearch.service import DB_FILE, default_home
+    from facesearch.gallery.facade import DB_FILE, default_home
     from facesearch.store import Store
 
     home = app.home or default_home()
@@ -477,8 +477,8 @@ def db_backup(app: App, dest, as_json):
 
 
 def _register_optional() -> None:
-    for mod, name in (("facesearch.cli_train", "train"), ("facesearch.cli_train", "calibrate"),
-                      ("facesearch.cli_evaluate", "evaluate")):
+    for mod, name in (("facesearch.cli.train", "train"), ("facesearch.cli.train", "calibrate"),
+                      ("facesearch.cli.evaluate", "evaluate")):
         try:
             module = __import__(mod, fromlist=[name])
         except ImportError as e:
