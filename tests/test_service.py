@@ -274,7 +274,7 @@ def test_inference_copy_folds_every_batch_norm_and_embeds_the_same(model_dir):
     import torch
 
     from facesearch.model import encoder
-    from facesearch.gallery.facade import _inference_copy
+    from facesearch.model.inference import inference_copy as _inference_copy
 
     model = encoder.load(model_dir).eval()
     fast = _inference_copy(model)
