@@ -1,4 +1,4 @@
-"""The Siamese encoder: a torchvision backbone and an embedding head.
+"""The Siamese encoder: a backbone (:mod:`facesearch.model.backbones`) and an embedding head.
 
 Both branches of the Siamese pair share these weights; the network maps an
 aligned face crop to an L2-normalised embedding, and faces are compared with
@@ -20,80 +20,17 @@ import torch
 import torch.nn as nn
 
 from facesearch import distance
-from facesearch.model.config import (  # noqa: F401 - the model directory's layout, re-exported
+from facesearch.errors import FaceSearchError, ModelFileError
+from facesearch.model import backbones
+from facesearch.model.backbones import BACKBONES, mobilenet_v2_features  # noqa: F401 - re-exported
+from facesearch.model.config import ModelConfig, write_private_atomic
+from facesearch.model.files import (  # noqa: F401 - the model directory's layout, re-exported
     BUILTIN_MODELS,
     CONFIG_FILE,
     WEIGHTS_FILE,
-    ModelConfig,
     read_model_dir,
     weights_sha256,
-    write_private_atomic,
 )
-from facesearch.errors import FaceSearchError, ModelFileError
-
-#: backbones facesearch can cut below the classifier: torchvision name -> width of the pooled features
-BACKBONES = {
-    "mobilenet_v2": 1280,
-    "mobilenet_v3_small": 576,
-    "mobilenet_v3_large": 960,
-    "resnet18": 512,
-    "resnet34": 512,
-    "resnet50": 2048,
-    "efficientnet_b0": 1280,
-}
-
-
-def _conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
-
-
-class _InvertedResidual(nn.Module):
-    """MobileNetV2's block: 1x1 expansion (unless ``expand`` is 1), 3x3 depthwise, linear 1x1 projection;
-    the input is added back when the shape allows."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        layers = [_conv_bn_relu6(cin, hidden)] if expand != 1 else []
-        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
-def mobilenet_v2_features() -> nn.Sequential:
-    """MobileNetV2's convolutional part (width 1.0), built without torchvision: the layers of
-    torchvision's ``mobilenet_v2().features`` under the same names, so a state dict of either loads
-    into the other (tests/test_model_files.py checks names, shapes and outputs). Loading a model uses it
-    because importing torchvision also imports ``torch._dynamo``: about 1.5 to 3 s of every CLI call
-    here. Training still builds torchvision's, which brings the ImageNet weights API."""
-    layers: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, 2)]
-    cin = 32
-    # (expansion, output channels, blocks, stride of the first block): the paper's Table 2
-    for expand, cout, blocks, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                                         (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
-        for i in range(blocks):
-            layers.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
-            cin = cout
-    layers.append(_conv_bn_relu6(cin, BACKBONES["mobilenet_v2"]))
-    return nn.Sequential(*layers)
-
-
-def _torchvision_model(backbone: str) -> nn.Module:
-    import torchvision  # here, not at module level: see mobilenet_v2_features
-
-    return torchvision.models.get_model(backbone, weights=None)
-
-
-def _trunk(backbone: str, tv_model: nn.Module) -> nn.Module:
-    """The torchvision model without its classifier, ending in a C x h x w feature map."""
-    if backbone.startswith("resnet"):
-        return nn.Sequential(*list(tv_model.children())[:-2])
-    return tv_model.features
 
 
 class Encoder(nn.Module):
@@ -101,18 +38,12 @@ class Encoder(nn.Module):
 
     def __init__(self, config: ModelConfig, tv_model: nn.Module | None = None):
         super().__init__()
-        if config.backbone not in BACKBONES:
-            raise ModelFileError(f"unknown backbone {config.backbone!r}; choose one of {sorted(BACKBONES)}")
+        spec = backbones.get(config.backbone)
         self.config = config
-        if tv_model is not None:
-            self.trunk = _trunk(config.backbone, tv_model)
-        elif config.backbone == "mobilenet_v2":
-            self.trunk = mobilenet_v2_features()
-        else:
-            self.trunk = _trunk(config.backbone, _torchvision_model(config.backbone))
+        self.trunk = spec.trunk() if tv_model is None else backbones.torchvision_trunk(config.backbone, tv_model)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(BACKBONES[config.backbone], config.embedding_dim)
+        self.head = nn.Linear(spec.width, config.embedding_dim)
         self.bn = nn.BatchNorm1d(config.embedding_dim)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
@@ -143,8 +74,13 @@ def pretrained_checkpoint_path(backbone: str) -> Path:
 
 def build(config: ModelConfig, pretrained: str | os.PathLike | None = "imagenet") -> Encoder:
     """A fresh encoder. ``pretrained``: ``"imagenet"`` (torchvision's checkpoint, which must already be
-    in the torch hub cache: nothing is downloaded), a path to such a checkpoint, or ``None`` (random)."""
-    tv_model = _torchvision_model(config.backbone)
+    in the torch hub cache: nothing is downloaded), a path to such a checkpoint, or ``None`` (random).
+    A torchvision backbone is built as torchvision's network (what its checkpoints fit)."""
+    if not backbones.get(config.backbone).torchvision:
+        if pretrained is not None:
+            raise ModelFileError(f"backbone {config.backbone} has no ImageNet checkpoint: pass --pretrained none")
+        return Encoder(config)
+    tv_model = backbones.torchvision_model(config.backbone)
     if pretrained is not None:
         path = pretrained_checkpoint_path(config.backbone) if pretrained == "imagenet" else Path(pretrained)
         if not path.is_file():
