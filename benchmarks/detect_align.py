@@ -84,7 +84,7 @@ def aligned_crops(fs, pack: str, pairs_file: str) -> list[dict]:
     left, right = [at[k] for k in pairs.left], [at[k] for k in pairs.right]
     rows = []
     for method, cs in crops.items():
-        emb = fs._embed_crops(cs)
+        emb = fs.embed_crops(cs)
         dist = 1.0 - (emb[left] * emb[right]).sum(1)
         k = metrics.kfold_accuracy(dist, pairs.same, pairs.fold)
         rows.append({"photos": "aligned crops (LFW View 2)", "method": method, "images": len(need),
@@ -127,7 +127,7 @@ def main() -> None:
             crops["detect + align"] = [a if a is not None else c for a, c in zip(aligned, crops["centre crop"])]
             for method, cs in crops.items():
                 t3 = time.perf_counter()
-                emb = fs._embed_crops(cs)
+                emb = fs.embed_crops(cs)
                 t4 = time.perf_counter()
                 r = {"photos": version, "method": method, **scores(emb, people, thr)}
                 if method == "detect + align":

@@ -319,15 +319,15 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
     # ---- 6. removal on the auto index, in place ------------------------------------------
     victim = f"person{int(who[0]):07d}"
     gone = ids[labels == who[0]]
-    before = fs._index
+    before = fs.indexes.loaded
     t = time.perf_counter()
     removed = fs.remove_identity(victim)
     t_rm = time.perf_counter() - t
     _, got = fs.index().search(probes[:1], K)
-    out["remove_identity"] = {"faces": removed, "seconds": round(t_rm, 3), "in_place": fs._index is before,
+    out["remove_identity"] = {"faces": removed, "seconds": round(t_rm, 3), "in_place": fs.indexes.loaded is before,
                               "removed_absent_from_results": bool(not np.isin(got, gone).any()),
                               "what": "FaceSearch.remove_identity: store delete, index remove_ids, index file save"}
-    log(f"  {n}: remove_identity {removed} faces in {t_rm:.2f}s (in place: {fs._index is before})")
+    log(f"  {n}: remove_identity {removed} faces in {t_rm:.2f}s (in place: {fs.indexes.loaded is before})")
     fs.close()
     out["process_peak_rss_bytes"] = peak_rss_bytes()
     out["process_rss_end_bytes"] = current_rss_bytes()

@@ -95,12 +95,12 @@ class ImageFolder:
             info = self._zip.getinfo(key)
             if info.file_size > images.MAX_FILE_BYTES:
                 raise images.InvalidImageError(
-                    f"{key}: file too large ({info.file_size} bytes, limit {images.MAX_FILE_BYTES})")
+                    key, f"file too large ({info.file_size} bytes, limit {images.MAX_FILE_BYTES})")
             try:
                 return self._zip.read(info)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
                 # a damaged, encrypted or oddly compressed member: that file fails, not the whole folder
-                raise images.InvalidImageError(f"{key}: cannot read it from the zip ({e})") from e
+                raise images.InvalidImageError(key, f"cannot read it from the zip ({e})") from e
         return images.read_bytes(key)
 
     def lfw_key(self, name: str, number: int) -> str:

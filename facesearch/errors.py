@@ -6,7 +6,20 @@ class FaceSearchError(Exception):
 
 
 class InvalidImageError(FaceSearchError, ValueError):
-    """A file that cannot be used as a face image (missing, not an image, truncated, too large)."""
+    """A file that cannot be used as a face image (missing, not an image, truncated, too large).
+
+    ``source`` names the input (a path, ``<N bytes>``, a zip member), ``reason`` says what is wrong with
+    it; the message is ``"source: reason"``. Given one argument, it is the reason alone (no source)."""
+
+    def __init__(self, source: str, reason: str | None = None):
+        if reason is None:
+            source, reason = "", source
+        self.source, self.reason = str(source), str(reason)
+        super().__init__(f"{self.source}: {self.reason}" if self.source else self.reason)
+
+
+class NoFaceError(InvalidImageError):
+    """A photo in which the face detector found no face."""
 
 
 class InvalidIdentityError(FaceSearchError, ValueError):
@@ -34,3 +47,15 @@ class ThresholdError(FaceSearchError, ValueError):
 
 class ModelFileError(FaceSearchError, ValueError):
     """A model directory that is missing, incomplete or inconsistent."""
+
+
+class TrainingError(FaceSearchError, ValueError):
+    """Training cannot start or continue: bad options, too little data, an incompatible checkpoint."""
+
+
+class PairsFileError(FaceSearchError, ValueError):
+    """A pairs file (LFW ``pairs.txt`` format) that cannot be read."""
+
+
+class DetectorUnavailable(FaceSearchError):
+    """Face detection was asked for but no detector is installed (``pip install facesearch[detect]``)."""

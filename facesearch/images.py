@@ -39,39 +39,37 @@ def is_image_name(path: str | os.PathLike) -> bool:
 def read_bytes(path: str | os.PathLike) -> bytes:
     p = Path(path)
     if not p.exists():
-        raise InvalidImageError(f"{p}: no such file")
+        raise InvalidImageError(p, "no such file")
     if not p.is_file():
-        raise InvalidImageError(f"{p}: not a regular file")
+        raise InvalidImageError(p, "not a regular file")
     size = p.stat().st_size
     if size == 0:
-        raise InvalidImageError(f"{p}: empty file (0 bytes)")
+        raise InvalidImageError(p, "empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
-        raise InvalidImageError(f"{p}: file too large ({size} bytes, limit {MAX_FILE_BYTES})")
+        raise InvalidImageError(p, f"file too large ({size} bytes, limit {MAX_FILE_BYTES})")
     return p.read_bytes()
 
 
 def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode image bytes to an H x W x 3 uint8 RGB array, or raise InvalidImageError."""
     if not data:
-        raise InvalidImageError(f"{name}: empty file (0 bytes)")
+        raise InvalidImageError(name, "empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
-                raise InvalidImageError(
-                    f"{name}: image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS}); "
-                    "possible decompression bomb"
-                )
+                raise InvalidImageError(name, f"image too large ({img.width}x{img.height} pixels, limit "
+                                              f"{MAX_PIXELS}); possible decompression bomb")
             img.load()
         except InvalidImageError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise InvalidImageError(f"{name}: refused as a possible decompression bomb ({e})") from e
+            raise InvalidImageError(name, f"refused as a possible decompression bomb ({e})") from e
         except Image.UnidentifiedImageError as e:
-            raise InvalidImageError(f"{name}: not an image file PIL can read") from e
+            raise InvalidImageError(name, "not an image file PIL can read") from e
         except (OSError, SyntaxError, ValueError) as e:
-            raise InvalidImageError(f"{name}: truncated or corrupt image ({e})") from e
+            raise InvalidImageError(name, f"truncated or corrupt image ({e})") from e
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose the image

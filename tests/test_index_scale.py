@@ -132,7 +132,7 @@ def test_gallery_switches_to_ivf_transparently_and_removes_in_place(fs, monkeypa
     exact = (probes[:100] @ gallery.T).argmax(1)
     assert hit >= np.mean(labels[exact] == np.arange(100)) - 0.02
     assert fs.remove_identity("p0000") == 4
-    assert fs._index is idx  # applied in place, not rebuilt
+    assert fs.indexes.loaded is idx  # applied in place, not rebuilt
     assert fs.search_embeddings(probes[:1], top_k=3)[0].matches[0].identity != "p0000"
     assert fs.index().ntotal == len(rows) - 4
 

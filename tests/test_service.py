@@ -362,7 +362,7 @@ def test_an_interrupted_reindex_leaves_the_gallery_as_it_was_and_is_finished_whe
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
         half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
-        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
+        embs = fs.embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
         fs.store.stage_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])  # what the killed run did
     with FaceSearch.open(home=home) as fs:
         assert fs.store.revision() == revision and fs.info()["index"]["size"] == total
@@ -405,7 +405,7 @@ def test_a_removed_face_s_id_is_never_given_to_another(tmp_path, model_dir, gall
     with FaceSearch.open(home=home, model=model_dir) as fs:
         fs.enroll_folder(g)
         last_id, _, png, _, sha = [r for c in fs.store.iter_crops() for r in c][-1]  # a reindex read it
-        emb = fs._embed_crops([images.prepare(images.decode(png), fs.config)])[0]
+        emb = fs.embed_crops([images.prepare(images.decode(png), fs.config)])[0]
         fs.remove_faces([last_id])
         newcomer = next(p for p in sorted((gallery_src / "Hugo_Chavez").iterdir())
                         if not (g / "Hugo_Chavez" / p.name).exists())
@@ -430,7 +430,7 @@ def test_a_gallery_mixed_by_an_older_reindex_names_the_one_to_run(tmp_path, mode
     with FaceSearch.open(home=home, model=other_model_dir, strict=False) as fs:
         rec = fs.store.register_model(fs.model_key, fs.config.to_dict(), "x", str(other_model_dir))
         half = [c for chunk in fs.store.iter_crops() for c in chunk][: total // 2]
-        embs = fs._embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
+        embs = fs.embed_crops([images.prepare(images.decode(png), fs.config) for _, _, png, *_ in half])
         fs.store.replace_embeddings(rec.id, [(fid, e) for (fid, *_), e in zip(half, embs)])
     with FaceSearch.open(home=home) as fs:
         hint = f"reindex --model {other_model_dir.resolve()}"

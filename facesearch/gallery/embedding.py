@@ -1,0 +1,159 @@
+"""From an image to the model's input, and from inputs to embeddings, for one gallery handle.
+
+The encoder is loaded at its first use: a command that embeds nothing (``info``, ``identities``,
+``remove``) never imports torch, which takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from facesearch import detect as fdetect
+from facesearch import images
+from facesearch.errors import ModelFileError, ModelMismatchError
+from facesearch.gallery.index_cache import replaced_in_place
+from facesearch.model.config import ModelConfig, weights_sha256
+from facesearch.model.files import model_key
+from facesearch.model.inference import ThreadTuner, inference_copy
+
+if TYPE_CHECKING:  # the encoder module imports torch
+    from facesearch.model import encoder
+
+ImageInput = str | os.PathLike | bytes
+
+
+def input_name(image: ImageInput) -> str:
+    """How an image is named in results and errors: its path, or ``<N bytes>``."""
+    return f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray)) else str(image)
+
+
+def read_pixels(image: ImageInput) -> tuple[np.ndarray, str]:
+    """Read one image -> (H x W x 3 uint8 RGB, sha256 of its bytes)."""
+    if isinstance(image, (bytes, bytearray)):
+        return images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
+    loaded = images.load(image)
+    return loaded.pixels, loaded.sha256
+
+
+def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False
+               ) -> list[tuple[np.ndarray, fdetect.Face | None]]:
+    """The model's inputs (3 x S x S uint8) for an image: the image itself when it is an aligned crop;
+    with ``detect``, its largest face aligned (``every``: all its faces, largest first). A photo in which
+    the detector finds no face raises InvalidImageError."""
+    if not detect:
+        return [(images.prepare(pixels, config), None)]
+    faces = fdetect.faces_or_fail(pixels, source)
+    return [(images.prepare(fdetect.align(pixels, f), config), f) for f in (faces if every else faces[:1])]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model not loaded yet: its config (read), where its weights are, and the device asked for."""
+
+    config: ModelConfig
+    directory: Path
+    device: str | None
+
+    def load(self) -> "encoder.Encoder":
+        """The encoder, with this config (a gallery keeps the config it was opened with)."""
+        from facesearch.model import encoder
+
+        return encoder.load(self.directory, encoder.resolve_device(self.device), config=self.config)
+
+
+class GalleryModel:
+    """A gallery handle's encoder: loaded once (threads share it), its fast inference copy, embedding."""
+
+    def __init__(self, model: "encoder.Encoder | ModelFiles"):
+        self._model = model
+        self.lock = threading.Lock()
+        self._fast: tuple[encoder.Encoder, encoder.Encoder] | None = None  # (model, its inference copy)
+        self.tuner: ThreadTuner | None = None  # set while enrolling on the CPU
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._model.config
+
+    @property
+    def files(self) -> ModelFiles | None:
+        return self._model if isinstance(self._model, ModelFiles) else None
+
+    def get(self, expected_key: str) -> "encoder.Encoder":
+        """The encoder, loading it on first use; its weights must still be those named ``expected_key``."""
+        net = self._model
+        if not isinstance(net, ModelFiles):
+            return net
+        with self.lock:
+            files = self._model
+            if not isinstance(files, ModelFiles):
+                return files
+            try:
+                net = files.load()
+            except ModelFileError as e:  # other weights that do not fit: say they were replaced
+                now = model_key(files.config, weights_sha256(files.directory))
+                if now != expected_key:
+                    raise ModelMismatchError(replaced_in_place(expected_key, str(files.directory), now)) from e
+                raise
+            now = model_key(files.config, net.weights_sha256)  # of the bytes just loaded
+            if now != expected_key:
+                raise ModelMismatchError(replaced_in_place(expected_key, str(files.directory), now))
+            self._model = net
+            return net
+
+    def set(self, net: "encoder.Encoder | ModelFiles") -> None:
+        with self.lock:
+            self._model = net
+
+    @property
+    def raw(self) -> "encoder.Encoder | ModelFiles":
+        return self._model
+
+    def device(self, expected_key: str):
+        """The torch device faces are embedded on (resolving ``auto`` imports torch)."""
+        files = self.files
+        if files is not None:
+            from facesearch.model import encoder
+
+            return encoder.resolve_device(files.device)
+        return self.get(expected_key).device
+
+    def embed_crops(self, crops: Sequence[np.ndarray], expected_key: str) -> np.ndarray:
+        """Embed model inputs (3 x S x S uint8 each): N x D float32 unit vectors."""
+        net = self.get(expected_key)
+        fast = self._fast
+        if fast is None or fast[0] is not net:
+            fast = self._fast = (net, inference_copy(net))
+        if not len(crops):
+            return np.zeros((0, self.config.embedding_dim), np.float32)
+        from facesearch.model import encoder
+
+        return encoder.embed(fast[1], np.stack(crops))
+
+    @contextlib.contextmanager
+    def single_thread(self, device):
+        """One probe gains nothing from a parallel region on the CPU, and on a busy machine a 2-thread
+        region waits for the second core (measured: 24 ms vs 0.24 ms for a 10k exact search, ~1.5 s vs
+        ~10 ms for one embedding; benchmarks/README.md). Torch and FAISS run single-threaded inside."""
+        if device.type != "cpu":
+            yield
+            return
+        import faiss
+        import torch
+
+        before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+        torch.set_num_threads(1)
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before_torch)
+            faiss.omp_set_num_threads(before_faiss)

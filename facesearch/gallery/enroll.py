@@ -1,0 +1,306 @@
+"""Enrolling: files in, faces stored and indexed, every bad file reported and none stopping the rest.
+
+Each item goes through the pipeline as one :class:`Item` record: fetched (read and hashed), triaged
+(content enrolled already is skipped before any pixel is decoded), prepared (decoded, detected and
+aligned, cropped), embedded and stored one batch per transaction. One batch is embedded and stored
+while the next is read and decoded in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+
+from facesearch import detect as fdetect
+from facesearch import images
+from facesearch.datasets import ImageFolder
+from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
+from facesearch.gallery.results import EnrollReport, Failure
+from facesearch.model.inference import ThreadTuner
+from facesearch.store import nfc_name, validate_identity
+
+if TYPE_CHECKING:
+    from facesearch.gallery.facade import FaceSearch
+
+Progress = Callable[[int], None]
+#: what an enroll item's data can be: bytes, a path, or a callable returning bytes
+ItemData = bytes | os.PathLike | Callable[[], bytes]
+
+
+@dataclass
+class Item:
+    """One file on its way into the gallery."""
+
+    identity: str
+    source: str
+    raw: bytes | None = None
+    sha256: str | None = None
+    error: str | None = None
+    crop: np.ndarray | None = None  # the model's input, 3 x S x S uint8
+    png: bytes | None = None  # the crop as kept in the store (None: crops are not kept)
+    detection: dict | None = None  # with detect: the face found (box, score, landmarks, faces_in_photo)
+
+
+class _Run:
+    """One enroll call's bookkeeping of content seen twice: a later copy of a file is reported like its
+    first copy (skipped as enrolled by that identity, or failed with the same reason), once known."""
+
+    def __init__(self, report: EnrollReport):
+        self.report = report
+        self.first: dict[str, str] = {}  # content hash -> identity of its first copy in this run
+        self.outcome: dict[str, tuple[str, str]] = {}  # hash -> ("enrolled", identity) | ("failed", reason)
+        self.waiting: dict[str, list[tuple[str, str]]] = {}  # hash -> later copies (source, asked)
+
+    def fail(self, item: Item) -> None:
+        self.report.failed.append(Failure(item.source, item.error))
+
+    def skip(self, source: str, asked: str, has: str) -> None:
+        self.report.skipped.append((source, has))
+        if nfc_name(has) != nfc_name(asked):  # the same name in another Unicode form is the same identity
+            self.report.elsewhere.append((source, asked, has))
+
+    def same_as_first(self, item: Item) -> None:
+        if item.sha256 in self.outcome:
+            self._report(item.sha256, item.source, item.identity)
+        else:
+            self.waiting.setdefault(item.sha256, []).append((item.source, item.identity))
+
+    def settle(self, sha: str, outcome: tuple[str, str]) -> None:
+        self.outcome[sha] = outcome
+        for source, asked in self.waiting.pop(sha, []):
+            self._report(sha, source, asked)
+
+    def _report(self, sha: str, source: str, asked: str) -> None:
+        kind, value = self.outcome[sha]
+        if kind == "failed":
+            self.report.failed.append(Failure(source, value))
+        else:
+            self.skip(source, asked, value)
+
+
+def _png(chw_uint8: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(chw_uint8.transpose(1, 2, 0)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _reason(e: InvalidImageError | OSError, what: str) -> str:
+    if isinstance(e, InvalidImageError):
+        return e.reason
+    return f"cannot {what}: {e.strerror or e}"
+
+
+class Enroller:
+    """Runs one enroll call on a gallery handle."""
+
+    def __init__(self, gallery: "FaceSearch"):
+        self.g = gallery
+        self.bad_identity: dict[str, str] = {}
+        self._start_embedding: Callable[[], None] | None = None  # armed by _embed_threads
+
+    def fetch(self, entry: tuple[str, str, ItemData]) -> Item:
+        """Read and hash one item. Cheap next to decoding, so content that is enrolled already is found
+        before any pixel is decoded."""
+        ident, source, data = entry
+        item = Item(ident, source)
+        if ident in self.bad_identity:
+            item.error = self.bad_identity[ident]
+            return item
+        try:
+            validate_identity(ident)
+        except InvalidIdentityError as e:
+            item.error = self.bad_identity[ident] = str(e)
+            return item
+        try:
+            if callable(data):
+                item.raw = data()
+            elif isinstance(data, (bytes, bytearray)):
+                item.raw = bytes(data)
+            else:
+                item.raw = images.read_bytes(data)
+        except (InvalidImageError, OSError) as e:
+            item.error = _reason(e, "read")
+            return item
+        item.sha256 = hashlib.sha256(item.raw).hexdigest()
+        return item
+
+    def prepare(self, item: Item) -> Item:
+        """Decode (and detect and align) one new item into its crop, or its error."""
+        g = self.g
+        try:
+            pixels = images.decode(item.raw, item.source)
+            if g.detect:
+                faces = fdetect.faces_or_fail(pixels, item.source)
+                item.crop = images.prepare(fdetect.align(pixels, faces[0]), g.config)
+                item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
+            else:
+                item.crop = images.prepare(pixels, g.config)
+            if not g.keep_crops:
+                item.png = None
+            elif pixels.shape[:2] == item.crop.shape[1:] and np.array_equal(pixels.transpose(2, 0, 1), item.crop):
+                item.png = item.raw  # the file is the aligned crop already: its own bytes decode to it exactly
+            else:
+                item.png = _png(item.crop)  # encoded here, in the reader threads
+        except (InvalidImageError, OSError) as e:
+            item.error = _reason(e, "decode")
+        item.raw = None
+        return item
+
+    def run(self, entries: Iterable[tuple[str, str, ItemData]], progress: Progress | None,
+            batch_size: int) -> EnrollReport:
+        run = _Run(EnrollReport())
+        self.g.index()  # bring the index in sync first so the change below applies in place
+        with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool, self._embed_threads():
+            pending = None
+            for batch in batched(entries, batch_size):
+                new = self._triage(list(pool.map(self.fetch, batch)), run)
+                futures = [pool.submit(self.prepare, item) for item in new]
+                if pending is not None:
+                    self._finish_batch(*pending, run, progress)
+                pending = (len(batch), futures)
+            if pending is not None:
+                self._finish_batch(*pending, run, progress)
+        self.g.flush()
+        return run.report
+
+    @contextlib.contextmanager
+    def _embed_threads(self):
+        """While enrolling on the CPU, pick torch's intra-op thread count by measurement (see
+        :class:`ThreadTuner`); restored afterwards. Set up when the first batch has something to
+        embed: a rerun that finds every file enrolled already loads no model and imports no torch."""
+        restore: list[Callable[[], None]] = []
+        model = self.g.encoder
+
+        def start() -> None:
+            import torch
+
+            before = torch.get_num_threads()
+            restore.append(lambda: torch.set_num_threads(before))
+            model.tuner = ThreadTuner(before) if self.g.device.type == "cpu" and before > 1 else None
+            self.g.embed_crops([])  # build the inference copy now, outside the timed batches
+
+        self._start_embedding = start
+        try:
+            yield
+        finally:
+            self._start_embedding = model.tuner = None
+            for undo in restore:
+                undo()
+
+    def _triage(self, fetched: list[Item], run: _Run) -> list[Item]:
+        """Report unreadable items, and skip content enrolled already (the store is asked once per
+        batch) or seen earlier in this run (settled once that first copy is stored or has failed);
+        return the items still to decode and store."""
+        fresh = []
+        for item in fetched:
+            if item.error is not None:
+                run.fail(item)
+            elif item.sha256 in run.first:
+                run.same_as_first(item)
+            else:
+                run.first[item.sha256] = item.identity
+                fresh.append(item)
+        known = self.g.store.known_hashes([i.sha256 for i in fresh]) if fresh else {}
+        for item in fresh:
+            if item.sha256 in known:
+                run.settle(item.sha256, ("enrolled", known[item.sha256]))
+                run.skip(item.source, item.identity, known[item.sha256])
+        return [i for i in fresh if i.sha256 not in known]
+
+    def _finish_batch(self, n_items: int, futures, run: _Run, progress: Progress | None) -> None:
+        todo = []
+        for f in futures:
+            item = f.result()
+            if item.error is not None:
+                run.fail(item)
+                run.settle(item.sha256, ("failed", item.error))
+            else:
+                todo.append(item)
+        if todo:
+            self._store(todo, run.report)
+            for item in todo:
+                run.settle(item.sha256, ("enrolled", item.identity))
+        if progress is not None:
+            progress(n_items)
+
+    def _embed(self, todo: list[Item]) -> np.ndarray:
+        if self._start_embedding is not None:
+            start, self._start_embedding = self._start_embedding, None
+            start()
+        tuner = self.g.encoder.tuner
+        if tuner is not None:
+            tuner.start()
+        embs = self.g.embed_crops([i.crop for i in todo])
+        if tuner is not None:
+            tuner.stop(len(todo))
+        return embs
+
+    def _store(self, todo: list[Item], report: EnrollReport) -> None:
+        """Embed items and store them in one transaction, then index them."""
+        g = self.g
+        embs = self._embed(todo)
+        for attempt in range(3):
+            rows = [(i.identity, i.source, i.sha256, e, i.png) for i, e in zip(todo, embs)]
+            try:
+                ids, rev = g.store.add_faces(g.model_id, rows, [i.detection for i in todo])
+                break
+            except IntegrityError:
+                # another process enrolled some of this content, or created one of these
+                # identities, since we looked: skip what it enrolled and try again
+                if attempt == 2:
+                    raise
+                taken = g.store.known_hashes([i.sha256 for i in todo])
+                report.skipped.extend((i.source, taken[i.sha256]) for i in todo if i.sha256 in taken)
+                keep = [k for k, i in enumerate(todo) if i.sha256 not in taken]
+                todo, embs = [todo[k] for k in keep], embs[keep]
+                if not todo:
+                    return
+        g.indexes.after_change(rev, lambda idx: idx.add(np.asarray(ids, np.int64), embs))
+        report.added += len(ids)
+        report.face_ids.extend(ids)
+        report.identities.update(i.identity for i in todo)
+        report.several_faces.extend((i.source, i.detection["faces_in_photo"]) for i in todo
+                                    if i.detection and i.detection["faces_in_photo"] > 1)
+
+
+def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None
+                   ) -> tuple[Iterable[tuple[str, str, ItemData]], list[Failure]]:
+    """The items of ``root/<identity>/<image files>`` (a folder, or a zip holding one), and the files
+    left out of it."""
+    root = Path(root)
+    if not root.exists():
+        raise FaceSearchError(f"{root}: no such file or directory")
+    folder = ImageFolder(root)
+    if not folder.items:
+        left = (f"; {len(folder.ignored)} file(s) left out, e.g. {folder.ignored[0][0]}: {folder.ignored[0][1]}"
+                if folder.ignored else "")
+        raise FaceSearchError(
+            f"{root}: no identity folders with files found (expected {root}/<identity>/<image files>){left}")
+    if total is not None:
+        total(len(folder))
+    entries = ((ident, key, (lambda k=key: folder.read(k))) for ident in folder.identities()
+               for key in folder.items[ident])
+    return entries, [Failure(path, why) for path, why in folder.ignored]
+
+
+def batched(iterable, n):
+    batch = []
+    for it in iterable:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,147 @@
+"""The gallery's vector index, kept in step with the store (the source of truth).
+
+The index file carries a stamp (model, store revision, face count, change id); a file whose stamp does
+not match the store is rebuilt from the embeddings in the store. A change made through this handle is
+applied to the loaded index in place when the index was in sync just before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from facesearch import index as vindex
+from facesearch.errors import ModelMismatchError
+from facesearch.model.files import location_for_user
+
+if TYPE_CHECKING:
+    from facesearch.gallery.facade import FaceSearch
+
+log = logging.getLogger("facesearch")
+
+INDEX_FILE = "index.fsx"
+
+
+def replaced_in_place(gallery_key: str, location: str, now_key: str) -> str:
+    """The message for a gallery whose model directory now holds other weights."""
+    where = location_for_user(location)
+    return (f"this gallery was embedded by model {gallery_key}, but the model files at {where} are "
+            f"now {now_key} (retrained or replaced in place?): embeddings of different models cannot be "
+            f"compared. Restore that model's files, or run `facesearch reindex --model {where}` to "
+            "re-embed the gallery with them.")
+
+
+class IndexCache:
+    """One gallery handle's index: loaded lazily, applied changes in place, saved atomically."""
+
+    def __init__(self, gallery: "FaceSearch", factory: str = "auto"):
+        self.gallery = gallery
+        self.factory = factory
+        self.loaded: vindex.VectorIndex | None = None
+        self.revision = -1
+
+    @property
+    def path(self) -> Path:
+        return self.gallery.home / INDEX_FILE
+
+    def _stamp(self, revision: int, change_id: str) -> vindex.Stamp:
+        g = self.gallery
+        return vindex.Stamp(g.model_key, revision, g.store.count_faces(), g.config.embedding_dim, "",
+                            g.index_backend, change_id)
+
+    def get(self) -> vindex.VectorIndex:
+        """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
+        revision, change_id = self.gallery.store.state()
+        if self.loaded is not None and revision == self.revision:
+            return self.loaded
+        try:
+            self.loaded = vindex.load(self.path, self._stamp(revision, change_id), self.gallery.index_backend)
+            self.revision = revision
+        except vindex.StaleIndex as why:
+            log.info("rebuilding the index from the store: %s", why)
+            self.rebuild()
+        return self.loaded
+
+    def rebuild(self) -> vindex.VectorIndex:
+        """Build the index from the embeddings in the store and save it."""
+        g = self.gallery
+        check_one_model(g)
+        revision = g.store.revision()
+        n = g.store.count_faces()
+        dim = g.config.embedding_dim
+        if n == 0:
+            factory = "Flat" if self.factory == "auto" or self.factory.startswith("IVF") else self.factory
+            idx = vindex.create(dim, 0, factory, g.index_backend)
+        else:
+            idx = vindex.build(dim, g.store.iter_embeddings(), n, self.factory, g.index_backend)
+        self.loaded, self.revision = idx, revision
+        self.save()
+        return idx
+
+    def save(self) -> None:
+        g, idx = self.gallery, self.loaded
+        revision, change_id = g.store.state()
+        if revision != self.revision:
+            change_id = ""  # the store moved on (another process): a file that no loader will take
+        stamp = vindex.Stamp(g.model_key, self.revision, idx.ntotal, g.config.embedding_dim, idx.factory,
+                             idx.backend, change_id)
+        vindex.save(idx, self.path, stamp)
+
+    def after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:
+        """Apply a change to the loaded index if it was in sync just before it; else rebuild lazily."""
+        idx = self.loaded
+        if idx is not None and self.revision == new_revision - 1:
+            try:
+                apply(idx)
+                self.revision = new_revision
+                return
+            except RuntimeError as e:  # e.g. an index type that cannot remove ids
+                log.info("index cannot apply the change in place (%s); rebuilding", e)
+        self.loaded, self.revision = None, -1
+
+    def _retier(self) -> None:
+        """Under ``auto``, switch between exact and approximate index as the gallery grows."""
+        idx = self.loaded
+        if self.factory != "auto" or idx is None or idx.backend == "torch-cuda":
+            return
+        want = vindex.auto_factory(idx.ntotal)
+        if want == "Flat" and idx.factory == "Flat":
+            return
+        if want.startswith("IVF") and idx.factory.startswith("IVF"):
+            have = int(idx.factory[3:].split(",")[0])
+            if have * 4 >= int(want[3:].split(",")[0]):
+                return  # close enough; retrain only when the gallery has grown a lot
+        self.rebuild()
+
+    def flush(self) -> None:
+        """Make sure the index file reflects the store (rebuilding if needed)."""
+        idx = self.get()
+        self._retier()
+        if self.loaded is idx:
+            self.save()
+
+
+def check_one_model(g: "FaceSearch") -> None:
+    """Every enrolled face must be embedded by this handle's model; say what to do when not."""
+    by_model = g.store.faces_by_model()
+    others = [(m, n) for m, n in by_model if m.id != g.model_id]
+    if others and len(by_model) == 1:
+        m = others[0][0]
+        mine = g.store.model_location(g.model_id)
+        if mine is not None and mine == m.location:  # same directory, other weights now
+            raise ModelMismatchError(replaced_in_place(m.key, mine, g.model_key))
+        raise ModelMismatchError(
+            f"every enrolled face is now embedded by model {m.key} ({location_for_user(m.location)}), not by "
+            f"this handle's {g.model_key}: another process switched the gallery (`facesearch reindex "
+            "--model`). Open the gallery again to use its model.")
+    if others:
+        total = sum(n for _, n in by_model)
+        counts = ", ".join(f"{n} by {m.key} ({location_for_user(m.location)})" for m, n in by_model)
+        active = g.store.active_model()
+        target = next((m for m, _ in others if active is None or m.id != active.id), others[0][0])
+        raise ModelMismatchError(
+            f"the {total} enrolled faces were embedded by more than one model: {counts} (an "
+            f"interrupted `reindex --model` of an earlier facesearch, which wrote in place?). Run `facesearch "
+            f"reindex --model {location_for_user(target.location)}` to embed them all with one model.")

@@ -1,0 +1,79 @@
+"""Which model a gallery handle embeds with, decided when the gallery is opened.
+
+A gallery records the models that embedded it; the active one is its model. A model new to the
+gallery is loaded before it is recorded or made active, so damaged weights or an unusable device leave
+nothing behind; the gallery's own model is loaded when a face is first embedded (commands that embed
+nothing never import torch).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from facesearch import index as vindex
+from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError
+from facesearch.gallery.embedding import ModelFiles
+from facesearch.gallery.index_cache import replaced_in_place
+from facesearch.model.config import read_model_dir, weights_sha256
+from facesearch.model.files import BUILTIN_PREFIX, DEFAULT_MODEL, model_dir, model_key
+
+if TYPE_CHECKING:
+    from facesearch.model import encoder
+    from facesearch.store import Store
+
+#: device names a gallery accepts (checked at open, without torch; whether it is usable, at loading)
+_DEVICE = re.compile(r"auto|cpu|(cuda|mps|xpu)(:\d+)?")
+
+
+def check_device(device: str | None) -> None:
+    if device is not None and not _DEVICE.fullmatch(str(device)):
+        raise FaceSearchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def make_home(home: Path) -> Path:
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise FaceSearchError(f"cannot use {home} as the facesearch home: {e.strerror or e}") from None
+    return home
+
+
+def choose_model(store: "Store", model: str | os.PathLike | None, device: str | None, strict: bool,
+                 index: str) -> tuple["encoder.Encoder | ModelFiles", str, int]:
+    """The handle's model (loaded, or its files), its key and its id in the store; records it and makes
+    it active where the gallery has no faces of another model."""
+    active = store.active_model()
+    if model is not None:
+        location = str(Path(model).expanduser().resolve())
+    elif active is not None:
+        location = active.location
+    else:
+        location = BUILTIN_PREFIX + DEFAULT_MODEL
+    directory = model_dir(location)
+    config = read_model_dir(directory)
+    if config.threshold is None:
+        raise ModelFileError(f"model {directory} has no calibrated threshold; train or calibrate it first")
+    vindex.check_factory(index, config.embedding_dim)
+    net: "encoder.Encoder | ModelFiles" = ModelFiles(config, directory, device)
+    sha = weights_sha256(directory)
+    key = model_key(config, sha)
+    has_faces = store.count_faces() > 0
+    if active is None or (model is not None and active.key != key and not (strict and has_faces)):
+        net = net.load()
+        sha = net.weights_sha256  # of the bytes loaded
+        key = model_key(config, sha)
+    if active is not None and active.key != key and strict and has_faces:
+        if model is None:  # the gallery's own model directory holds other weights now
+            net.load()  # damaged? then that is the error, not "replaced in place"
+            raise ModelMismatchError(replaced_in_place(active.key, location, key))
+        raise ModelMismatchError(
+            f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "
+            f"models cannot be compared. Run `facesearch reindex --model {model}` to re-embed the gallery "
+            "with the new model, or leave --model out to use the gallery's model.")
+    rec = store.register_model(key, config.to_dict(), sha, location)
+    if active is None or (active.key != key and not has_faces):
+        store.set_active_model(rec.id)
+    return net, key, rec.id

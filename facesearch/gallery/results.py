@@ -1,0 +1,86 @@
+"""What the gallery's calls return: ranked matches, verification, enroll reports. Plain records with
+``to_dict()`` for the CLI's ``--json`` (the shapes are part of the public contract)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Match:
+    """One enrolled identity: its closest face to the probe. ``match``: distance <= threshold."""
+
+    identity: str
+    distance: float
+    match: bool
+    face_id: int
+    source: str
+
+
+@dataclass
+class QueryResult:
+    """Ranked identities for one probe, closest first. ``identity`` is None when nobody matches."""
+
+    matches: list[Match]
+    threshold: float
+    probe: str = ""
+    face: dict | None = None  # with detect: where in the probe the face is (box, score, landmarks)
+
+    @property
+    def identity(self) -> str | None:
+        return self.matches[0].identity if self.matches and self.matches[0].match else None
+
+    def to_dict(self) -> dict:
+        out = {"probe": self.probe, "identity": self.identity, "unknown": self.identity is None,
+               "threshold": self.threshold, "matches": [asdict(m) for m in self.matches]}
+        if self.face is not None:  # only with detect: without it, the JSON is as it always was
+            out["face"] = self.face
+        return out
+
+
+@dataclass
+class VerifyResult:
+    """``same`` is ``distance <= threshold``."""
+
+    distance: float
+    threshold: float
+    same: bool
+    faces: tuple[dict | None, dict | None] = (None, None)  # with detect: the face used in A and in B
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if out["faces"] == (None, None):  # only with detect: without it, the JSON is as it always was
+            del out["faces"]
+        return out
+
+
+@dataclass
+class Failure:
+    source: str
+    reason: str
+
+
+@dataclass
+class EnrollReport:
+    identities: set[str] = field(default_factory=set)
+    added: int = 0
+    face_ids: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, already enrolled as identity)
+    failed: list[Failure] = field(default_factory=list)
+    #: with detect: photos enrolled now that held several faces, and how many; their largest face was taken
+    several_faces: list[tuple[str, int]] = field(default_factory=list)
+    #: skipped files whose content is enrolled as another identity than the one asked for (a mislabelled
+    #: or duplicated photo): ``(source, identity asked for, identity that has it)``
+    elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
+                "failed": len(self.failed), "face_ids": self.face_ids,
+                "skipped_files": [{"source": s, "identity": i} for s, i in self.skipped],
+                "failures": [asdict(f) for f in self.failures_sorted()],
+                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)],
+                "enrolled_as_another_identity": [{"source": s, "asked": a, "identity": i}
+                                                 for s, a, i in sorted(self.elsewhere)]}
+
+    def failures_sorted(self) -> list[Failure]:
+        return sorted(self.failed, key=lambda f: f.source)

@@ -1,0 +1,76 @@
+"""1:N search: the index's nearest faces turned into ranked identities.
+
+:func:`rank` is the whole ranking rule, a pure function over arrays (no store, no index): the best face
+of each identity, closest first, ``top_k`` of them, each with its match decision on the one distance.
+:func:`search` asks the index for enough faces that ``top_k`` distinct identities come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from facesearch import distance
+from facesearch.gallery.results import Match, QueryResult
+
+if TYPE_CHECKING:
+    from facesearch.gallery.facade import FaceSearch
+
+
+class FaceRef(Protocol):
+    """What ranking needs to know of an enrolled face (the store's ``FaceInfo`` is one)."""
+
+    identity: str
+    source: str
+
+
+def rank(dist: np.ndarray, ids: np.ndarray, faces: Mapping[int, FaceRef], top_k: int,
+         threshold: float) -> list[list[Match]]:
+    """Ranked identities for each query row.
+
+    ``dist`` and ``ids`` are Q x K: each query's nearest faces (distances on the one distance, face ids;
+    an id < 0 or one missing from ``faces`` is a padding slot or a face removed meanwhile, and is
+    skipped). Each identity is represented by its closest face; identities are sorted by that distance
+    (ties: lower face id first) and cut to ``top_k``. ``match`` is ``distance <= threshold``.
+    """
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    dist, ids = np.atleast_2d(dist), np.atleast_2d(ids)
+    out = []
+    for row_d, row_i in zip(dist, ids):
+        best: dict[str, tuple[float, int]] = {}
+        for d, fid in zip(row_d.tolist(), row_i.tolist()):
+            fid = int(fid)
+            if fid < 0 or fid not in faces:
+                continue
+            who = faces[fid].identity
+            if who not in best or (d, fid) < best[who]:
+                best[who] = (d, fid)
+        ranked = sorted(best.items(), key=lambda kv: kv[1])[:top_k]
+        out.append([Match(who, float(d), bool(distance.is_match(d, threshold)), fid, faces[fid].source)
+                    for who, (d, fid) in ranked])
+    return out
+
+
+def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[str] | None,
+           threshold: float) -> list[QueryResult]:
+    """Search the gallery's index with query embeddings (Q x D), widening the number of faces asked for
+    until each query has ``top_k`` identities or the whole gallery was seen."""
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    idx = gallery.index()
+    emb = np.atleast_2d(np.asarray(emb, np.float32))
+    names = list(probes) if probes else [""] * len(emb)
+    n = idx.ntotal
+    if n == 0:
+        return [QueryResult([], threshold, p) for p in names]
+    k = min(n, max(top_k * 4, top_k + 16))
+    while True:
+        dist, ids = idx.search(emb, k)
+        faces = gallery.store.face_info([int(i) for i in np.unique(ids) if i >= 0])
+        ranked = rank(dist, ids, faces, top_k, threshold)
+        if all(len(m) >= top_k for m in ranked) or k >= n:
+            return [QueryResult(m, threshold, p) for m, p in zip(ranked, names)]
+        k = min(n, k * 4)
