@@ -12,10 +12,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 from facesearch import distance
 from facesearch.errors import ModelFileError
+from facesearch.files import write_private_atomic  # noqa: F401 - moved to facesearch.files, re-exported
 
 #: a model directory holds these two files
 CONFIG_FILE = "model.json"
@@ -121,35 +122,3 @@ def weights_sha256(directory: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_private_atomic(path: Path, data: "bytes | Callable[[BinaryIO], None]") -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), readable by the owner only.
-    ``data`` is bytes, or a function that writes into the open file (for content too big to build first);
-    if it raises, the old file stays and the temp file is removed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
