@@ -1,0 +1,86 @@
+"""Schema migrations: where the Alembic scripts are, which revision a database is at, upgrading it.
+
+Alembic is imported only when a migration runs or a revision is looked up in the scripts: a database
+already at :data:`HEAD_REVISION` opens without it (it and the scripts cost ~0.3 s a command).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+
+from facesearch.errors import SchemaError
+from facesearch.store.dialects import migration_transaction
+
+#: the newest revision in migrations/versions (tests/test_store.py checks that it is alembic's head): a
+#: database stamped with it opens without importing alembic and reading the scripts (~0.3 s a command)
+HEAD_REVISION = "0006"
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory (``migrations/`` of the repo, shipped as ``facesearch._migrations``)."""
+    try:
+        import facesearch._migrations as m  # installed from a wheel
+
+        return Path(m.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision stamped in the database (``alembic_version``), None before the first."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:  # facesearch's history is one line; alembic would refuse this too
+        raise SchemaError(f"the database has several schema revisions ({', '.join(sorted(rows))})")
+    return rows[0] if rows else None
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse a database whose schema this version of facesearch does not know."""
+    from alembic.script import ScriptDirectory
+
+    current = current_revision(engine)
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaError(
+            f"the database is at schema revision {current}, which this facesearch does not know: "
+            "it was written by a newer facesearch. Upgrade facesearch; nothing was changed."
+        )
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    with migration_transaction(engine) as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with migration_transaction(engine) as conn:
+        command.downgrade(alembic_config(conn), revision)
