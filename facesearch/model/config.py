@@ -7,7 +7,6 @@ the input pipeline from this config, never from literals of their own.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,12 +16,6 @@ from typing import Any
 from facesearch import distance
 from facesearch.errors import ModelFileError
 from facesearch.files import write_private_atomic  # noqa: F401 - moved to facesearch.files, re-exported
-
-#: a model directory holds these two files
-CONFIG_FILE = "model.json"
-WEIGHTS_FILE = "weights.pt"
-#: where the models shipped inside the package live (``models/<name>/``; ``default`` is the built-in one)
-BUILTIN_MODELS = Path(__file__).resolve().parent / "builtin"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,18 +100,13 @@ class ModelConfig:
             raise ModelFileError(f"model config {path} is not valid: {e}") from e
 
 
-def read_model_dir(directory: str | os.PathLike) -> ModelConfig:
-    """The config of a model directory, after checking it has both files (no torch needed)."""
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise ModelFileError(f"{directory} is not a facesearch model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    return ModelConfig.load(directory / CONFIG_FILE)
+#: the model directory's layout moved to :mod:`facesearch.model.files`; importing it from here still works
+_MOVED = frozenset({"CONFIG_FILE", "WEIGHTS_FILE", "BUILTIN_MODELS", "read_model_dir", "weights_sha256"})
 
 
-def weights_sha256(directory: str | os.PathLike) -> str:
-    """SHA-256 of a model directory's weights file (what names a model's embeddings; no torch needed)."""
-    h = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def __getattr__(name: str):
+    if name in _MOVED:
+        from facesearch.model import files
+
+        return getattr(files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
