@@ -24,6 +24,8 @@ DB_ENV = "FACESEARCH_DB"
 MODEL_ENV = "FACESEARCH_MODEL"
 #: the home folder's name in the user's home directory when FACESEARCH_HOME is not set
 HOME_DIR_NAME = ".facesearch"
+#: the SQLite database's file name in a home folder (when no database URL is given)
+DB_FILE = "facesearch.db"
 
 
 def default_home() -> Path:

@@ -44,6 +44,7 @@ from facesearch.gallery.results import EnrollReport, Failure, Match, QueryResult
 from facesearch.gallery.thresholds import operating_points, threshold_at
 from facesearch.model.config import ModelConfig
 from facesearch.model.files import BUILTIN_PREFIX, DEFAULT_MODEL, builtin_model_dir, model_key  # noqa: F401
+from facesearch.settings import DB_FILE, default_home
 from facesearch.store import Store, validate_identity
 
 if TYPE_CHECKING:  # the encoder module imports torch: loaded when a face is first embedded
@@ -53,11 +54,6 @@ __all__ = ["FaceSearch", "Match", "QueryResult", "VerifyResult", "Failure", "Enr
            "INDEX_FILE", "default_home", "builtin_model_dir", "model_key"]
 
 Progress = Callable[[int], None]
-DB_FILE = "facesearch.db"
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("FACESEARCH_HOME") or Path.home() / ".facesearch").expanduser()
 
 
 class FaceSearch:
@@ -104,7 +100,7 @@ class FaceSearch:
             vindex.resolve_backend(backend)  # one that is not there is refused before anything is recorded
         home = opening.make_home(Path(home).expanduser() if home is not None else default_home())
         opening.check_device(device)
-        store = Store.open(db_url or os.environ.get("FACESEARCH_DB") or f"sqlite:///{home / DB_FILE}")
+        store = Store.open(db_url or f"sqlite:///{home / DB_FILE}")
         try:
             net, key, model_id = opening.choose_model(store, model, device, strict, index)
             return cls(store, net, key, model_id, home, index, backend, keep_crops, detect)

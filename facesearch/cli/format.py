@@ -1,0 +1,77 @@
+"""How results are printed: JSON for scripts, short lines for people (no library logic here)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def echo_problems(failures: list[tuple[str, str]], several_faces: int, taken: str) -> None:
+    """After an enroll or align summary: each failed file with its reason, and how many photos held
+    several faces (of which the largest was ``taken``)."""
+    for source, reason in failures:
+        click.echo(f"  failed: {source}: {reason}", err=True)
+    if several_faces:
+        click.echo(f"  {several_faces} photo(s) held several faces; the largest face of each was {taken} "
+                   "(--json lists them)", err=True)
+
+
+def print_enroll(report) -> None:
+    click.echo(f"identities: {len(report.identities)}  added: {report.added}  "
+               f"skipped (already enrolled): {len(report.skipped)}  failed: {len(report.failed)}")
+    echo_problems([(f.source, f.reason) for f in report.failures_sorted()], len(report.several_faces), "enrolled")
+    if report.elsewhere:
+        click.echo(f"{len(report.elsewhere)} file(s) are enrolled already as another identity, and were "
+                   "not added to the one asked for:")
+        for source, asked, has in sorted(report.elsewhere)[:20]:
+            click.echo(f"  {source}: asked {asked}, enrolled as {has}")
+        if len(report.elsewhere) > 20:
+            click.echo(f"  ... and {len(report.elsewhere) - 20} more (--json lists them all)")
+
+
+def print_result(r, threshold: float) -> None:
+    """One probe's ranked identities (or its error)."""
+    from facesearch.gallery.results import Failure
+
+    if isinstance(r, Failure):
+        click.echo(f"{r.source}: error: {r.reason}", err=True)
+        return
+    if not r.matches:
+        click.echo(f"{r.probe}: unknown (the gallery is empty)")
+        return
+    top = r.matches[0]
+    probe = r.probe if r.face is None else f"{r.probe} face at {tuple(r.face['box'])}"
+    if r.identity is None:
+        click.echo(f"{probe}: unknown (nearest {top.identity} at distance {top.distance:.4f} "
+                   f"> threshold {threshold:.4f})")
+    else:
+        click.echo(f"{probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f})")
+    click.echo(f"  {'rank':>4}  {'identity':<32} {'distance':>8}  match  face")
+    for i, m in enumerate(r.matches, 1):
+        click.echo(f"  {i:>4}  {m.identity[:32]:<32} {m.distance:>8.4f}  {'yes' if m.match else 'no ':<5}  {m.face_id}")
+
+
+def print_info(d: dict) -> None:
+    m = d["model"]
+    click.echo(f"home:        {d['home']}")
+    click.echo(f"database:    {d['database']} (schema {d['schema_revision']})")
+    click.echo(f"model:       {m['key']} ({m['backbone']}, {m['embedding_dim']}-d, {m['input_size']} px)")
+    click.echo(f"threshold:   {m['threshold']:.4f} ({m['distance']} distance; match when distance <= threshold)")
+    for op in m.get("operating_points") or []:
+        click.echo(f"  --far {op['far']:g}: {op['threshold']:.4f} (accepts {100 * op['tar']:.1f}% of genuine "
+                   f"held-out pairs)")
+    click.echo(f"identities:  {d['identities']}")
+    click.echo(f"faces:       {d['faces']}")
+    ix = d["index"]
+    if "error" in ix:
+        click.echo(f"index:       unusable: {ix['error']}")
+    else:
+        probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
+        click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
+    click.echo(f"device:      {d['device']}")
+    click.echo(f"detector:    {d['detector']}")

@@ -1,0 +1,220 @@
+"""The gallery commands: enroll, query, verify, identities, info, reindex (parse, call, format)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from facesearch import images
+from facesearch.cli.app import App, Command, Group, detect_option, progress, threshold_options
+from facesearch.cli.format import echo_json, print_enroll, print_info, print_result
+
+
+# ---- enroll ----------------------------------------------------------------------------------
+@click.command(cls=Command)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--identity", "-i", metavar="NAME", help="Enroll the given image FILES as this identity.")
+@detect_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def enroll(app: App, paths, identity, detect, as_json):
+    """Enroll faces.
+
+    \b
+    facesearch enroll DIR                   DIR/<identity>/<image files> (or a zip of that)
+    facesearch enroll -i NAME FILE...       files of one identity
+    facesearch enroll --detect DIR          photos: the largest face of each is found and enrolled
+
+    Content enrolled before is skipped; a bad file is reported and never stops the rest.
+    """
+    if identity is None:
+        if len(paths) != 1:
+            raise click.UsageError("give one folder of identities, or --identity NAME with image files")
+        root = paths[0]
+        if not root.exists():
+            raise click.BadParameter(f"{root} does not exist", param_hint="DIR")
+        fs = app.open(detect=detect)
+        with progress(None, "enroll") as bar:
+            report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
+    else:
+        for p in paths:
+            if p.is_dir():
+                raise click.BadParameter(f"{p} is a folder; with --identity give image files", param_hint="FILE")
+        fs = app.open(detect=detect)
+        with progress(len(paths), f"enroll {identity}") as bar:
+            report = fs.enroll_files(identity, paths, progress=bar.update)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        print_enroll(report)
+    if report.failed:  # 1: nothing could be enrolled; 3: the rest was, these files were not
+        sys.exit(1 if not report.added and not report.skipped else 3)
+
+
+# ---- query -----------------------------------------------------------------------------------
+def _probe_files(paths) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and images.is_image_name(f)))
+        else:
+            files.append(p)
+    return files
+
+
+@click.command(cls=Command)
+@click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="How many identities to list.")
+@threshold_options
+@detect_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object, or a list for several probes; with --detect always a list, one "
+                   "object per face found.")
+@click.pass_obj
+def query(app: App, images_, top_k, threshold, far, detect, as_json):
+    """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
+
+    Several images or a folder are embedded and searched in batches. With --detect, every face found in
+    each photo is searched, largest first, and its box (x, y, width, height) is shown.
+    """
+    from facesearch.gallery.results import Failure
+
+    files = _probe_files(images_)
+    if not files:
+        raise click.BadParameter("no image files found", param_hint="IMAGE")
+    fs = app.open(detect=detect)
+    thr = fs.threshold_at(far=far, threshold=threshold)
+    if len(files) == 1:
+        results = fs.query_faces(files[0], top_k, threshold=thr)
+    else:
+        with progress(len(files), "query") as bar:
+            results = fs.query_many(files, top_k, progress=bar.update, threshold=thr, every=True)
+    if as_json:
+        out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
+               for r in results]
+        echo_json(out if detect or len(out) != 1 else out[0])  # --detect: a list, however many faces
+    else:
+        for r in results:
+            print_result(r, thr)
+    if all(isinstance(r, Failure) for r in results):
+        sys.exit(1)
+
+
+# ---- verify ----------------------------------------------------------------------------------
+@click.command(cls=Command)
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@threshold_options
+@detect_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify(app: App, a, b, threshold, far, detect, as_json):
+    """Are A and B the same person? same = distance <= the model's threshold.
+
+    With --detect, A and B are photos and the largest face of each is compared.
+    """
+    fs = app.open(detect=detect)
+    r = fs.verify(a, b, threshold=fs.threshold_at(far=far, threshold=threshold))
+    if as_json:
+        echo_json(r.to_dict())
+    else:
+        rel = "<=" if r.same else ">"
+        click.echo(f"{'same person' if r.same else 'different people'}: distance {r.distance:.4f} {rel} "
+                   f"threshold {r.threshold:.4f}")
+
+
+# ---- identities ------------------------------------------------------------------------------
+@click.group(cls=Group)
+def identities():
+    """List, show, rename and remove enrolled identities."""
+
+
+@identities.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def identities_list(app: App, as_json):
+    """List the enrolled identities and their face counts."""
+    rows = app.open().identities()
+    if as_json:
+        echo_json([{"identity": r.name, "faces": r.faces, "created_at": r.created_at} for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.name}\t{r.faces}")
+    click.echo(f"{len(rows)} identities, {sum(r.faces for r in rows)} faces", err=True)
+
+
+@identities.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def identities_show(app: App, name, as_json):
+    """Show the faces of identity NAME: face id and source."""
+    faces = app.open().identity_faces(name)
+    if as_json:
+        echo_json({"identity": name, "faces": [{"face_id": f.face_id, "source": f.source} for f in faces]})
+        return
+    click.echo(f"{name}: {len(faces)} faces")
+    for f in faces:
+        click.echo(f"  {f.face_id}\t{f.source}")
+
+
+@identities.command("rename")
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def identities_rename(app: App, old, new):
+    """Rename identity OLD to NEW (face ids and embeddings are kept)."""
+    app.open().rename_identity(old, new)
+    click.echo(f"renamed {old} -> {new}")
+
+
+@identities.command("remove")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def identities_remove(app: App, name, yes):
+    """Remove identity NAME and all its faces, from the store and the index."""
+    fs = app.open()
+    n = len(fs.identity_faces(name))
+    if not yes:
+        click.confirm(f"remove {name} and its {n} faces?", abort=True)
+    removed = fs.remove_identity(name)
+    click.echo(f"removed {name} ({removed} faces)")
+
+
+# ---- info, reindex ---------------------------------------------------------------------------
+@click.command(cls=Command)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def info(app: App, as_json):
+    """The model, its threshold, the counts, the index and the device."""
+    d = app.open().info()
+    if as_json:
+        echo_json(d)
+        return
+    print_info(d)
+
+
+@click.command(cls=Command)
+@click.option("--model", "new_model", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Re-embed every face with this model and make it the gallery's model.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reindex(app: App, new_model, as_json):
+    """Rebuild the index from the store (or re-embed the gallery with --model)."""
+    fs = app.open(strict=False)
+    with progress(None, "re-embed", "face", disable=None if new_model else True) as bar:
+
+        def left(n: int) -> None:  # before each pass: what is left (a rerun skips what was staged)
+            bar.total = bar.n + n
+            bar.refresh()
+
+        r = fs.reindex(model=new_model, progress=bar.update, total=left)
+    if as_json:
+        echo_json(r)
+    else:
+        click.echo(f"index rebuilt: {r['faces']} faces, {r['index']}, model {r['model']}"
+                   + (f" ({r['reembedded']} re-embedded)" if new_model else ""))
