@@ -32,7 +32,7 @@ def chunks(x, start_id: int = 1, size: int = 1000):
 
 @pytest.fixture
 def small_exact_max(monkeypatch):
-    monkeypatch.setattr(vindex, "EXACT_MAX", 2_000)
+    monkeypatch.setattr(vindex.policy, "EXACT_MAX", 2_000)
     return 2_000
 
 
@@ -116,7 +116,7 @@ def test_remove_works_on_ivf(small_exact_max):
 def test_gallery_switches_to_ivf_transparently_and_removes_in_place(fs, monkeypatch):
     """Through the service: faces added beyond EXACT_MAX turn the index into IVF on the next flush;
     removing an identity then updates the IVF index in place (no rebuild)."""
-    monkeypatch.setattr(vindex, "EXACT_MAX", 1_000)
+    monkeypatch.setattr(vindex.policy, "EXACT_MAX", 1_000)
     gallery, labels, probes, _ = clustered(n_people=600, per_person=4, seed=2)
     rows = [(f"p{lab:04d}", f"synthetic/{i}", f"{i:064x}", e, None) for i, (e, lab) in enumerate(zip(gallery, labels))]
     fs.store.add_faces(fs.model_id, rows[:800])

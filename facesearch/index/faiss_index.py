@@ -1,0 +1,160 @@
+"""FAISS indexes (CPU, or GPU when a FAISS GPU build is installed and sees a GPU), from a factory string.
+
+faiss is imported inside the functions that need it: commands that never search (``info``,
+``identities``) do not pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+
+from facesearch import distance
+from facesearch.index.base import Read, Stamp, VectorIndex, Write
+
+#: IVF lists probed per query when nothing better is known (a new, empty IVF index). A built IVF index
+#: chooses its own (``tune_nprobe``): how many lists a model's embeddings need depends on the model, e.g.
+#: at 1M faces 32 gave recall@1 0.998 for one built-in model and 0.975 for the next (benchmarks/README.md)
+IVF_NPROBE = 32
+
+
+def faiss_has_gpu() -> bool:
+    try:
+        import faiss
+
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+class FaissIndex(VectorIndex):
+    """A FAISS index built from a factory string, on inner product, with the store's ids."""
+
+    def __init__(self, dim: int, factory: str = "Flat", gpu: bool = False, nprobe: int | None = None,
+                 index=None):
+        import faiss
+
+        loaded = index is not None
+        self.dim, self.factory = dim, factory
+        self.backend = "faiss-gpu" if gpu else "faiss-cpu"
+        if index is None:
+            base = faiss.index_factory(dim, factory, distance.faiss_metric())
+            index = base if factory.startswith("IVF") else faiss.IndexIDMap2(base)
+        self.cpu_index = index
+        # a new index starts at IVF_NPROBE; a loaded one keeps the nprobe it was saved with
+        self.nprobe = nprobe if nprobe is not None else (IVF_NPROBE if loaded is False else None)
+        self._apply_params()
+        self._gpu = None
+        if gpu:
+            self._res = faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.cpu_index)
+
+    def _apply_params(self):
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.cpu_index)
+        if ivf is not None:
+            if self.nprobe is not None:
+                ivf.nprobe = int(self.nprobe)
+            self.nprobe = int(ivf.nprobe)
+        else:
+            self.nprobe = None
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = nprobe
+        self._apply_params()
+        self._sync()
+
+    @property
+    def is_trained(self) -> bool:
+        return self.cpu_index.is_trained
+
+    def train(self, x: np.ndarray) -> None:
+        if not self.cpu_index.is_trained:
+            self.cpu_index.train(np.ascontiguousarray(x, np.float32))
+            self._sync()
+
+    def _sync(self):
+        if self._gpu is not None:
+            import faiss
+
+            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.cpu_index)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu_index.ntotal)
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        x = np.ascontiguousarray(x, np.float32)
+        ids = np.ascontiguousarray(ids, np.int64)
+        self.cpu_index.add_with_ids(x, ids)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(x, ids)
+
+    def remove(self, ids) -> int:
+        """Remove faces; raises RuntimeError for index types that cannot (then rebuild)."""
+        import faiss
+
+        n = self.cpu_index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), np.int64)))
+        self._sync()
+        return int(n)
+
+    def search(self, queries, k):
+        q = np.ascontiguousarray(queries, np.float32)
+        k = max(1, min(int(k), max(self.ntotal, 1)))
+        sims, ids = (self._gpu or self.cpu_index).search(q, k)
+        dist = distance.clip(distance.from_similarity(sims)).astype(np.float32)
+        dist[ids < 0] = np.inf
+        return dist, ids
+
+    def write_payload(self, write: Write) -> None:
+        """FAISS's serialisation, handed to ``write(chunk)`` piece by piece (at most 1 MiB each)."""
+        import faiss
+
+        faiss.write_index(self.cpu_index, faiss.PyCallbackIOWriter(write))
+
+    @classmethod
+    def read_payload(cls, read: Read, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
+        """From ``read(n) -> bytes`` (e.g. an open file's ``read``), consuming exactly the index's bytes."""
+        import faiss
+
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        return cls(stamp.dim, stamp.factory, gpu=gpu, index=index)
+
+    def to_bytes(self) -> bytes:
+        chunks: list[bytes] = []
+        self.write_payload(lambda b: chunks.append(bytes(b)))
+        return b"".join(chunks)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, stamp: Stamp, gpu: bool = False) -> "FaissIndex":
+        return cls.read_payload(io.BytesIO(data).read, stamp, gpu=gpu)
+
+    def memory_bytes(self) -> int:
+        """Size of the serialised index (counted as it streams; nothing is kept)."""
+        n = 0
+
+        def count(b):
+            nonlocal n
+            n += len(b)
+
+        self.write_payload(count)
+        return n
+
+
+def faiss_why(e: Exception) -> str:
+    """FAISS's error text without its C++ location: ``Error in <function> at <file>:<line>: ...``."""
+    text = (str(e).strip().splitlines() or ["rejected"])[-1]
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text)
+
+
+def faiss_nlist(index: FaissIndex) -> int:
+    """The IVF lists of ``index``; 0 when it is not an IVF index."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.cpu_index)
+    return int(ivf.nlist) if ivf is not None else 0

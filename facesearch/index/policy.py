@@ -1,0 +1,141 @@
+"""The index policy: which index "auto" builds for a gallery of a given size, when a grown (or shrunk)
+gallery's index should be rebuilt as another type, how many IVF lists a built index probes, and which
+factory strings are accepted.
+
+Pure rules, except :func:`tune_nprobe` (which measures recall on the built index) and
+:func:`check_factory` (which asks FAISS). faiss is imported only inside them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from facesearch import distance
+from facesearch.errors import FaceSearchError
+from facesearch.index.faiss_index import IVF_NPROBE, FaissIndex, faiss_nlist, faiss_why
+from facesearch.index.torch_index import TORCH_FACTORIES
+
+#: up to this many faces, "auto" uses exact search. Measured (benchmarks/README.md, 2-core CPU): exact
+#: single-probe p50 is ~2.6 ms at 50k and ~5 ms at 100k with one thread, while IVF at 100k answers in
+#: ~0.2 ms with recall@1 1.0 against exact
+EXACT_MAX = 50_000
+#: the recall@1 (nearest other face, against exact search) that ``tune_nprobe`` asks for
+TARGET_RECALL = 0.99
+NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
+
+
+def auto_factory(n: int) -> str:
+    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then IVF."""
+    if n <= EXACT_MAX:
+        return "Flat"
+    # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
+    # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
+    nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
+    return f"IVF{nlist},Flat"
+
+
+def ivf_lists(factory: str) -> int | None:
+    """The number of IVF lists of a factory string (``IVF1024,Flat`` -> 1024); None when it is not IVF."""
+    m = re.match(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else None
+
+
+def needs_rebuild(current_factory: str, ntotal: int) -> bool:
+    """The re-tiering rule of ``--index auto``: whether an index of ``current_factory`` that holds ``ntotal``
+    faces should be rebuilt as :func:`auto_factory` would build it now.
+
+    Exact search gives way to IVF once the gallery grows past :data:`EXACT_MAX`, and comes back when it
+    shrinks to it; an IVF index is rebuilt only when the lists ``auto`` would choose are more than 4 times
+    its own (close enough otherwise: retraining costs a pass over the gallery). A torch index is exact on
+    the GPU at any size and is never re-tiered."""
+    if current_factory in TORCH_FACTORIES:
+        return False
+    want = auto_factory(ntotal)
+    if want == "Flat" and current_factory == "Flat":
+        return False
+    have, wanted = ivf_lists(current_factory), ivf_lists(want)
+    if have is not None and wanted is not None:
+        return have * 4 < wanted
+    return True
+
+
+def check_factory(factory: str, dim: int) -> None:
+    """Raise :class:`FaceSearchError` unless ``factory`` is ``auto``, a torch index, or a factory string
+    FAISS accepts for ``dim``-d vectors (checked before any work, not when the index is first built)."""
+    if factory == "auto" or factory in TORCH_FACTORIES:
+        return
+    if factory.upper().startswith("IDMAP"):
+        raise FaceSearchError(f"--index {factory!r}: leave IDMap out, facesearch maps face ids itself "
+                              "(e.g. --index Flat or HNSW32,Flat)")
+    try:
+        import faiss
+    except ImportError:
+        return  # without faiss only the torch index exists; create() says so
+    try:
+        faiss.index_factory(dim, factory, distance.faiss_metric())
+    except RuntimeError as e:
+        why = faiss_why(e)
+        raise FaceSearchError(f"--index {factory!r} is not an index FAISS can build for {dim}-d vectors ({why}); "
+                              "use auto, Flat, IVF<lists>,Flat, HNSW32,Flat, ... (a FAISS factory string)") from None
+
+
+def tune_nprobe(index: FaissIndex, chunks, queries: int = 1000, target: float = TARGET_RECALL,
+                seed: int = 0) -> dict:
+    """Give an IVF index the smallest nprobe (at least IVF_NPROBE) whose recall@1 is at least ``target``
+    against exact search.
+
+    The queries are stored faces, and the answer sought is each one's nearest *other* face (as a new
+    photo of an enrolled person would find one of that person's faces). Exact answers come from a
+    chunked matmul over the whole gallery. The measured recall is a sample, so an nprobe is taken only
+    when a cautious lower bound (hits less two standard deviations of the misses) reaches ``target``.
+    Returns what was measured (also kept as ``index.tuning``).
+    """
+    ids_all = np.concatenate([c[0] for c in chunks])
+    n = len(ids_all)
+    rng = np.random.default_rng(seed + 1)
+    pick = np.sort(rng.choice(n, min(queries, n), replace=False))
+    q_ids = ids_all[pick]
+    pos, q_parts = 0, []
+    for cids, x in chunks:  # gather the query vectors without concatenating the gallery
+        sel = pick[(pick >= pos) & (pick < pos + len(cids))] - pos
+        q_parts.append(np.asarray(x, np.float32)[sel])
+        pos += len(cids)
+    q = np.ascontiguousarray(np.concatenate(q_parts))
+    best_s = np.full(len(q), -np.inf, np.float32)
+    best_i = np.full(len(q), -1, np.int64)
+    step = 8192  # rows of the gallery per matmul: about 32 MB of scores for 1,000 queries
+    for cids_all, x_all in chunks:  # exact nearest other face
+        for a in range(0, len(cids_all), step):
+            cids, x = np.asarray(cids_all[a : a + step]), np.asarray(x_all[a : a + step], np.float32)
+            s = q @ x.T
+            s[q_ids[:, None] == cids[None, :]] = -np.inf
+            j = s.argmax(1)
+            sj = s[np.arange(len(q)), j]
+            better = sj > best_s
+            best_s[better], best_i[better] = sj[better], cids[j[better]]
+    nlist = faiss_nlist(index)
+    tried, lower = {}, {}
+    chosen = None
+    # never fewer than IVF_NPROBE lists: recall@1 is what is tuned, and the extra lists keep the rest of
+    # the top 10 close to exact too
+    for nprobe in [p for p in NPROBE_CHOICES if IVF_NPROBE <= p < nlist] + [nlist]:
+        index.set_nprobe(nprobe)
+        sims, found = index.cpu_index.search(q, 2)
+        other = np.where(found[:, 0] == q_ids, found[:, 1], found[:, 0])
+        other_s = np.where(found[:, 0] == q_ids, sims[:, 1], sims[:, 0])
+        ok = (other == best_i) | (other_s >= best_s - 1e-6)  # ties count as found
+        tried[nprobe] = float(ok.mean())
+        misses = int((~ok).sum())
+        lower[nprobe] = float((ok.sum() - 2.0 * np.sqrt(max(misses, 1))) / len(q)) if misses else 1.0
+        if lower[nprobe] >= target:
+            chosen = nprobe
+            break
+    if chosen is None:  # not reached even probing every list: keep the best tried
+        chosen = max(tried, key=lambda p: (tried[p], -p))
+        index.set_nprobe(chosen)
+    index.tuning = {"nprobe": chosen, "target_recall_at_1": target, "queries": int(len(q)),
+                    "recall_at_1_by_nprobe": tried, "lower_bound_by_nprobe": lower}
+    return index.tuning
