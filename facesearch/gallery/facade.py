@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facesearch import detect as fdetect
-from facesearch import distance
 from facesearch import index as vindex
-from facesearch.errors import FaceSearchError, InvalidImageError, ModelMismatchError
+from facesearch.errors import FaceSearchError
 from facesearch.gallery import enroll as _enroll
+from facesearch.gallery import info as _info
 from facesearch.gallery import opening, reindex as _reindex, search as _search
 from facesearch.gallery.embedding import GalleryModel, ImageInput, ModelFiles, face_crops, input_name, read_pixels
 from facesearch.gallery.index_cache import INDEX_FILE, IndexCache
@@ -250,53 +250,20 @@ class FaceSearch:
                     every: bool = True) -> list[QueryResult]:
         """Who is in this photo? With ``detect``, one result for each face found, largest first, each with
         its ``face`` (box, score, landmarks); without it, one result for the image as an aligned crop."""
-        thr = self.threshold_at(threshold=threshold)
-        name = input_name(image)
-        found = self._face_crops(image, every=every)
-        with self.encoder.single_thread(self.device):
-            results = self.search_embeddings(self.embed_crops([c for c, _ in found]), top_k,
-                                             [name] * len(found), thr)
-        for r, (_, face) in zip(results, found):
-            r.face = face.to_dict() if face is not None else None
-        return results
+        return _search.query_faces(self, image, top_k, self.threshold_at(threshold=threshold), every)
 
     def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
                    progress: Progress | None = None, threshold: float | None = None,
                    every: bool = False) -> list[QueryResult | Failure]:
         """Batched query: embeds and searches in batches. A bad image gives a Failure in its place. With
         ``detect``, each image gives its largest face's result (``every``: one result per face found)."""
-        threshold = self.threshold_at(threshold=threshold)
-        out: list[QueryResult | Failure | None] = []
-        for batch in _enroll.batched(list(image_list), batch_size):
-            crops, slots = [], []  # slots: (place in out, probe name, face)
-            for im in batch:
-                name = input_name(im)
-                try:
-                    for crop, face in self._face_crops(im, every=every):
-                        crops.append(crop)
-                        slots.append((len(out), name, face))
-                        out.append(None)
-                except InvalidImageError as e:
-                    out.append(Failure(name, e.reason))
-            if crops:
-                found = self.search_embeddings(self.embed_crops(crops), top_k, [s[1] for s in slots], threshold)
-                for (slot, _, face), res in zip(slots, found):
-                    res.face = face.to_dict() if face is not None else None
-                    out[slot] = res
-            if progress is not None:
-                progress(len(batch))
-        return out
+        return _search.query_many(self, image_list, top_k, batch_size, progress,
+                                  self.threshold_at(threshold=threshold), every)
 
     def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None) -> VerifyResult:
         """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold`` (the model's unless
         given)."""
-        thr = self.threshold_at(threshold=threshold)
-        (ca, fa), (cb, fb) = self._face_crops(a)[0], self._face_crops(b)[0]
-        with self.encoder.single_thread(self.device):
-            ea, eb = self.embed_crops([ca]), self.embed_crops([cb])
-        d = float(distance.clip(distance.paired(ea, eb))[0])
-        return VerifyResult(d, thr, bool(distance.is_match(d, thr)),
-                            tuple(f.to_dict() if f is not None else None for f in (fa, fb)))
+        return _search.verify(self, a, b, self.threshold_at(threshold=threshold))
 
     # ---- managing identities --------------------------------------------------------------
     def identities(self):
@@ -336,38 +303,6 @@ class FaceSearch:
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
 
-    def _device_name(self) -> str:
-        """Where faces are (or will be) embedded, without importing torch where no GPU can be there."""
-        files = self.encoder.files
-        if files is not None:
-            if files.device == "cpu" or (files.device in (None, "auto") and not vindex.gpu_driver_present()):
-                return "cpu"
-        try:
-            return str(self.device)
-        except FaceSearchError as e:  # only a model not loaded yet can get here; info says so, not fails
-            return f"{getattr(files, 'device', '?')} (not usable here: {e})"
-
     def info(self) -> dict:
         """What the gallery holds and how it is set up (``facesearch info``)."""
-        try:
-            idx, index_error = self.index(), None
-        except ModelMismatchError as e:  # info still answers, and says what to do
-            idx, index_error = None, str(e)
-        cfg = self.config
-        return {
-            "home": str(self.home),
-            "database": self.store.engine.url.render_as_string(hide_password=True),
-            "schema_revision": self.store.current_revision(),
-            "model": {"key": self.model_key, "name": cfg.name, "backbone": cfg.backbone,
-                      "embedding_dim": cfg.embedding_dim, "input_size": cfg.input_size,
-                      "distance": cfg.distance, "threshold": self.threshold,
-                      "operating_points": self.operating_points(),
-                      "training": {k: v for k, v in cfg.training.items() if k != "people"}},
-            "identities": self.store.count_identities(),
-            "faces": self.store.count_faces(),
-            "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
-                       "nprobe": getattr(idx, "nprobe", None), "file": str(self.index_path)} if idx is not None
-                      else {"error": index_error, "file": str(self.index_path)}),
-            "device": self._device_name(),
-            "detector": fdetect.describe(),
-        }
+        return _info.describe(self)

@@ -17,8 +17,7 @@ from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError
 from facesearch.gallery.embedding import ModelFiles
 from facesearch.gallery.index_cache import replaced_in_place
-from facesearch.model.config import read_model_dir, weights_sha256
-from facesearch.model.files import BUILTIN_PREFIX, DEFAULT_MODEL, model_dir, model_key
+from facesearch.model.files import DEFAULT_SPEC, model_key, resolve
 
 if TYPE_CHECKING:
     from facesearch.model import encoder
@@ -46,19 +45,13 @@ def choose_model(store: "Store", model: str | os.PathLike | None, device: str | 
     """The handle's model (loaded, or its files), its key and its id in the store; records it and makes
     it active where the gallery has no faces of another model."""
     active = store.active_model()
-    if model is not None:
-        location = str(Path(model).expanduser().resolve())
-    elif active is not None:
-        location = active.location
-    else:
-        location = BUILTIN_PREFIX + DEFAULT_MODEL
-    directory = model_dir(location)
-    config = read_model_dir(directory)
+    found = resolve(model if model is not None else active.location if active is not None else DEFAULT_SPEC)
+    location, directory, config = found.location, found.directory, found.config
     if config.threshold is None:
         raise ModelFileError(f"model {directory} has no calibrated threshold; train or calibrate it first")
     vindex.check_factory(index, config.embedding_dim)
     net: "encoder.Encoder | ModelFiles" = ModelFiles(config, directory, device)
-    sha = weights_sha256(directory)
+    sha = found.sha256
     key = model_key(config, sha)
     has_faces = store.count_faces() > 0
     if active is None or (model is not None and active.key != key and not (strict and has_faces)):

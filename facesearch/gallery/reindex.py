@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
 from facesearch.gallery.results import Failure
-from facesearch.model.files import model_key
+from facesearch.model.files import model_key, resolve
 
 if TYPE_CHECKING:
     from facesearch.gallery.facade import FaceSearch
@@ -36,12 +35,12 @@ def switch_model(g: "FaceSearch", model: str | os.PathLike, progress: Progress |
     embedded. On any failure the handle keeps its model."""
     from facesearch.model import encoder
 
-    model_dir = Path(model).expanduser().resolve()
-    net = encoder.load(model_dir, g.device)
-    if net.config.threshold is None:
-        raise ModelFileError(f"model {model_dir} has no calibrated threshold")
-    key = model_key(net.config, net.weights_sha256)
-    rec = g.store.register_model(key, net.config.to_dict(), net.weights_sha256, str(model_dir))
+    found = resolve(model)
+    if found.config.threshold is None:
+        raise ModelFileError(f"model {found.directory} has no calibrated threshold")
+    net = encoder.load(found.directory, g.device, config=found.config)
+    key = model_key(net.config, net.weights_sha256)  # of the bytes loaded
+    rec = g.store.register_model(key, net.config.to_dict(), net.weights_sha256, found.location)
     before = g.encoder.raw, g.model_key, g.model_id
     g.encoder.set(net)
     g.model_key, g.model_id = key, rec.id

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from facesearch import distance
-from facesearch.gallery.results import Match, QueryResult
+from facesearch.errors import InvalidImageError
+from facesearch.gallery.embedding import input_name
+from facesearch.gallery.enroll import batched
+from facesearch.gallery.results import Failure, Match, QueryResult, VerifyResult
 
 if TYPE_CHECKING:
     from facesearch.gallery.facade import FaceSearch
@@ -74,3 +77,49 @@ def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[
         if all(len(m) >= top_k for m in ranked) or k >= n:
             return [QueryResult(m, threshold, p) for m, p in zip(ranked, names)]
         k = min(n, k * 4)
+
+
+def query_faces(g: "FaceSearch", image, top_k: int, threshold: float, every: bool) -> list[QueryResult]:
+    """One result per face of one image (see :meth:`FaceSearch.query_faces`)."""
+    name = input_name(image)
+    found = g._face_crops(image, every=every)
+    with g.encoder.single_thread(g.device):
+        results = search(g, g.embed_crops([c for c, _ in found]), top_k, [name] * len(found), threshold)
+    for r, (_, face) in zip(results, found):
+        r.face = face.to_dict() if face is not None else None
+    return results
+
+
+def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progress, threshold: float,
+               every: bool) -> list[QueryResult | Failure]:
+    """Batched query (see :meth:`FaceSearch.query_many`): a bad image gives a Failure in its place."""
+    out: list[QueryResult | Failure | None] = []
+    for batch in batched(list(image_list), batch_size):
+        crops, slots = [], []  # slots: (place in out, probe name, face)
+        for im in batch:
+            name = input_name(im)
+            try:
+                for crop, face in g._face_crops(im, every=every):
+                    crops.append(crop)
+                    slots.append((len(out), name, face))
+                    out.append(None)
+            except InvalidImageError as e:
+                out.append(Failure(name, e.reason))
+        if crops:
+            found = search(g, g.embed_crops(crops), top_k, [s[1] for s in slots], threshold)
+            for (slot, _, face), res in zip(slots, found):
+                res.face = face.to_dict() if face is not None else None
+                out[slot] = res
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def verify(g: "FaceSearch", a, b, threshold: float) -> VerifyResult:
+    """1:1 (see :meth:`FaceSearch.verify`): ``same`` is ``distance <= threshold``."""
+    (ca, fa), (cb, fb) = g._face_crops(a)[0], g._face_crops(b)[0]
+    with g.encoder.single_thread(g.device):
+        ea, eb = g.embed_crops([ca]), g.embed_crops([cb])
+    d = float(distance.clip(distance.paired(ea, eb))[0])
+    return VerifyResult(d, threshold, bool(distance.is_match(d, threshold)),
+                        tuple(f.to_dict() if f is not None else None for f in (fa, fb)))

@@ -1,0 +1,50 @@
+"""``facesearch info``: what a gallery holds and how it is set up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from facesearch import detect as fdetect
+from facesearch import index as vindex
+from facesearch.errors import FaceSearchError, ModelMismatchError
+
+if TYPE_CHECKING:
+    from facesearch.gallery.facade import FaceSearch
+
+
+def device_name(g: "FaceSearch") -> str:
+    """Where faces are (or will be) embedded, without importing torch where no GPU can be there."""
+    files = g.encoder.files
+    if files is not None:
+        if files.device == "cpu" or (files.device in (None, "auto") and not vindex.gpu_driver_present()):
+            return "cpu"
+    try:
+        return str(g.device)
+    except FaceSearchError as e:  # only a model not loaded yet can get here; info says so, not fails
+        return f"{getattr(files, 'device', '?')} (not usable here: {e})"
+
+
+def describe(g: "FaceSearch") -> dict:
+    """What the gallery holds and how it is set up (``facesearch info``)."""
+    try:
+        idx, index_error = g.index(), None
+    except ModelMismatchError as e:  # info still answers, and says what to do
+        idx, index_error = None, str(e)
+    cfg = g.config
+    return {
+        "home": str(g.home),
+        "database": g.store.engine.url.render_as_string(hide_password=True),
+        "schema_revision": g.store.current_revision(),
+        "model": {"key": g.model_key, "name": cfg.name, "backbone": cfg.backbone,
+                  "embedding_dim": cfg.embedding_dim, "input_size": cfg.input_size,
+                  "distance": cfg.distance, "threshold": g.threshold,
+                  "operating_points": g.operating_points(),
+                  "training": {k: v for k, v in cfg.training.items() if k != "people"}},
+        "identities": g.store.count_identities(),
+        "faces": g.store.count_faces(),
+        "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
+                   "nprobe": getattr(idx, "nprobe", None), "file": str(g.index_path)} if idx is not None
+                  else {"error": index_error, "file": str(g.index_path)}),
+        "device": device_name(g),
+        "detector": fdetect.describe(),
+    }
