@@ -106,14 +106,8 @@ class IndexCache:
         idx = self.loaded
         if self.factory != "auto" or idx is None or idx.backend == "torch-cuda":
             return
-        want = vindex.auto_factory(idx.ntotal)
-        if want == "Flat" and idx.factory == "Flat":
-            return
-        if want.startswith("IVF") and idx.factory.startswith("IVF"):
-            have = int(idx.factory[3:].split(",")[0])
-            if have * 4 >= int(want[3:].split(",")[0]):
-                return  # close enough; retrain only when the gallery has grown a lot
-        self.rebuild()
+        if vindex.needs_rebuild(idx.factory, idx.ntotal):
+            self.rebuild()
 
     def flush(self) -> None:
         """Make sure the index file reflects the store (rebuilding if needed)."""
