@@ -224,7 +224,9 @@ def test_cli_lfw_view1_on_a_folder_reports_the_model_threshold(model_dir, tmp_pa
 def test_cli_errors_are_clear(tmp_path, monkeypatch):
     pairs = tmp_path / "p.txt"
     pairs.write_text("1\nAaron_Eckhart\t1\t2\nAaron_Eckhart\t1\tAbel_Pacheco\t1\n")
-    monkeypatch.setattr(ev, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    from facesearch.model import files
+
+    monkeypatch.setattr(files, "BUILTIN_MODELS", tmp_path / "no-model")  # where resolve() looks
     res = CliRunner().invoke(_cli(), ["lfw", "--pairs", str(pairs), "--images", str(LFW_ZIP)])
     assert res.exit_code == 1 and "Aaron_Eckhart #2 not found" in res.output  # checked before the model
 

@@ -30,11 +30,11 @@ def _pct(v) -> str:
 
 
 def _builtin_sha() -> str | None:
-    from facesearch.model.config import BUILTIN_MODELS, weights_sha256
+    from facesearch.model import files
 
     try:
-        return weights_sha256(BUILTIN_MODELS / "default")
-    except OSError:
+        return files.resolve(files.DEFAULT_SPEC).sha256
+    except (OSError, FaceSearchError):  # the built-in model is not installed
         return None
 
 

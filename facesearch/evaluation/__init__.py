@@ -25,12 +25,12 @@ import numpy as np
 
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
-from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
-from facesearch.model.config import BUILTIN_MODELS
+from facesearch.errors import FaceSearchError, InvalidImageError
+from facesearch.model.files import builtin_model_dir, resolve
 
-#: where the model shipped with facesearch lives (used when no model directory is given); the same folder
-#: as ``facesearch.service.builtin_model_dir()``, named here so that LFW evaluation needs no FAISS or SQL
-DEFAULT_MODEL_DIR = BUILTIN_MODELS / "default"
+#: where the model shipped with facesearch lives (used when no model directory is given; which model a
+#: spec names is decided by facesearch.model.files.resolve)
+DEFAULT_MODEL_DIR = builtin_model_dir()
 #: FAR values at which TAR is reported
 FARS = (1e-2, 1e-3)
 #: FPIR values at which DIR is reported
@@ -148,17 +148,7 @@ def read_pairs(path: str | os.PathLike) -> PairList:
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The model directory to use: ``model``, or the shipped default when it is None."""
-    if model is None:
-        if not (DEFAULT_MODEL_DIR / "model.json").is_file():
-            raise ModelFileError(
-                f"no model given and the default model is not installed ({DEFAULT_MODEL_DIR} has no "
-                "model.json); pass --model DIR with a trained model"
-            )
-        return DEFAULT_MODEL_DIR
-    p = Path(model)
-    if not p.is_dir():
-        raise ModelFileError(f"model directory {p} does not exist")
-    return p
+    return resolve(model).directory
 
 
 def model_info(model_dir: Path, model) -> dict[str, Any]:
