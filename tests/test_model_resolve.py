@@ -52,7 +52,7 @@ def test_the_weights_are_hashed_once_and_only_when_asked(tmp_path):
     r = files.resolve(d)
     (d / files.WEIGHTS_FILE).unlink()  # resolving did not need the weights' bytes
     with pytest.raises(FileNotFoundError):
-        r.sha256
+        _ = r.sha256
     (d / files.WEIGHTS_FILE).write_bytes(b"abc")
     first = r.sha256
     (d / files.WEIGHTS_FILE).write_bytes(b"other")
