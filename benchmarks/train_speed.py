@@ -49,7 +49,8 @@ from facesearch.model import encoder  # noqa: E402
 from facesearch.model.config import ModelConfig  # noqa: E402
 from facesearch.losses import ContrastiveLoss  # noqa: E402
 from facesearch.training import (  # noqa: E402
-    TrainOptions, TrainStep, _amp_dtype, _to_device, augment_batch, make_optimizer)
+    TrainOptions, TrainStep, augment_batch, make_optimizer)
+from facesearch.training import amp_dtype as _amp_dtype, to_device as _to_device  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"

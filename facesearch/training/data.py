@@ -1,0 +1,97 @@
+"""The data of a run: LFW people files, the split of identities, their images, and the P x K sampler.
+
+Nothing here imports torch: the sampler gives index arrays into the decoded images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from facesearch.datasets import ImageFolder
+from facesearch.training.options import TrainingError, TrainOptions
+
+
+def read_lfw_people(path: str | os.PathLike) -> list[list[str]]:
+    """LFW ``people.txt``: the View 2 identity sets, as lists of names (set 1 first)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError as e:
+        raise TrainingError(f"people file not found: {path}") from e
+    try:
+        n_sets, i, sets = int(lines[0]), 1, []
+        for _ in range(n_sets):
+            count = int(lines[i])
+            sets.append([ln.split("\t")[0] for ln in lines[i + 1 : i + 1 + count]])
+            i += 1 + count
+    except (IndexError, ValueError) as e:
+        raise TrainingError(f"{path} is not an LFW people.txt file ({e})") from e
+    return sets
+
+
+@dataclass
+class Split:
+    train: list[str]
+    calibration: list[str]
+    skipped_small: int  # identities with fewer than min_images images
+
+
+def split_identities(folder: ImageFolder, options: TrainOptions) -> Split:
+    names = folder.identities()
+    if options.include_people is not None:
+        names = [n for n in names if n in options.include_people]
+    names = [n for n in names if n not in options.exclude_people]
+    usable = [n for n in names if len(folder.items[n]) >= options.min_images]
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(len(usable))
+    n_cal = int(round(len(usable) * options.calibration_fraction))
+    if options.calibration_fraction > 0:
+        n_cal = max(n_cal, 2)
+    cal = sorted(usable[i] for i in order[:n_cal])
+    train = sorted(usable[i] for i in order[n_cal:])
+    if len(train) < options.identities_per_batch:
+        raise TrainingError(
+            f"only {len(train)} training identities with >= {options.min_images} images in {options.data} "
+            f"(after include/exclude and holding out {len(cal)} for calibration); "
+            f"a batch needs P={options.identities_per_batch} (set it with --pk P K)"
+        )
+    return Split(train, cal, len(names) - len(usable))
+
+
+def images_of(folder: ImageFolder, names: Iterable[str]) -> tuple[list[str], list[int], list[int]]:
+    """The image keys of these identities, in order, each key's identity number (0, 1, ... in the order of
+    ``names``) and each identity's image count."""
+    keys: list[str] = []
+    labels: list[int] = []
+    counts: list[int] = []
+    for j, name in enumerate(names):
+        items = folder.items[name]
+        keys.extend(items)
+        labels.extend([j] * len(items))
+        counts.append(len(items))
+    return keys, labels, counts
+
+
+class PKSampler:
+    """P identities x K images per batch; every identity once per epoch. State is a numpy Generator."""
+
+    def __init__(self, offsets: np.ndarray, counts: np.ndarray, p: int, k: int, rng: np.random.Generator):
+        self.offsets, self.counts, self.p, self.k, self.rng = offsets, counts, p, k, rng
+
+    def steps_per_epoch(self) -> int:
+        return len(self.counts) // self.p  # the remainder identities come first next epoch's shuffle
+
+    def epoch(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        order = self.rng.permutation(len(self.counts))
+        for s in range(self.steps_per_epoch()):
+            ids = order[s * self.p : (s + 1) * self.p]
+            idx = np.empty((self.p, self.k), np.int64)
+            for j, c in enumerate(ids):
+                n = int(self.counts[c])
+                pick = self.rng.choice(n, self.k, replace=n < self.k)
+                idx[j] = self.offsets[c] + pick
+            yield idx.reshape(-1), np.repeat(np.arange(self.p), self.k)
