@@ -1,6 +1,8 @@
-"""``facesearch train``: the thin CLI over :func:`facesearch.train.run`.
+"""``facesearch train``: the thin CLI over :func:`facesearch.training.run`.
 
-Register it on the main group with ``cli.add_command(train)``.
+Register it on the main group with ``cli.add_command(train)``. The options' defaults are those of
+:class:`~facesearch.training.TrainOptions` (whose module imports no torch); the rest of training is
+imported when a command runs.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from pathlib import Path
 
 import click
 
-from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR
 from facesearch.errors import FaceSearchError
+from facesearch.training.options import TrainOptions
 
 DEFAULT_OUT = "facesearch-model"
+#: the options a run gets when none is given: every option's default below
+DEFAULTS = TrainOptions(data=".", out=DEFAULT_OUT)
 
 
 def _people_file(data: Path, people: Path | None) -> Path:
@@ -37,54 +41,60 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Model directory to write (model.json + weights.pt).")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in OUT (refused otherwise).")
-@click.option("--backbone", default="mobilenet_v2", show_default=True,
+@click.option("--backbone", default=DEFAULTS.backbone, show_default=True,
               help="torchvision backbone (mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, ...).")
-@click.option("--pretrained", default="imagenet", show_default=True,
+@click.option("--pretrained", default=DEFAULTS.pretrained, show_default=True,
               help="'imagenet' (torchvision's checkpoint in the torch hub cache), a checkpoint path, or 'none'.")
 @click.option("--init-model", default=None, metavar="MODEL_DIR|default",
               help="Fine-tune: start from this facesearch model's weights (embedding head included; "
                    "'default': the built-in model) instead of --pretrained. Its backbone, embedding size "
                    "and input size are used; its training data is recorded in the new model.")
-@click.option("--embedding-dim", type=click.IntRange(min=2), default=128, show_default=True)
-@click.option("--input-size", type=click.IntRange(min=32), default=TRAIN_INPUT_SIZE, show_default=True,
+@click.option("--embedding-dim", type=click.IntRange(min=2), default=DEFAULTS.embedding_dim, show_default=True)
+@click.option("--input-size", type=click.IntRange(min=32), default=DEFAULTS.input_size, show_default=True,
               help="Side of the square input, in pixels (aligned crops are 112 px; the default upsamples them).")
-@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_EPOCHS, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True,
               help="Most epochs (an epoch visits every training identity once).")
 @click.option("--time-budget", type=float, default=None,
               help="Minutes for the whole run (decoding, training, calibration, saving); the lr schedule "
                    "follows elapsed time and training stops when it is spent.")
 @click.option("--pk", type=(click.IntRange(min=2), click.IntRange(min=2)), default=None, metavar="P K",
               help="Batch shape: P identities x K images each (same as the two options below).")
-@click.option("--identities-per-batch", "-P", type=click.IntRange(min=2), default=32, show_default=True)
-@click.option("--images-per-identity", "-K", type=click.IntRange(min=2), default=4, show_default=True)
-@click.option("--pos-margin", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+@click.option("--identities-per-batch", "-P", type=click.IntRange(min=2),
+              default=DEFAULTS.identities_per_batch, show_default=True)
+@click.option("--images-per-identity", "-K", type=click.IntRange(min=2),
+              default=DEFAULTS.images_per_identity, show_default=True)
+@click.option("--pos-margin", type=click.FloatRange(0, 2), default=DEFAULTS.pos_margin, show_default=True,
               help="Positive pairs are pulled within this cosine distance.")
-@click.option("--margin", "--neg-margin", "neg_margin", type=click.FloatRange(0, 2), default=0.6,
+@click.option("--margin", "--neg-margin", "neg_margin", type=click.FloatRange(0, 2), default=DEFAULTS.neg_margin,
               show_default=True, help="Negative pairs are pushed beyond this cosine distance.")
-@click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default="hard", show_default=True)
-@click.option("--lr", type=float, default=TRAIN_LR, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--backbone-lr-factor", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
-@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
-              help="Share of the schedule spent in linear warmup.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
-              help="Mixed precision on CUDA (ignored on the CPU).")
+@click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default=DEFAULTS.mining,
+              show_default=True)
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--backbone-lr-factor", type=click.FloatRange(min=0), default=DEFAULTS.backbone_lr_factor,
+              show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.warmup_fraction,
+              show_default=True, help="Share of the schedule spent in linear warmup.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=DEFAULTS.amp,
+              show_default=True, help="Mixed precision on CUDA (ignored on the CPU).")
 @click.option("--cuda-graph", is_flag=True,
               help="On CUDA, capture the training step once as a CUDA graph and replay it (faster for small "
                    "batches; needs --amp bf16/auto or off).")
 @click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation.")
-@click.option("--flip-average/--no-flip-average", default=False, show_default=True,
+@click.option("--flip-average/--no-flip-average", default=DEFAULTS.flip_average, show_default=True,
               help="The model embeds each face and its mirror image and averages the two (stored in "
                    "model.json; enroll, query and verify then do the same).")
 @click.option("--decode-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory that keeps the decoded images between runs (and processes): repeated "
                    "trainings on the same data skip decoding.")
-@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=DEFAULTS.checkpoint_interval_s,
+              show_default=True,
               help="Seconds between resumable checkpoints (written at the end of an epoch; 0: every epoch).")
-@click.option("--calibration-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
-              show_default=True, help="Share of identities held out to calibrate the match threshold.")
+@click.option("--calibration-fraction", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.calibration_fraction, show_default=True,
+              help="Share of identities held out to calibrate the match threshold.")
 @click.option("--exclude-lfw-fold", "exclude_folds", type=click.IntRange(1, 10), multiple=True,
               help="Leave out the people of this LFW View 2 set (repeatable), so the model can be scored "
                    "honestly on that fold of pairs.txt.")
