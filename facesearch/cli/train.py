@@ -244,7 +244,7 @@ def calibrate(model_dir, data, flip_average, exclude_folds, people_file, exclude
 
     try:
         if data is None:
-            data = Path(ModelConfig.load(model_dir / "model.json").training.get("options", {}).get("data", ""))
+            data = Path((ModelConfig.load(model_dir / "model.json").training.options or {}).get("data", ""))
         excluded, _ = _excluded(data, exclude_folds, people_file, exclude_people, read_lfw_people)
         res = recalibrate(model_dir, data, flip_average=flip_average, exclude_people=excluded,
                           include_people=_names_file(include_people) if include_people is not None else None,

@@ -162,8 +162,8 @@ def model_info(model_dir: Path, model) -> dict[str, Any]:
         "embedding_dim": cfg.embedding_dim,
         "input_size": cfg.input_size,
         "threshold": cfg.threshold,
-        "calibration": cfg.calibration,
-        "training": cfg.training,
+        "calibration": cfg.calibration.to_dict(),
+        "training": cfg.training.to_dict(),
         "weights_sha256": encoder.weights_sha256(model_dir),
     }
 
@@ -530,7 +530,7 @@ def evaluate_identify(
             minfo = {"path": str(model_dir) if model_dir is not None else "built-in default",
                      "key": fs.model_key, "name": fs.config.name, "backbone": fs.config.backbone,
                      "embedding_dim": fs.config.embedding_dim, "threshold": fs.config.threshold,
-                     "training": fs.config.training}
+                     "training": fs.config.training.to_dict()}
         finally:
             fs.close()
     nk = len(known)

@@ -39,7 +39,7 @@ def describe(g: "FaceSearch") -> dict:
                   "embedding_dim": cfg.embedding_dim, "input_size": cfg.input_size,
                   "distance": cfg.distance, "threshold": g.threshold,
                   "operating_points": g.operating_points(),
-                  "training": {k: v for k, v in cfg.training.items() if k != "people"}},
+                  "training": {k: v for k, v in cfg.training.to_dict().items() if k != "people"}},
         "identities": g.store.count_identities(),
         "faces": g.store.count_faces(),
         "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,

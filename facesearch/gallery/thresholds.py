@@ -15,9 +15,7 @@ def operating_points(config: ModelConfig) -> list[dict]:
     each the largest threshold whose false accept rate on the held-out impostor pairs was at most ``far``;
     only those the impostor pairs could measure (at least 1/far of them: a model calibrated before
     facesearch checked this may have stored others)."""
-    cal = config.calibration or {}
-    n = cal.get("impostor_pairs")
-    return [op for op in cal.get("operating_points") or [] if n is None or n * op["far"] >= 1.0 - 1e-9]
+    return [op.to_dict() for op in config.calibration.measurable_operating_points()]
 
 
 def threshold_at(config: ModelConfig, far: float | None = None, threshold: float | None = None) -> float:
@@ -32,17 +30,17 @@ def threshold_at(config: ModelConfig, far: float | None = None, threshold: float
         return float(threshold)
     if far is None:
         return float(config.threshold)
-    points = operating_points(config)
+    points = config.calibration.measurable_operating_points()
     for op in points:
-        if math.isclose(op["far"], far, rel_tol=1e-9):
-            return float(op["threshold"])
-    n = (config.calibration or {}).get("impostor_pairs")
+        if math.isclose(op.far, far, rel_tol=1e-9):
+            return float(op.threshold)
+    n = config.calibration.impostor_pairs
     if n is not None and n * far < 1.0 - 1e-9:
         raise ThresholdError(
             f"model {config.name} has no threshold for FAR {far:g}: its calibration had {n} impostor "
             f"pairs, and measuring a FAR of {far:g} needs at least {math.ceil(1.0 / far - 1e-9)}. Train with "
             "more held-out people (`facesearch train --calibration-fraction`), or pass --threshold D")
-    have = ", ".join(f"{op['far']:g}" for op in points) or "none"
+    have = ", ".join(f"{op.far:g}" for op in points) or "none"
     raise ThresholdError(f"model {config.name} has no threshold for FAR {far:g} (it has: {have}); "
                          "`facesearch calibrate` stores FAR 1e-2 and 1e-3 where the held-out pairs can measure "
                          "them; pass --threshold D for another")

@@ -16,6 +16,7 @@ from typing import Any
 from facesearch import distance
 from facesearch.errors import ModelFileError
 from facesearch.files import write_private_atomic  # noqa: F401 - moved to facesearch.files, re-exported
+from facesearch.model.records import Calibration, OperatingPoint, TrainingRecord  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,11 +53,16 @@ class ModelConfig:
     #: (applies to every embedding: enroll, query, verify, calibration, evaluation alike)
     flip_average: bool = False
     threshold: float | None = None
-    #: how the threshold was chosen, on which pairs
-    calibration: dict[str, Any] = field(default_factory=dict)
-    #: training recipe and data summary (people, images, seed, ...)
-    training: dict[str, Any] = field(default_factory=dict)
+    #: how the threshold was chosen, on which pairs (a dict given here or assigned later becomes one)
+    calibration: Calibration = field(default_factory=Calibration)
+    #: training recipe and data summary (people, images, seed, ...; likewise)
+    training: TrainingRecord = field(default_factory=TrainingRecord)
     format_version: int = FORMAT_VERSION
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RECORDS:  # model.json's dicts, read or assigned, are kept as their typed records
+            value = _RECORDS[name].from_dict(value)
+        super().__setattr__(name, value)
 
     def __post_init__(self):
         if self.distance != distance.NAME:
@@ -70,8 +76,9 @@ class ModelConfig:
         self.std = tuple(float(v) for v in self.std)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["calibration"], d["training"] = self.calibration.to_dict(), self.training.to_dict()
         return d
 
     @classmethod
@@ -99,6 +106,8 @@ class ModelConfig:
         except (json.JSONDecodeError, TypeError) as e:
             raise ModelFileError(f"model config {path} is not valid: {e}") from e
 
+
+_RECORDS = {"calibration": Calibration, "training": TrainingRecord}
 
 #: the model directory's layout moved to :mod:`facesearch.model.files`; importing it from here still works
 _MOVED = frozenset({"CONFIG_FILE", "WEIGHTS_FILE", "BUILTIN_MODELS", "read_model_dir", "weights_sha256"})

@@ -113,8 +113,8 @@ def recalibrate(model_dir: str | os.PathLike, data: str | os.PathLike | None = N
     model_dir = Path(model_dir)
     model = encoder.load(model_dir, encoder.resolve_device(device))
     cfg = model.config
-    o = cfg.training.get("options")
-    want = cfg.training.get("calibration_people_sha256")
+    o = cfg.training.options
+    want = cfg.training.calibration_people_sha256
     if not o or not want:
         raise TrainingError(f"{model_dir} has no training record: its held-out identities are unknown")
     if not o.get("calibration_fraction"):

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from facesearch import distance
-from facesearch.errors import FaceSearchError
+from facesearch.errors import FaceSearchError, ModelFileError
 from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
-from facesearch.model.files import BUILTIN_MODELS, CONFIG_FILE, WEIGHTS_FILE, weights_sha256
+from facesearch.model.files import ResolvedModel, resolve
 
 
 class TrainingError(FaceSearchError, ValueError):
@@ -189,23 +189,28 @@ def people_hash(names: Iterable[str]) -> str:
 
 
 
+def resolve_init_model(init_model: str | os.PathLike) -> ResolvedModel:
+    """The model to fine-tune: a directory, or ``default`` (also given as a path) for the built-in model."""
+    try:
+        return resolve(os.fspath(init_model))
+    except ModelFileError as e:
+        raise TrainingError(str(e)) from None
+
+
 def init_model_dir(init_model: str | os.PathLike) -> Path:
     """The directory of a model to fine-tune: a path, or ``default`` for the built-in model."""
-    d = BUILTIN_MODELS / "default" if str(init_model) == "default" else Path(init_model).expanduser()
-    if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
-        raise TrainingError(f"{init_model}: not a facesearch model directory (needs {CONFIG_FILE} and "
-                            f"{WEIGHTS_FILE}), nor 'default'")
-    return d
+    return resolve_init_model(init_model).directory
 
 
 def init_model_config(init_model: str | os.PathLike) -> ModelConfig:
-    return ModelConfig.load(init_model_dir(init_model) / CONFIG_FILE)
+    return resolve_init_model(init_model).config
 
 
 def init_model_record(init_model: str | os.PathLike) -> dict:
     """What a fine-tuned model records of the model it started from: its name, weights hash and training
     data (nested: that model's own ``init_model`` too), so that what it has seen stays traceable."""
-    cfg = init_model_config(init_model)
-    return {"name": cfg.name, "weights_sha256": weights_sha256(init_model_dir(init_model)),
-            "trained_on": {k: cfg.training[k] for k in ("data", "people", "images", "people_sha256", "init_model")
-                           if cfg.training.get(k) is not None}}
+    found = resolve_init_model(init_model)
+    t = found.config.training
+    return {"name": found.config.name, "weights_sha256": found.sha256,
+            "trained_on": {k: getattr(t, k) for k in ("data", "people", "images", "people_sha256", "init_model")
+                           if getattr(t, k) is not None}}
