@@ -1,0 +1,264 @@
+"""Open-set identification: some people enrolled in a temporary gallery, probes of enrolled and of
+never-enrolled people searched with the same code as ``facesearch query``; rank-1/5 identification
+rates, DIR at FPIR, and the share of unknown probes the model's stored threshold rejects."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facesearch import distance, metrics
+from facesearch.datasets import ImageFolder
+from facesearch.errors import FaceSearchError, InvalidImageError
+from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
+
+#: FPIR values at which DIR is reported
+FPIRS = (1e-2, 1e-1)
+
+
+@dataclass
+class IdentifyResult:
+    """Open-set identification numbers. Distances are cosine distances (lower = more similar)."""
+
+    images: str
+    device: str
+    model: dict[str, Any]
+    gallery_per_identity: int
+    n_enrolled_identities: int
+    n_gallery_images: int
+    n_unknown_identities: int
+    n_known_probes: int
+    n_unknown_probes: int
+    rank1: float
+    rank5: float
+    #: {"1e-02": {"fpir": 0.01, "dir": ..., "threshold": ...}, ...}
+    dir_at_fpir: dict[str, dict[str, float]]
+    #: the model's stored threshold (what ``facesearch query`` uses)
+    model_threshold: float
+    #: at the model's stored threshold: share of unknown probes rejected (best distance not a match), and DIR
+    unknown_rejected: float
+    dir_at_model_threshold: float
+    #: the same two at each stricter threshold the model's calibration stored (``query --far``):
+    #: {"1e-03": {"far": 0.001, "threshold": ..., "unknown_rejected": ..., "dir": ...}}; empty if none
+    at_operating_points: dict[str, dict[str, float]]
+    seed: int
+    seconds: dict[str, float]
+    #: the images were photos: faces found and aligned first (``--detect``)
+    detect: bool = False
+    #: with detect: photos left out because the detector found no face in them
+    no_face: dict[str, int] = field(default_factory=lambda: {"gallery": 0, "probes": 0})
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_identification(
+    folder: ImageFolder,
+    gallery_per_identity: int = 1,
+    probes_per_identity: int = 2,
+    enrolled_fraction: float = 0.5,
+    max_identities: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, list[str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split the people with at least 2 images into enrolled and never-enrolled ones.
+
+    Returns ``(gallery, known_probes, unknown_probes)``: ``gallery[identity]`` lists the keys
+    enrolled for that identity (``gallery_per_identity`` each); probes are ``(identity, key)``,
+    up to ``probes_per_identity`` per person, never an image of the gallery. Only people with at least
+    ``gallery_per_identity + 1`` images can be enrolled (they need a probe). Deterministic in ``seed``.
+    """
+    if gallery_per_identity < 1 or probes_per_identity < 1:
+        raise ValueError("gallery_per_identity and probes_per_identity must be at least 1")
+    if not 0.0 < enrolled_fraction < 1.0:
+        raise ValueError("enrolled_fraction must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    people = [p for p in folder.identities() if len(folder.items[p]) >= 2]
+    people = [people[i] for i in rng.permutation(len(people))]
+    if max_identities is not None:
+        people = people[:max_identities]
+    can_enrol = [p for p in people if len(folder.items[p]) > gallery_per_identity]
+    n_enrol = min(len(can_enrol), int(round(enrolled_fraction * len(people))))
+    enrolled = set(can_enrol[:n_enrol])
+    gallery: dict[str, list[str]] = {}
+    known, unknown = [], []
+    for p in people:
+        keys = [folder.items[p][i] for i in rng.permutation(len(folder.items[p]))]
+        if p in enrolled:
+            gallery[p] = keys[:gallery_per_identity]
+            known += [(p, k) for k in keys[gallery_per_identity : gallery_per_identity + probes_per_identity]]
+        else:
+            unknown += [(p, k) for k in keys[:probes_per_identity]]
+    if not gallery or not unknown:
+        raise FaceSearchError(
+            f"{folder.root}: too few people with at least {gallery_per_identity + 1} images for an open-set "
+            f"evaluation (need enrolled and never-enrolled people; found {len(people)} with 2 or more images)"
+        )
+    return gallery, known, unknown
+
+
+def evaluate_identify(
+    images: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    gallery_per_identity: int = 1,
+    probes_per_identity: int = 2,
+    enrolled_fraction: float = 0.5,
+    max_identities: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: ProgressFactory | None = None,
+    detect: bool = False,
+) -> IdentifyResult:
+    """Open-set identification through the same enrol/search code as ``facesearch query``.
+
+    A temporary facesearch home gets a gallery of ``gallery_per_identity`` images for some people;
+    probes of enrolled people and of never-enrolled people are searched. Reports rank-1 and rank-5
+    identification rates (enrolled probes), DIR at FPIR 1% and 10%, and at the model's stored
+    threshold the share of unknown probes rejected (their best distance is not a match).
+    """
+    from facesearch.gallery.facade import DB_FILE, FaceSearch
+
+    t0 = time.perf_counter()
+    folder = ImageFolder(images)
+    gallery, known, unknown = select_identification(
+        folder, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities, seed
+    )
+    model_dir = None if model is None else resolve_model_dir(model)
+    with tempfile.TemporaryDirectory(prefix="facesearch-eval-") as home:
+        # an explicit database URL: a FACESEARCH_DB in the environment must never receive this gallery
+        fs = FaceSearch.open(home=home, db_url=f"sqlite:///{Path(home) / DB_FILE}", model=model_dir,
+                             device=device, keep_crops=False, detect=detect)
+        try:
+            t1 = time.perf_counter()
+            rep, no_face = _enroll_gallery(fs, folder, gallery, detect, progress)
+            # a person whose every gallery image was skipped (same bytes as an image already enrolled)
+            # has no face in the gallery: their probes count as probes of never-enrolled people
+            enrolled = set(rep.identities)
+            unknown = [pk for pk in known if pk[0] not in enrolled] + unknown
+            known = [pk for pk in known if pk[0] in enrolled]
+            t2 = time.perf_counter()
+            results, faceless = _search_probes(fs, folder, known + unknown, batch_size, detect, progress)
+            known = [pk for pk in known if pk not in faceless]
+            unknown = [pk for pk in unknown if pk not in faceless]
+            no_face["probes"] = len(faceless)
+            t3 = time.perf_counter()
+            threshold, operating_points, dev = fs.threshold, fs.operating_points(), str(fs.model.device)
+            minfo = {"path": str(model_dir) if model_dir is not None else "built-in default",
+                     "key": fs.model_key, "name": fs.config.name, "backbone": fs.config.backbone,
+                     "embedding_dim": fs.config.embedding_dim, "threshold": fs.config.threshold,
+                     "training": fs.config.training.to_dict()}
+        finally:
+            fs.close()
+    numbers = _identification_numbers(results, known, unknown, operating_points)
+    t4 = time.perf_counter()
+    return IdentifyResult(
+        images=str(images),
+        device=dev,
+        model=minfo,
+        gallery_per_identity=gallery_per_identity,
+        n_enrolled_identities=len(enrolled),
+        n_gallery_images=rep.added,
+        n_unknown_identities=len({p for p, _ in unknown}),
+        n_known_probes=len(known),
+        n_unknown_probes=len(unknown),
+        model_threshold=threshold,
+        seed=seed,
+        detect=detect,
+        no_face=no_face,
+        seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
+        **numbers,
+    )
+
+
+def _enroll_gallery(fs, folder: ImageFolder, gallery: dict[str, list[str]], detect: bool,
+                    progress: ProgressFactory | None) -> tuple[Any, dict[str, int]]:
+    """Enrol the gallery; the enrolment report and the count of photos left out without a face (with
+    ``detect``: a real photo folder has some). Any other failure raises :class:`FaceSearchError`."""
+    items = ((p, k, (lambda k=k: folder.read(k))) for p, ks in gallery.items() for k in ks)
+    with progress_bar(progress, "enrolling", sum(len(v) for v in gallery.values())) as bar:
+        rep = fs.enroll_items(items, progress=bar.update)
+    faceless = [f for f in rep.failed if detect and f.reason.startswith("no face found")]
+    failed = [f for f in rep.failures_sorted() if f not in faceless]
+    if failed:
+        f = failed[0]
+        raise FaceSearchError(f"{len(failed)} gallery image(s) could not be enrolled, e.g. {f.source}: "
+                              f"{f.reason}")
+    return rep, {"gallery": len(faceless), "probes": 0}
+
+
+def _search_probes(fs, folder: ImageFolder, probes: list[tuple[str, str]], batch_size: int, detect: bool,
+                   progress: ProgressFactory | None) -> tuple[list, set[tuple[str, str]]]:
+    """Search every probe, ``batch_size`` at a time: the search results in probe order, and (with
+    ``detect``) the probes left out because no face was found in them."""
+    results, faceless = [], set()
+    with progress_bar(progress, "searching", len(probes)) as bar:
+        for s in range(0, len(probes), batch_size):
+            chunk = probes[s : s + batch_size]
+            items = [(k, folder.read(k)) for _, k in chunk]
+            try:
+                emb = fs.embed_bytes(items)
+            except InvalidImageError:
+                if not detect:
+                    raise
+                chunk, emb = _embed_one_by_one(fs, chunk, items, faceless)
+            if chunk:
+                results += fs.search_embeddings(emb, top_k=5, probes=[k for _, k in chunk])
+            bar.update(len(items))
+    return results, faceless
+
+
+def _embed_one_by_one(fs, chunk: list[tuple[str, str]], items: list[tuple[str, bytes]],
+                      faceless: set[tuple[str, str]]) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Embed a batch's photos one at a time, to leave out (and add to ``faceless``) those without a face;
+    the probes kept and their embeddings."""
+    kept, embs = [], []
+    for pk, item in zip(chunk, items):
+        try:
+            embs.append(fs.embed_bytes([item]))
+            kept.append(pk)
+        except InvalidImageError as e:
+            if not str(e).removeprefix(f"{item[0]}: ").startswith("no face found"):
+                raise
+            faceless.add(pk)
+    return kept, np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
+
+
+def _identification_numbers(results: list, known: list[tuple[str, str]], unknown: list[tuple[str, str]],
+                            operating_points: list) -> dict[str, Any]:
+    """The rates of :class:`IdentifyResult` from the search results of the known probes, then the unknown."""
+    nk = len(known)
+    if nk == 0:
+        raise FaceSearchError("no probes of enrolled people: nothing to identify")
+    ranked = [[m.identity for m in r.matches] for r in results]
+    top1 = np.array([r.matches[0].distance if r.matches else distance.MAX + 1.0 for r in results], np.float64)
+    top1_id = [rk[0] if rk else None for rk in ranked]
+    top1_match = np.array([bool(r.matches and r.matches[0].match) for r in results], bool)
+    truth = [p for p, _ in known]
+    correct = np.array([top1_id[i] == truth[i] for i in range(nk)], bool)
+    dirs = {}
+    for f in FPIRS:
+        d, t = metrics.dir_at_fpir(top1[:nk], correct, top1[nk:], f)
+        # an FPIR below 1 / (unknown probes) cannot be told from 0: the figure is then not a measurement
+        dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t, "measurable": len(unknown) * f >= 1}
+    at_ops = {}
+    for op in operating_points:
+        t = float(op["threshold"])
+        at_ops[far_key(op["far"])] = {
+            "far": op["far"], "threshold": t,
+            "unknown_rejected": float(np.mean(~distance.is_match(top1[nk:], t))),
+            "dir": float(np.mean(correct & distance.is_match(top1[:nk], t))),
+        }
+    return {
+        "rank1": metrics.rank_k_rate(ranked[:nk], truth, 1),
+        "rank5": metrics.rank_k_rate(ranked[:nk], truth, 5),
+        "dir_at_fpir": dirs,
+        "unknown_rejected": float(np.mean(~top1_match[nk:])),
+        "dir_at_model_threshold": float(np.mean(correct & top1_match[:nk])),
+        "at_operating_points": at_ops,
+    }
