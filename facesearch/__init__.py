@@ -1,19 +1,24 @@
 """facesearch: face verification and face search on one distance.
 
-The public API lives in :mod:`facesearch.gallery` (``FaceSearch``); the CLI
+The public API lives in :mod:`facesearch.gallery` (``FaceSearch``); every error class in
+:mod:`facesearch.errors`; the CLI
 (``facesearch ...``) is a thin layer over it.
 """
 
 __version__ = "0.1.0"
 
 from facesearch.errors import (  # noqa: E402
+    DetectorUnavailable,
     FaceSearchError,
     InvalidIdentityError,
     InvalidImageError,
     ModelFileError,
     ModelMismatchError,
+    NoFaceError,
+    PairsFileError,
     SchemaError,
     ThresholdError,
+    TrainingError,
     UnknownIdentityError,
 )
 
@@ -27,5 +32,6 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["FaceSearch", "FaceSearchError", "InvalidIdentityError", "InvalidImageError", "ModelFileError",
-           "ModelMismatchError", "SchemaError", "ThresholdError", "UnknownIdentityError", "__version__"]
+__all__ = ["DetectorUnavailable", "FaceSearch", "FaceSearchError", "InvalidIdentityError", "InvalidImageError",
+           "ModelFileError", "ModelMismatchError", "NoFaceError", "PairsFileError", "SchemaError", "ThresholdError",
+           "TrainingError", "UnknownIdentityError", "__version__"]

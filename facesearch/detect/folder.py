@@ -79,8 +79,10 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
                 dest.parent.mkdir(exist_ok=True, mode=0o700)
                 write_private_atomic(dest, buf.getvalue())
                 report.written += 1
-            except (InvalidImageError, OSError) as e:
-                report.failed.append((key, str(e).removeprefix(f"{key}: ")))
+            except InvalidImageError as e:
+                report.failed.append((key, e.reason))
+            except OSError as e:
+                report.failed.append((key, f"cannot write the crop: {e.strerror or e}"))
             finally:
                 if progress:
                     progress(1)

@@ -15,7 +15,7 @@ import numpy as np
 
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
-from facesearch.errors import FaceSearchError, InvalidImageError
+from facesearch.errors import FaceSearchError, InvalidImageError, NoFaceError
 from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
 
 #: FPIR values at which DIR is reported
@@ -222,9 +222,7 @@ def _embed_one_by_one(fs, chunk: list[tuple[str, str]], items: list[tuple[str, b
         try:
             embs.append(fs.embed_bytes([item]))
             kept.append(pk)
-        except InvalidImageError as e:
-            if not str(e).removeprefix(f"{item[0]}: ").startswith("no face found"):
-                raise
+        except NoFaceError:
             faceless.add(pk)
     return kept, np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
 

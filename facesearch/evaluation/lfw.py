@@ -14,15 +14,13 @@ import numpy as np
 
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
-from facesearch.errors import FaceSearchError
+from facesearch.errors import ModelFileError, PairsFileError
 from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
 
 #: FAR values at which TAR is reported
 FARS = (1e-2, 1e-3)
 
 
-class PairsFileError(FaceSearchError, ValueError):
-    """A pairs file that does not follow the LFW ``pairs.txt`` format."""
 
 
 # --------------------------------------------------------------------------- pairs files
@@ -137,6 +135,7 @@ def embed_keys(
     chunk: int = 512,
     progress: ProgressFactory | None = None,
     desc: str = "embedding",
+    transform=None,
 ) -> np.ndarray:
     """Embed each image of ``folder`` named in ``keys`` (N x D unit vectors, in order).
 
@@ -149,12 +148,12 @@ def embed_keys(
     out = np.zeros((len(keys), model.config.embedding_dim), np.float32)
     starts = list(range(0, len(keys), chunk))
     with progress_bar(progress, desc, len(keys)) as bar, ThreadPoolExecutor(1) as pre:
-        nxt = pre.submit(folder.load_prepared, keys[:chunk], model.config) if starts else None
+        nxt = pre.submit(folder.load_prepared, keys[:chunk], model.config, transform=transform) if starts else None
         for i, s in enumerate(starts):
             x = nxt.result()
             if i + 1 < len(starts):
                 s2 = starts[i + 1]
-                nxt = pre.submit(folder.load_prepared, keys[s2 : s2 + chunk], model.config)
+                nxt = pre.submit(folder.load_prepared, keys[s2 : s2 + chunk], model.config, transform=transform)
             out[s : s + len(x)] = encoder.embed(model, x, batch_size)
             bar.update(len(x))
     return out
@@ -264,6 +263,28 @@ def verification_numbers(
     return out
 
 
+def _realigner(config, realign: bool | None):
+    """The transform that aligns a crop to ``config``'s own template, and the list its fallbacks go to."""
+    if realign is None:
+        realign = config.alignment is not None
+    if not realign:
+        return None, None
+    if config.alignment is None:
+        raise ModelFileError(f"model {config.name} has no alignment template of its own to realign to")
+    from facesearch.detect.align import realign as realign_crop
+
+    template, fallbacks = np.asarray(config.alignment), []
+
+    def transform(pixels: np.ndarray) -> np.ndarray:
+        out = realign_crop(pixels, template, config.input_size)
+        if out is None:
+            fallbacks.append(1)
+            return pixels
+        return out
+
+    return transform, fallbacks
+
+
 def evaluate_lfw(
     pairs: str | os.PathLike,
     images: str | os.PathLike,
@@ -271,11 +292,16 @@ def evaluate_lfw(
     device: str = "auto",
     batch_size: int = 128,
     progress: ProgressFactory | None = None,
+    realign: bool | None = None,
 ) -> LfwResult:
     """Verification on an LFW pairs file with images from ``images`` (a folder of identities or the
     LFW zip). View 2 (10 folds): per-fold accuracy with thresholds chosen on the other folds, mean and
     std; View 1 (one set): accuracy at the model's stored threshold and at the best threshold. Both:
     ROC AUC, EER, TAR at FAR 1e-2 and 1e-3, the best global threshold. Each image is embedded once.
+
+    ``realign`` (default: when the model has its own alignment template): each aligned crop is aligned
+    again to the model's template (:func:`facesearch.detect.align.realign`; a crop in which no face is
+    found is used as given, and counted in ``realigned``).
     """
     from facesearch.model import encoder
 
@@ -288,7 +314,8 @@ def evaluate_lfw(
     dev = encoder.resolve_device(device)
     net = encoder.load(model_dir, dev)
     t1 = time.perf_counter()
-    emb = embed_keys(folder, keys, net, batch_size=batch_size, progress=progress)
+    transform, fallbacks = _realigner(net.config, realign)
+    emb = embed_keys(folder, keys, net, batch_size=batch_size, progress=progress, transform=transform)
     t2 = time.perf_counter()
     row = {k: i for i, k in enumerate(uniq)}
     li = np.array([row[k] for k in plist.left])
@@ -296,6 +323,10 @@ def evaluate_lfw(
     dist = np.asarray(distance.paired(emb[li], emb[ri]), np.float64)
     nums = verification_numbers(dist, plist.same, plist.fold, plist.n_folds, net.config.threshold)
     t3 = time.perf_counter()
+    info = model_info(model_dir, net)
+    if transform is not None:
+        info["realigned"] = {"template": net.config.alignment, "images": len(uniq),
+                             "no_face_found_used_as_given": len(fallbacks)}
     return LfwResult(
         pairs_file=plist.path,
         images=str(images),
@@ -306,7 +337,7 @@ def evaluate_lfw(
         n_folds=plist.n_folds,
         n_images=len(uniq),
         device=str(dev),
-        model=model_info(model_dir, net),
+        model=info,
         seconds={"load": t1 - t0, "embed": t2 - t1, "metrics": t3 - t2, "total": t3 - t0},
         dist=dist,
         same=plist.same,

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from facesearch import distance
-from facesearch.errors import FaceSearchError, ModelFileError
+from facesearch.errors import ModelFileError, TrainingError
 from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
 from facesearch.model.files import ResolvedModel, resolve
 
 
-class TrainingError(FaceSearchError, ValueError):
-    """Training cannot start or continue: bad options, too little data, an incompatible checkpoint."""
 
 
 @dataclass
