@@ -18,7 +18,7 @@ def test_best_face_per_identity_closest_first():
     assert [(m.identity, m.face_id, m.source) for m in ranked] == [("ann", 2, "a2"), ("bob", 5, "b2"),
                                                                    ("cy", 4, "c1")]
     assert [m.distance for m in ranked] == pytest.approx([0.10, 0.30, 0.40])
-    assert [m.match for m in ranked] == [True, True, False]  # distance <= threshold
+    assert [m.match for m in ranked] == [True, False, False]  # bob is within it too, but only one is accepted
 
 
 def test_unsorted_rows_padding_and_removed_faces():
@@ -35,7 +35,7 @@ def test_top_k_cuts_and_ties_break_on_face_id():
     ids = np.array([[4, 3, 1]])
     (ranked,) = rank(dist, ids, FACES, top_k=2, threshold=0.2)
     assert [(m.identity, m.face_id) for m in ranked] == [("ann", 1), ("bob", 3)]
-    assert all(m.match for m in ranked)  # == threshold matches: distance <= threshold
+    assert [m.match for m in ranked] == [True, False]  # == threshold is accepted: distance <= threshold
 
 
 def test_several_queries_and_bad_top_k():

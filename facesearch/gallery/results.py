@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Match:
-    """One enrolled identity: its closest face to the probe. ``match``: distance <= threshold."""
+    """One enrolled identity: its closest face to the probe. ``match``: accepted as the probe's identity (the
+    closest identity, within the threshold; never more than one per probe)."""
 
     identity: str
     distance: float

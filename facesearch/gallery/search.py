@@ -36,7 +36,11 @@ def rank(dist: np.ndarray, ids: np.ndarray, faces: Mapping[int, FaceRef], top_k:
     ``dist`` and ``ids`` are Q x K: each query's nearest faces (distances on the one distance, face ids;
     an id < 0 or one missing from ``faces`` is a padding slot or a face removed meanwhile, and is
     skipped). Each identity is represented by its closest face; identities are sorted by that distance
-    (ties: lower face id first) and cut to ``top_k``. ``match`` is ``distance <= threshold``.
+    (ties: lower face id first) and cut to ``top_k``.
+
+    ``match`` means "accepted as this person": true for the closest identity when its distance is
+    ``<= threshold``, false for every other one (a 1:N search answers with one identity or none; the
+    runners-up are candidates, not further answers).
     """
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
@@ -52,8 +56,8 @@ def rank(dist: np.ndarray, ids: np.ndarray, faces: Mapping[int, FaceRef], top_k:
             if who not in best or (d, fid) < best[who]:
                 best[who] = (d, fid)
         ranked = sorted(best.items(), key=lambda kv: kv[1])[:top_k]
-        out.append([Match(who, float(d), bool(distance.is_match(d, threshold)), fid, faces[fid].source)
-                    for who, (d, fid) in ranked])
+        out.append([Match(who, float(d), i == 0 and bool(distance.is_match(d, threshold)), fid, faces[fid].source)
+                    for i, (who, (d, fid)) in enumerate(ranked)])
     return out
 
 
