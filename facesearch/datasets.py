@@ -111,8 +111,11 @@ class ImageFolder:
             raise FaceSearchError(f"image {name} #{number} not found in {self.root}") from e
 
     def load_prepared(self, keys: list[str], config, threads: int | None = None, progress=None,
-                      cache: str | os.PathLike | None = None) -> np.ndarray:
+                      cache: str | os.PathLike | None = None, transform=None) -> np.ndarray:
         """Decode and prepare ``keys`` into an N x 3 x S x S uint8 array, decoding in threads.
+
+        ``transform``: a function applied to each decoded image (H x W x 3 uint8) before it is prepared,
+        e.g. aligning it again to a model's own template (not with ``cache``).
 
         With ``cache`` (a directory), every image of the folder is decoded once for this preprocessing
         and kept there as one ``.npy`` file (owner-only); later calls, also from other processes, read
@@ -121,6 +124,8 @@ class ImageFolder:
         or input size gets a new file.
         """
         if cache is not None:
+            if transform is not None:
+                raise ValueError("a transform cannot be cached")
             return self._from_cache(Path(cache), keys, config, threads, progress)
         s = config.input_size
         out = np.zeros((len(keys), 3, s, s), np.uint8)
@@ -128,7 +133,8 @@ class ImageFolder:
         def work(i: int) -> None:
             with self._lock:  # a ZipFile is not safe across threads; decoding is
                 data = self.read(keys[i])
-            out[i] = images.prepare(images.decode(data, keys[i]), config)
+            pixels = images.decode(data, keys[i])
+            out[i] = images.prepare(pixels if transform is None else transform(pixels), config)
 
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
             for _ in pool.map(work, range(len(keys))):

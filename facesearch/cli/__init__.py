@@ -18,6 +18,7 @@ from facesearch import __version__
 from facesearch.cli import align as _align
 from facesearch.cli import db as _db
 from facesearch.cli import gallery as _gallery
+from facesearch.cli import model as _model
 from facesearch.cli.app import CONTEXT, App, Group
 from facesearch.settings import Settings
 
@@ -52,7 +53,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
 
 
 for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities,
-                 _gallery.info, _gallery.reindex, _db.db):
+                 _gallery.info, _gallery.reindex, _db.db, _model.model):
     cli.add_command(_command)
 
 

@@ -190,11 +190,14 @@ def evaluate():
 @_model_opt
 @_device_opt
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="images per forward pass")
+@click.option("--realign/--no-realign", default=None,
+              help="Align each crop again to the model's own template (yuface landmarks) before embedding "
+                   "[default: when the model has a template of its own, e.g. an imported one].")
 @_json_opt
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write report.json, roc.png, hist.png and report.html into this folder")
 @_quiet_opt
-def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
+def lfw(pairs, images, model, device, batch_size, realign, as_json, report_dir, quiet):
     """LFW verification. View 2 (pairs.txt): for each of the 10 folds the threshold is chosen on the
     other 9 and accuracy is measured on the held-out fold; mean ± std over folds. Also ROC AUC, EER,
     TAR at FAR 1e-2 / 1e-3 and the best global threshold. View 1 (pairsDevTest.txt): one set, accuracy
@@ -204,7 +207,7 @@ def lfw(pairs, images, model, device, batch_size, as_json, report_dir, quiet):
 
     try:
         result = ev.evaluate_lfw(pairs, images, model=_model_or_global(model), device=device, batch_size=batch_size,
-                                 progress=_progress(quiet))
+                                 progress=_progress(quiet), realign=realign)
         paths = report.write_lfw_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:
         raise click.ClickException(str(e)) from e

@@ -65,3 +65,23 @@ def align(pixels: np.ndarray, face: Face, size: int = ALIGNED_SIZE, template: np
     out = Image.fromarray(pixels).transform((size, size), Image.Transform.AFFINE, coeffs,
                                             resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
     return np.asarray(out, dtype=np.uint8)
+
+
+def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 2) -> np.ndarray | None:
+    """An aligned face crop aligned again to another ``template`` (5 x 2, pixels of a ``size`` crop): the
+    face nearest the crop's centre is found (on the crop upscaled ``upscale`` times: faces fill these
+    crops, which the detector finds more reliably when larger) and the crop resampled once onto the
+    template. None when no face is found (the caller decides: the crop as given, or a failure)."""
+    from facesearch.detect import detect
+
+    h, w = pixels.shape[:2]
+    big = np.asarray(Image.fromarray(pixels).resize((w * upscale, h * upscale), Image.Resampling.BICUBIC))
+    faces = detect(big)
+    if not faces:
+        return None
+    centre = np.array([w * upscale / 2.0, h * upscale / 2.0])
+    face = min(faces, key=lambda f: float(np.sum((np.asarray(f.box[:2]) + np.asarray(f.box[2:]) / 2 - centre) ** 2)))
+    # landmarks of the upscaled crop -> the crop's pixels (pixel centres at k + 0.5 in both)
+    pts = (np.asarray(face.landmarks, np.float64) + 0.5) / upscale - 0.5
+    small = Face(box=face.box, score=face.score, landmarks=pts)
+    return align(pixels, small, size=size, template=template, template_size=size)

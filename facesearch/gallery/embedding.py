@@ -44,6 +44,15 @@ def read_pixels(image: ImageInput) -> tuple[np.ndarray, str]:
     return loaded.pixels, loaded.sha256
 
 
+def align_face(pixels: np.ndarray, face: "fdetect.Face", config: ModelConfig) -> np.ndarray:
+    """A detected face aligned to the model's own template (``config.alignment``), else to the LFW
+    pack's geometry that facesearch's own models are trained on."""
+    if config.alignment is None:
+        return fdetect.align(pixels, face)
+    return fdetect.align(pixels, face, size=config.input_size, template=np.asarray(config.alignment),
+                         template_size=config.input_size)
+
+
 def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False
                ) -> list[tuple[np.ndarray, fdetect.Face | None]]:
     """The model's inputs (3 x S x S uint8) for an image: the image itself when it is an aligned crop;
@@ -52,7 +61,7 @@ def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: boo
     if not detect:
         return [(images.prepare(pixels, config), None)]
     faces = fdetect.faces_or_fail(pixels, source)
-    return [(images.prepare(fdetect.align(pixels, f), config), f) for f in (faces if every else faces[:1])]
+    return [(images.prepare(align_face(pixels, f, config), config), f) for f in (faces if every else faces[:1])]
 
 
 @dataclass(frozen=True)

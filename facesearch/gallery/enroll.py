@@ -25,6 +25,7 @@ from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
+from facesearch.gallery.embedding import align_face
 from facesearch.gallery.results import EnrollReport, Failure
 from facesearch.model.inference import ThreadTuner
 from facesearch.store import nfc_name, validate_identity
@@ -143,7 +144,7 @@ class Enroller:
             pixels = images.decode(item.raw, item.source)
             if g.detect:
                 faces = fdetect.faces_or_fail(pixels, item.source)
-                item.crop = images.prepare(fdetect.align(pixels, faces[0]), g.config)
+                item.crop = images.prepare(align_face(pixels, faces[0], g.config), g.config)
                 item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
             else:
                 item.crop = images.prepare(pixels, g.config)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
+from facesearch.gallery.embedding import align_face
 from facesearch.gallery.results import Failure
 from facesearch.model.files import model_key, resolve
 
@@ -68,7 +69,7 @@ def _crop_of(g: "FaceSearch", source: str, png: bytes | None, found: dict | None
     if png:
         pixels = images.decode(png, source)
     elif found:  # a face detected in a photo: align it again from the recorded landmarks
-        pixels = fdetect.align(images.load(source).pixels, fdetect.Face.from_dict(found))
+        pixels = align_face(images.load(source).pixels, fdetect.Face.from_dict(found), g.config)
     else:
         pixels = images.load(source).pixels
     return images.prepare(pixels, g.config)

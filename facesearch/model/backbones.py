@@ -30,6 +30,9 @@ class Backbone:
     width: int
     trunk: Callable[[], nn.Module]
     torchvision: bool = True
+    #: the trunk gives the embedding itself (an imported face network with its own head): the encoder
+    #: puts no pooling or head on top, and ``width`` is the embedding's size
+    embeds: bool = False
 
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -92,8 +95,15 @@ def _tv(name: str, width: int) -> Backbone:
     return Backbone(width, partial(torchvision_trunk, name))
 
 
+def _sface() -> nn.Module:
+    from facesearch.model.imported.sface import SFaceNet
+
+    return SFaceNet()
+
+
 #: backbone name (``model.json``'s ``backbone``) -> how to build it
 REGISTRY: dict[str, Backbone] = {
+    "sface": Backbone(128, _sface, torchvision=False, embeds=True),
     "mobilenet_v2": Backbone(MOBILENET_V2_WIDTH, mobilenet_v2_features),
     "mobilenet_v3_small": _tv("mobilenet_v3_small", 576),
     "mobilenet_v3_large": _tv("mobilenet_v3_large", 960),

@@ -58,6 +58,12 @@ class ModelConfig:
     #: training recipe and data summary (people, images, seed, ...; likewise)
     training: TrainingRecord = field(default_factory=TrainingRecord)
     format_version: int = FORMAT_VERSION
+    #: the model's own alignment template: where the five landmarks (right eye, left eye as seen, nose,
+    #: mouth corners) go in an ``input_size`` crop, in pixels; ``None``: the LFW pack's geometry
+    #: (:data:`facesearch.detect.TEMPLATE_112`), the one facesearch's own models are trained on
+    alignment: list[list[float]] | None = None
+    #: where an imported network comes from (package, file hash, licence, what it was trained on)
+    source: dict[str, Any] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _RECORDS:  # model.json's dicts, read or assigned, are kept as their typed records
@@ -72,6 +78,11 @@ class ModelConfig:
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ModelFileError("crop_fraction must be in (0, 1]")
         self.flip_average = bool(self.flip_average)
+        if self.alignment is not None:
+            pts = [[float(x), float(y)] for x, y in self.alignment]
+            if len(pts) != 5:
+                raise ModelFileError("alignment must give the five landmarks' (x, y) in pixels")
+            self.alignment = pts
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
 
@@ -79,6 +90,9 @@ class ModelConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["calibration"], d["training"] = self.calibration.to_dict(), self.training.to_dict()
+        for optional in ("alignment", "source"):  # written only when set: older model.json files stay as they are
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod

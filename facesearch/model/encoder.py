@@ -41,22 +41,29 @@ class Encoder(nn.Module):
         spec = backbones.get(config.backbone)
         self.config = config
         self.trunk = spec.trunk() if tv_model is None else backbones.torchvision_trunk(config.backbone, tv_model)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(spec.width, config.embedding_dim)
-        self.bn = nn.BatchNorm1d(config.embedding_dim)
+        self.embeds = spec.embeds
+        if spec.embeds:  # the trunk ends in its own embedding head
+            if config.embedding_dim != spec.width:
+                raise ModelFileError(f"backbone {config.backbone} gives {spec.width}-d embeddings, "
+                                     f"not {config.embedding_dim}")
+            self.pool = self.dropout = self.head = self.bn = None
+        else:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(0.2)
+            self.head = nn.Linear(spec.width, config.embedding_dim)
+            self.bn = nn.BatchNorm1d(config.embedding_dim)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        x = self.pool(self.trunk(x)).flatten(1)
-        x = self.bn(self.head(self.dropout(x)))
+        x = self.trunk((x - self.mean) / self.std)
+        if not self.embeds:
+            x = self.bn(self.head(self.dropout(self.pool(x).flatten(1))))
         return distance.normalize(x.float())
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        return next(self.parameters()).device
 
 
 def pretrained_checkpoint_path(backbone: str) -> Path:
