@@ -29,6 +29,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# the fast inner loop: no ../shared, no server, seconds
+test-fast: setup
+	$(PY) -m pytest tests/unit -q
+
 bench: setup
 	$(PY) -m benchmarks.run
 

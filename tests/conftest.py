@@ -97,3 +97,14 @@ def fs(tmp_path, model_dir):
 
     with FaceSearch.open(home=tmp_path / "home", model=model_dir, device="cpu") as f:
         yield f
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is marked by its tier: ``unit`` (tests/unit: no ../shared, no server, no detector;
+    seconds) or ``integration`` (tests/integration: LFW, the ImageNet trunk, PostgreSQL, detection)."""
+    for item in items:
+        parts = item.path.parts
+        if "unit" in parts:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in parts:
+            item.add_marker(pytest.mark.integration)

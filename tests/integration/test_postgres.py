@@ -16,7 +16,7 @@ from facesearch.errors import FaceSearchError, InvalidIdentityError, UnknownIden
 from facesearch.store import Base, Store, alembic_config
 from tests import pg
 from tests.conftest import PEOPLE
-from tests.test_store import (  # the same tiny model and vectors as the SQLite tests
+from tests.unit.test_store import (  # the same tiny model and vectors as the SQLite tests
     add_model,
     check_face_crops_migration,
     check_switch_model,

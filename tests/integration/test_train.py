@@ -30,7 +30,7 @@ from facesearch.training import (
     split_identities,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LFW_ZIP = SHARED / "data" / "lfw" / "lfw-deepfunneled-112.zip"
 PEOPLE = SHARED / "data" / "lfw" / "people.txt"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "facesearch"
+ROOT = Path(__file__).resolve().parents[2] / "facesearch"
 
 #: the parts, lowest first; a part may import its own modules, the base, and the parts it lists
 BASE = {"errors", "distance", "names", "files", "images", "datasets", "metrics", "losses", "settings"}

@@ -51,5 +51,5 @@ def test_a_database_at_head_opens_without_importing_alembic(tmp_path):
             f"s = Store.open({url!r}); print(s.current_revision()); s.close()\n"
             "print('alembic' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out == [HEAD_REVISION, "False"]

@@ -13,8 +13,8 @@ from facesearch.cli import cli
 from facesearch.errors import FaceSearchError
 from facesearch.gallery.facade import DB_FILE, FaceSearch
 from facesearch.store import Store
-from tests.test_store import add_model
-from tests.test_service import gallery_with_holdout
+from tests.unit.test_store import add_model
+from tests.integration.test_service import gallery_with_holdout
 
 
 def test_backup_is_a_gallery_of_its_own(fs, gallery_src, model_dir, tmp_path):

@@ -19,7 +19,7 @@ from facesearch import evaluation as ev
 from facesearch import metrics
 from facesearch.cli.evaluate import format_identify
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LFW = SHARED / "data" / "lfw"
 LFW_ZIP = LFW / "lfw-deepfunneled-112.zip"
 
