@@ -53,14 +53,14 @@ def align_face(pixels: np.ndarray, face: "fdetect.Face", config: ModelConfig) ->
                          template_size=config.input_size)
 
 
-def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False
-               ) -> list[tuple[np.ndarray, fdetect.Face | None]]:
+def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False,
+               detector: "fdetect.Detector | None" = None) -> list[tuple[np.ndarray, fdetect.Face | None]]:
     """The model's inputs (3 x S x S uint8) for an image: the image itself when it is an aligned crop;
     with ``detect``, its largest face aligned (``every``: all its faces, largest first). A photo in which
     the detector finds no face raises InvalidImageError."""
     if not detect:
         return [(images.prepare(pixels, config), None)]
-    faces = fdetect.faces_or_fail(pixels, source)
+    faces = fdetect.faces_or_fail(pixels, source, detector)
     return [(images.prepare(align_face(pixels, f, config), config), f) for f in (faces if every else faces[:1])]
 
 

@@ -143,7 +143,7 @@ class Enroller:
         try:
             pixels = images.decode(item.raw, item.source)
             if g.detect:
-                faces = fdetect.faces_or_fail(pixels, item.source)
+                faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
                 item.crop = images.prepare(align_face(pixels, faces[0], g.config), g.config)
                 item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
             else:

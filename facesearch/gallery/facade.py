@@ -61,7 +61,7 @@ class FaceSearch:
 
     def __init__(self, store: Store, model: "encoder.Encoder | ModelFiles", model_key: str, model_id: int,
                  home: Path, index_factory: str = "auto", index_backend: str = "auto",
-                 keep_crops: bool = True, detect: bool = False):
+                 keep_crops: bool = True, detect: bool = False, detector: "str | fdetect.Detector" = "yuface"):
         self.store = store
         self.encoder = GalleryModel(model)
         self.model_key = model_key
@@ -73,15 +73,18 @@ class FaceSearch:
         self.keep_crops = keep_crops
         #: find and align faces in the images (ordinary photos) instead of taking them as aligned crops
         self.detect = detect
+        #: the face detector ``detect`` uses: a name in :data:`facesearch.detect.REGISTRY`, or an object
+        #: with :class:`facesearch.detect.Detector`'s methods (another detector where yuface has no wheel)
+        self.detector = fdetect.get_detector(detector) if isinstance(detector, str) else detector
         if detect:
-            fdetect.available_or_raise()
+            self.detector.require()
         self.indexes = IndexCache(self, index_factory)
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, db_url: str | None = None,
              model: str | os.PathLike | None = None, device: str | None = "auto", index: str = "auto",
              backend: str = "auto", strict: bool = True, keep_crops: bool = True,
-             detect: bool = False) -> "FaceSearch":
+             detect: bool = False, detector: "str | fdetect.Detector" = "yuface") -> "FaceSearch":
         """Open (creating if needed) a gallery.
 
         ``home``: folder for the SQLite database and the index file (default ``~/.facesearch``; the CLI
@@ -90,12 +93,15 @@ class FaceSearch:
         gallery, else the shipped default model); ``index``: ``auto`` or a FAISS factory string;
         ``backend``: ``auto``, ``faiss-cpu``, ``faiss-gpu`` or ``torch-cuda``; ``detect``: the images are
         photos, find and align the faces in them (needs ``facesearch[detect]``) rather than take them as
-        aligned face crops. With ``strict`` (the default) a model other than the one that embedded the
+        aligned face crops; ``detector``: which detector (a registered name, or a Detector object). With
+        ``strict`` (the default) a model other than the one that embedded the
         gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
         The schema is upgraded to the newest Alembic revision on open.
         """
+        if isinstance(detector, str):
+            detector = fdetect.get_detector(detector)
         if detect:
-            fdetect.available_or_raise()  # before any file or database is touched
+            detector.require()  # before any file or database is touched
         if backend != "auto":
             vindex.resolve_backend(backend)  # one that is not there is refused before anything is recorded
         home = opening.make_home(Path(home).expanduser() if home is not None else default_home())
@@ -103,7 +109,7 @@ class FaceSearch:
         store = Store.open(db_url or f"sqlite:///{home / DB_FILE}")
         try:
             net, key, model_id = opening.choose_model(store, model, device, strict, index)
-            return cls(store, net, key, model_id, home, index, backend, keep_crops, detect)
+            return cls(store, net, key, model_id, home, index, backend, keep_crops, detect, detector)
         except BaseException:
             store.close()
             raise
@@ -191,7 +197,7 @@ class FaceSearch:
 
     # ---- embedding ------------------------------------------------------------------------
     def _face_crops(self, image: ImageInput, every: bool = False) -> list[tuple[np.ndarray, "fdetect.Face | None"]]:
-        return face_crops(read_pixels(image)[0], input_name(image), self.config, self.detect, every)
+        return face_crops(read_pixels(image)[0], input_name(image), self.config, self.detect, every, self.detector)
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed model inputs (3 x S x S uint8 each, as :func:`facesearch.images.prepare` makes them)."""
@@ -205,7 +211,8 @@ class FaceSearch:
         """Embed ``(source, bytes)`` pairs; the source names the file in error messages."""
         from facesearch import images
 
-        return self.embed_crops([face_crops(images.decode(data, src), src, self.config, self.detect)[0][0]
+        return self.embed_crops([face_crops(images.decode(data, src), src, self.config, self.detect, False,
+                                            self.detector)[0][0]
                                  for src, data in items])
 
     # ---- enrolling ------------------------------------------------------------------------

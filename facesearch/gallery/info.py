@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from facesearch import detect as fdetect
 from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelMismatchError
 
@@ -46,5 +45,5 @@ def describe(g: "FaceSearch") -> dict:
                    "nprobe": getattr(idx, "nprobe", None), "file": str(g.index_path)} if idx is not None
                   else {"error": index_error, "file": str(g.index_path)}),
         "device": device_name(g),
-        "detector": fdetect.describe(),
+        "detector": g.detector.describe(),
     }
