@@ -71,6 +71,7 @@ def test_a_damaged_cache_file_is_rebuilt(folder_dir, tmp_path):
     assert path.stat().st_size > 1000
 
 
+@pytest.mark.slow  # over 5 s here
 @needs_lfw
 def test_cache_works_for_the_lfw_zip(tmp_path):
     folder = ImageFolder(LFW_ZIP)

@@ -234,6 +234,7 @@ def test_cli_query_detect_json_lists_every_face(tmp_path, photos):
     assert f"face at ({out[0]['face']['box'][0]}, " in r.output and TWO in r.output
 
 
+@pytest.mark.slow  # over 5 s here
 def test_evaluate_identify_on_photos_with_detect(tmp_path):
     """`evaluate identify --detect` measures a model on a folder of ordinary photos, leaving out (and
     counting) photos without a face; on LFW's unaligned originals it identifies far more than taking them

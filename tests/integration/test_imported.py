@@ -38,6 +38,7 @@ def _lfw_faces(n: int) -> np.ndarray:
         return np.stack([images.decode(z.read(m), m) for m in names])
 
 
+@pytest.mark.slow  # over 5 s here
 @needs_lfw
 def test_port_matches_onnx_runtime_on_real_faces(sface_dir, tmp_path):
     from facesearch.model import encoder

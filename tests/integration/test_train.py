@@ -149,6 +149,7 @@ def test_stored_threshold_is_the_one_calibrated_on_held_out_pairs(trained):
     assert all(b["threshold"] <= a["threshold"] <= stored["threshold"] for a, b in zip(ops, ops[1:] + ops[-1:]))
 
 
+@pytest.mark.slow  # over 5 s here
 @needs_lfw
 def test_resume_continues_to_the_same_weights(trained, tmp_path, people):
     opts, summary, _ = trained
