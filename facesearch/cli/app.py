@@ -136,8 +136,8 @@ def json_option(f, help: str = "Print the result as JSON."):
 def threshold_options(f):
     """--threshold / --far for the commands that decide match or not."""
     f = click.option("--far", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Decide with the model's stored threshold for this false accept rate (e.g. 1e-3: "
-                          "stricter, for searching many people) instead of its balanced one.")(f)
+                     help="Decide with the model's stored threshold for this false accept rate (e.g. 1e-3, for "
+                          "searching many people) instead of its balanced one; `facesearch info` lists them.")(f)
     f = click.option("--threshold", type=click.FloatRange(0, 2), default=None,
                      help="Decide with this distance instead of the model's threshold.")(f)
     return f

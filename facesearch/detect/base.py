@@ -80,7 +80,7 @@ def get_detector(name: str = DEFAULT_DETECTOR) -> Detector:
     try:
         factory = REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown face detector {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+        raise DetectorUnavailable(f"unknown face detector {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
     return factory()
 
 

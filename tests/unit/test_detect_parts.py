@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from facesearch import detect
-from facesearch.errors import InvalidImageError, NoFaceError
+from facesearch.errors import DetectorUnavailable, InvalidImageError, NoFaceError
 
 
 class FixedDetector:
@@ -37,7 +37,7 @@ def face_at(scale=1.0, shift=(0.0, 0.0)):
 
 def test_yuface_is_registered_and_unknown_names_are_refused():
     assert "yuface" in detect.REGISTRY and detect.get_detector().name == "yuface"
-    with pytest.raises(ValueError, match="unknown face detector 'nope'"):
+    with pytest.raises(DetectorUnavailable, match="unknown face detector 'nope'"):
         detect.get_detector("nope")
 
 
