@@ -21,10 +21,10 @@ EXIT_CODES: dict[type[FaceSearchError], int] = {ThresholdError: 2}
 log = logging.getLogger("facesearch")
 
 
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+def _failure(message: str, exit_code: int = 1) -> click.ClickException:
+    e = click.ClickException(message)
+    e.exit_code = exit_code
+    return e
 
 
 def to_click(e: BaseException) -> click.ClickException:
@@ -33,14 +33,14 @@ def to_click(e: BaseException) -> click.ClickException:
 
     if isinstance(e, FaceSearchError):
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(e, cls)), 1)
-        return _Failure(str(e), code)
+        return _failure(str(e), code)
     if isinstance(e, DBAPIError):  # e.g. a database locked past the busy timeout, a full disk, a lost server
         log.info("database error", exc_info=True)
         why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
-        return _Failure(f"database error: {why}")
+        return _failure(f"database error: {why}")
     log.info("system error", exc_info=True)
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
-    return _Failure(f"{e.strerror or e}{where}")
+    return _failure(f"{e.strerror or e}{where}")
 
 
 def boundary(f):
@@ -127,10 +127,6 @@ def detect_option(f):
     return click.option("--detect", is_flag=True,
                         help="The images are photos: find the faces and align them first (needs "
                              "facesearch[detect]). Without it, images must be aligned face crops.")(f)
-
-
-def json_option(f, help: str = "Print the result as JSON."):
-    return click.option("--json", "as_json", is_flag=True, help=help)(f)
 
 
 def threshold_options(f):
