@@ -9,13 +9,18 @@ One object loads the model and the index once and serves many calls::
     result = fs.query("probe.jpg", top_k=5)       # ranked identities, best face each
     print(result.identity, result.matches[0].distance)
     same = fs.verify("a.jpg", "b.jpg").same       # distance <= the model's threshold
+    fs.query("probe.jpg", fpir=1e-3).decision     # {"rule": "fpir", "fpir": 0.001, "threshold": ...}
 
 Images are aligned face crops by default. For ordinary photos open with ``detect=True``: faces are
 found and aligned first (:mod:`facesearch.detect`); enroll and verify use the largest face of each
 photo, :meth:`FaceSearch.query_faces` searches every face of one.
 
 Distances are cosine distances in [0, 2] (:mod:`facesearch.distance`), lower is more similar;
-a match is ``distance <= threshold`` with the threshold calibrated and stored with the model.
+a match is ``distance <= threshold`` with the threshold calibrated and stored with the model. A 1:N
+search (``query``) accepts its closest identity with the model's identification threshold for a false
+positive identification rate (FPIR, default 1e-2: one search in a hundred by a never-enrolled person
+returns someone) at the gallery's number of identities (:mod:`~facesearch.gallery.thresholds`); ``verify``
+(1:1) uses the model's 1:1 threshold.
 
 The facade holds the handle's state and delegates: :mod:`~facesearch.gallery.opening` (which model),
 :mod:`~facesearch.gallery.embedding` (images to embeddings), :mod:`~facesearch.gallery.index_cache`
@@ -40,8 +45,8 @@ from facesearch.gallery import info as _info
 from facesearch.gallery import opening, reindex as _reindex, search as _search
 from facesearch.gallery.embedding import GalleryModel, ImageInput, ModelFiles, face_crops, input_name, read_pixels
 from facesearch.gallery.index_cache import INDEX_FILE, IndexCache
-from facesearch.gallery.results import EnrollReport, Failure, Match, QueryResult, VerifyResult
-from facesearch.gallery.thresholds import operating_points, threshold_at
+from facesearch.gallery.results import Decision, EnrollReport, Failure, Match, QueryResult, VerifyResult
+from facesearch.gallery.thresholds import decide, fpir_table, operating_points, threshold_at
 from facesearch.model.config import ModelConfig
 from facesearch.model.files import BUILTIN_PREFIX, DEFAULT_MODEL, builtin_model_dir, model_key  # noqa: F401
 from facesearch.settings import DB_FILE, default_home
@@ -50,7 +55,7 @@ from facesearch.store import Store, validate_identity
 if TYPE_CHECKING:  # the encoder module imports torch: loaded when a face is first embedded
     from facesearch.model import encoder
 
-__all__ = ["FaceSearch", "Match", "QueryResult", "VerifyResult", "Failure", "EnrollReport", "DB_FILE",
+__all__ = ["FaceSearch", "Match", "QueryResult", "VerifyResult", "Failure", "EnrollReport", "Decision", "DB_FILE",
            "INDEX_FILE", "default_home", "builtin_model_dir", "model_key"]
 
 Progress = Callable[[int], None]
@@ -166,6 +171,26 @@ class FaceSearch:
         ``far`` the model has no threshold for."""
         return threshold_at(self.config, far, threshold)
 
+    def gallery_identities(self) -> int:
+        """The number of enrolled identities, the ``N`` of the FPIR rule (an identity whose every face
+        was removed still counts until it is removed itself: on the strict side)."""
+        return self.store.count_identities()
+
+    def decision(self, fpir: float | None = None, far: float | None = None,
+                 threshold: float | None = None) -> Decision:
+        """The rule a 1:N search decides by now: the model's identification threshold for ``fpir`` (default:
+        the model's default FPIR, 1e-2) at the gallery's number of identities; or the 1:1 operating point
+        for ``far``; or ``threshold``; at most one of them. A model without an identification curve (an
+        older model.json) decides with its 1:1 threshold, and the decision's ``warning`` says so. Raises
+        ThresholdError (a ValueError) for what the model cannot decide with."""
+        return decide(self.config, self.gallery_identities, fpir, far, threshold)
+
+    def identification_thresholds(self, identities: int | None = None) -> list[dict]:
+        """The model's identification threshold for each stored FPIR target at ``identities`` (default: the
+        gallery's size), with how it was obtained: ``[{"fpir", "threshold", "status", "default"}, ...]``;
+        empty for a model without an identification curve."""
+        return fpir_table(self.config, self.gallery_identities() if identities is None else identities)
+
     # ---- the index ------------------------------------------------------------------------
     @property
     def index_backend(self) -> str:
@@ -243,29 +268,36 @@ class FaceSearch:
 
     # ---- searching ------------------------------------------------------------------------
     def search_embeddings(self, emb: np.ndarray, top_k: int = 5, probes: Sequence[str] | None = None,
-                          threshold: float | None = None) -> list[QueryResult]:
-        """Ranked identities (best face each) for each query embedding. ``threshold``: decide matches with
-        this distance instead of the model's (see :meth:`threshold_at`)."""
-        return _search.search(self, emb, top_k, probes, self.threshold_at(threshold=threshold))
+                          threshold: float | None = None, far: float | None = None,
+                          fpir: float | None = None) -> list[QueryResult]:
+        """Ranked identities (best face each) for each query embedding, the closest accepted by
+        :meth:`decision` (``fpir``, ``far`` or ``threshold``; by default the model's FPIR threshold)."""
+        return _search.search(self, emb, top_k, probes, self.decision(fpir, far, threshold))
 
-    def query(self, image: ImageInput, top_k: int = 5, threshold: float | None = None) -> QueryResult:
-        """Who is this? Ranked identities with distances; ``.identity`` is None when nobody is within the
-        threshold (the model's, or ``threshold``, e.g. ``fs.threshold_at(far=1e-3)``)."""
-        return self.query_faces(image, top_k, threshold, every=False)[0]
+    def query(self, image: ImageInput, top_k: int = 5, threshold: float | None = None, far: float | None = None,
+              fpir: float | None = None) -> QueryResult:
+        """Who is this? Ranked identities with distances; ``.identity`` is None when the closest identity is
+        not accepted. By default it is accepted by the model's identification threshold for FPIR 1e-2 at the
+        gallery's size; ``fpir`` another stored target, ``far`` the 1:1 operating point, ``threshold`` a
+        distance (one of them). ``.decision`` says which rule decided (:meth:`decision`)."""
+        return self.query_faces(image, top_k, threshold, every=False, far=far, fpir=fpir)[0]
 
     def query_faces(self, image: ImageInput, top_k: int = 5, threshold: float | None = None,
-                    every: bool = True) -> list[QueryResult]:
+                    every: bool = True, far: float | None = None, fpir: float | None = None) -> list[QueryResult]:
         """Who is in this photo? With ``detect``, one result for each face found, largest first, each with
-        its ``face`` (box, score, landmarks); without it, one result for the image as an aligned crop."""
-        return _search.query_faces(self, image, top_k, self.threshold_at(threshold=threshold), every)
+        its ``face`` (box, score, landmarks); without it, one result for the image as an aligned crop.
+        Decided as :meth:`query`."""
+        return _search.query_faces(self, image, top_k, self.decision(fpir, far, threshold), every)
 
     def query_many(self, image_list: Sequence[ImageInput], top_k: int = 5, batch_size: int = 64,
                    progress: Progress | None = None, threshold: float | None = None,
-                   every: bool = False) -> list[QueryResult | Failure]:
+                   every: bool = False, far: float | None = None,
+                   fpir: float | None = None) -> list[QueryResult | Failure]:
         """Batched query: embeds and searches in batches. A bad image gives a Failure in its place. With
-        ``detect``, each image gives its largest face's result (``every``: one result per face found)."""
+        ``detect``, each image gives its largest face's result (``every``: one result per face found).
+        Decided as :meth:`query`, with one rule for the whole call (the gallery's size when it starts)."""
         return _search.query_many(self, image_list, top_k, batch_size, progress,
-                                  self.threshold_at(threshold=threshold), every)
+                                  self.decision(fpir, far, threshold), every)
 
     def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None) -> VerifyResult:
         """Are ``a`` and ``b`` the same person? ``same`` is ``distance <= threshold`` (the model's unless

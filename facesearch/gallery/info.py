@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelMismatchError
+from facesearch.gallery import thresholds
 
 if TYPE_CHECKING:
     from facesearch.gallery.facade import FaceSearch
@@ -23,6 +24,18 @@ def device_name(g: "FaceSearch") -> str:
         return f"{getattr(files, 'device', '?')} (not usable here: {e})"
 
 
+def identification(g: "FaceSearch", identities: int) -> dict:
+    """The 1:N decision at this gallery's size: each stored FPIR target's threshold and how it was obtained
+    (measured, interpolated, extrapolated, not measurable), which one ``query`` uses by default; or, for a
+    model without an identification curve, the warning that 1:N decisions use the 1:1 threshold."""
+    table = g.identification_thresholds(identities)
+    if not table:
+        return {"available": False, "warning": thresholds.no_curve_warning(g.config)}
+    ident = g.config.calibration.identification
+    return {"available": True, "gallery_identities": identities, "source": ident.source,
+            "default_fpir": next(r["fpir"] for r in table if r["default"]), "thresholds": table}
+
+
 def describe(g: "FaceSearch") -> dict:
     """What the gallery holds and how it is set up (``facesearch info``)."""
     try:
@@ -30,6 +43,7 @@ def describe(g: "FaceSearch") -> dict:
     except ModelMismatchError as e:  # info still answers, and says what to do
         idx, index_error = None, str(e)
     cfg = g.config
+    n_identities = g.store.count_identities()
     return {
         "home": str(g.home),
         "database": g.store.engine.url.render_as_string(hide_password=True),
@@ -38,8 +52,9 @@ def describe(g: "FaceSearch") -> dict:
                   "embedding_dim": cfg.embedding_dim, "input_size": cfg.input_size,
                   "distance": cfg.distance, "threshold": g.threshold,
                   "operating_points": g.operating_points(),
+                  "identification": identification(g, n_identities),
                   "training": {k: v for k, v in cfg.training.to_dict().items() if k != "people"}},
-        "identities": g.store.count_identities(),
+        "identities": n_identities,
         "faces": g.store.count_faces(),
         "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
                    "nprobe": getattr(idx, "nprobe", None), "file": str(g.index_path)} if idx is not None

@@ -18,14 +18,55 @@ class Match:
     source: str
 
 
+#: the rules a 1:N decision can be taken by (``Decision.rule``)
+RULES = ("fpir", "far", "threshold", "verification")
+#: how sure an FPIR threshold is (``Decision.status``): measured at this gallery size, interpolated between two
+#: measured sizes, extrapolated beyond them (the independence rule on the impostor tail), or beyond what the
+#: calibration's comparisons can measure (the strictest threshold they measure; FPIR may exceed the target)
+STATUSES = ("measured", "interpolated", "extrapolated", "not measurable")
+
+
+@dataclass
+class Decision:
+    """Which rule accepted or rejected the closest identity, and with what distance threshold.
+
+    ``rule``: ``"fpir"`` (the model's identification threshold for ``fpir`` at ``gallery_identities``,
+    with its ``status``), ``"far"`` (the 1:1 operating point for ``far``), ``"threshold"`` (given by the
+    caller), or ``"verification"`` (the model's 1:1 threshold: a model whose calibration has no
+    identification curve; ``warning`` says so)."""
+
+    rule: str
+    threshold: float
+    fpir: float | None = None
+    gallery_identities: int | None = None
+    status: str | None = None
+    far: float | None = None
+    warning: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        """A few words for people: ``FPIR 1e-02 at 1200 identities (interpolated)``."""
+        if self.rule == "fpir":
+            return f"FPIR {self.fpir:g} at {self.gallery_identities} identities, {self.status}"
+        if self.rule == "far":
+            return f"the 1:1 threshold for FAR {self.far:g}"
+        if self.rule == "threshold":
+            return "the threshold given"
+        return "the model's 1:1 threshold (no identification calibration)"
+
+
 @dataclass
 class QueryResult:
-    """Ranked identities for one probe, closest first. ``identity`` is None when nobody matches."""
+    """Ranked identities for one probe, closest first. ``identity`` is None when nobody matches.
+    ``decision``: the rule that decided (:class:`Decision`, as a dict), where the search knew it."""
 
     matches: list[Match]
     threshold: float
     probe: str = ""
     face: dict | None = None  # with detect: where in the probe the face is (box, score, landmarks)
+    decision: dict | None = None
 
     @property
     def identity(self) -> str | None:
@@ -36,6 +77,8 @@ class QueryResult:
                "threshold": self.threshold, "matches": [asdict(m) for m in self.matches]}
         if self.face is not None:  # only with detect: without it, the JSON is as it always was
             out["face"] = self.face
+        if self.decision is not None:
+            out["decision"] = dict(self.decision)
         return out
 
 

@@ -2,7 +2,9 @@
 
 :func:`rank` is the whole ranking rule, a pure function over arrays (no store, no index): the best face
 of each identity, closest first, ``top_k`` of them, each with its match decision on the one distance.
-:func:`search` asks the index for enough faces that ``top_k`` distinct identities come back.
+:func:`search` asks the index for enough faces that ``top_k`` distinct identities come back, and decides
+with a :class:`~facesearch.gallery.results.Decision` (by default the model's FPIR threshold at the
+gallery's size: :func:`facesearch.gallery.thresholds.decide`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from facesearch import distance
 from facesearch.errors import InvalidImageError
 from facesearch.gallery.embedding import input_name
 from facesearch.gallery.enroll import batched
-from facesearch.gallery.results import Failure, Match, QueryResult, VerifyResult
+from facesearch.gallery.results import Decision, Failure, Match, QueryResult, VerifyResult
 
 if TYPE_CHECKING:
     from facesearch.gallery.facade import FaceSearch
@@ -62,9 +64,11 @@ def rank(dist: np.ndarray, ids: np.ndarray, faces: Mapping[int, FaceRef], top_k:
 
 
 def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[str] | None,
-           threshold: float) -> list[QueryResult]:
+           decision: Decision) -> list[QueryResult]:
     """Search the gallery's index with query embeddings (Q x D), widening the number of faces asked for
-    until each query has ``top_k`` identities or the whole gallery was seen."""
+    until each query has ``top_k`` identities or the whole gallery was seen; the closest identity is
+    accepted by ``decision``'s threshold, which each result names."""
+    threshold, how = decision.threshold, decision.to_dict()
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
     idx = gallery.index()
@@ -72,29 +76,29 @@ def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[
     names = list(probes) if probes else [""] * len(emb)
     n = idx.ntotal
     if n == 0:
-        return [QueryResult([], threshold, p) for p in names]
+        return [QueryResult([], threshold, p, decision=how) for p in names]
     k = min(n, max(top_k * 4, top_k + 16))
     while True:
         dist, ids = idx.search(emb, k)
         faces = gallery.store.face_info([int(i) for i in np.unique(ids) if i >= 0])
         ranked = rank(dist, ids, faces, top_k, threshold)
         if all(len(m) >= top_k for m in ranked) or k >= n:
-            return [QueryResult(m, threshold, p) for m, p in zip(ranked, names)]
+            return [QueryResult(m, threshold, p, decision=how) for m, p in zip(ranked, names)]
         k = min(n, k * 4)
 
 
-def query_faces(g: "FaceSearch", image, top_k: int, threshold: float, every: bool) -> list[QueryResult]:
+def query_faces(g: "FaceSearch", image, top_k: int, decision: Decision, every: bool) -> list[QueryResult]:
     """One result per face of one image (see :meth:`FaceSearch.query_faces`)."""
     name = input_name(image)
     found = g._face_crops(image, every=every)
     with g.encoder.single_thread(g.device):
-        results = search(g, g.embed_crops([c for c, _ in found]), top_k, [name] * len(found), threshold)
+        results = search(g, g.embed_crops([c for c, _ in found]), top_k, [name] * len(found), decision)
     for r, (_, face) in zip(results, found):
         r.face = face.to_dict() if face is not None else None
     return results
 
 
-def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progress, threshold: float,
+def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progress, decision: Decision,
                every: bool) -> list[QueryResult | Failure]:
     """Batched query (see :meth:`FaceSearch.query_many`): a bad image gives a Failure in its place."""
     out: list[QueryResult | Failure | None] = []
@@ -110,7 +114,7 @@ def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progres
             except InvalidImageError as e:
                 out.append(Failure(name, e.reason))
         if crops:
-            found = search(g, g.embed_crops(crops), top_k, [s[1] for s in slots], threshold)
+            found = search(g, g.embed_crops(crops), top_k, [s[1] for s in slots], decision)
             for (slot, _, face), res in zip(slots, found):
                 res.face = face.to_dict() if face is not None else None
                 out[slot] = res

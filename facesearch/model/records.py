@@ -140,6 +140,66 @@ class Recalibrated(_Record):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: the FPIR targets whose identification thresholds calibration stores (``Identification.fpirs``)
+FPIRS = (1e-1, 1e-2, 1e-3)
+#: the FPIR a 1:N search decides at when none is asked for: one search in a hundred by someone never
+#: enrolled returns an identity. It is the strictest of the stored targets that a modest held-out set can
+#: measure (100 probes of never-enrolled people), where 1e-3 needs 1,000 and is extrapolated or not
+#: measurable for small calibration sets; and the usual open-set operating point (NIST FRVT reports
+#: FNIR at FPIR 1e-2 and 3e-3)
+DEFAULT_FPIR = 1e-2
+
+
+@dataclass(eq=True)
+class GalleryThresholds(_Record):
+    """Identification thresholds measured at one gallery size: ``thresholds[i]`` is the largest distance
+    whose FPIR, averaged over every gallery of ``identities`` held-out identities, was at most
+    ``Identification.fpirs[i]`` (None: not measurable at this size, too few searches)."""
+
+    identities: int
+    thresholds: list[float | None] = field(default_factory=list)
+    #: the independent searches behind these numbers: probes x (other identities // identities)
+    searches: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=True)
+class ImpostorTail(_Record):
+    """The identity-level impostor tail: ``threshold[i]`` is the largest distance whose share of
+    (probe, other identity's face) comparisons within it was at most ``far[i]``; ``comparisons`` of them
+    were made, so no FAR below ``1 / comparisons`` is measured."""
+
+    far: list[float] = field(default_factory=list)
+    threshold: list[float] = field(default_factory=list)
+    comparisons: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=True)
+class Identification(_Record):
+    """The 1:N decision curve: thresholds for false positive identification rates (FPIR: the share of
+    searches by never-enrolled people that return anyone) at measured gallery sizes, and the impostor tail
+    that extends them to larger galleries (``facesearch.gallery.thresholds.fpir_threshold`` is the rule).
+    Made by ``facesearch.training.calibration.identification_curve``; ``method`` says how."""
+
+    method: str | None = None
+    #: which identities (``"168 held-out identities, never trained on"``)
+    source: str | None = None
+    people: int | None = None
+    images: int | None = None
+    #: searches by "strangers": held-out images, each searched against the other identities' faces
+    probes: int | None = None
+    #: faces enrolled per identity in the measured galleries
+    faces_per_identity: int | None = None
+    default_fpir: float | None = None
+    fpirs: list[float] = field(default_factory=list)
+    galleries: list[GalleryThresholds] = field(default_factory=list)
+    impostor_tail: ImpostorTail | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _nested: ClassVar[dict[str, type[_Record]]] = {"galleries": GalleryThresholds, "impostor_tail": ImpostorTail}
+
+
 @dataclass(eq=True)
 class Calibration(_Record):
     """How the threshold (``ModelConfig.threshold``) was chosen, on which pairs, and how well it did."""
@@ -160,11 +220,13 @@ class Calibration(_Record):
     operating_points: list[OperatingPoint] = field(default_factory=list)
     operating_points_not_measurable: list[NotMeasurable] = field(default_factory=list)
     recalibrated: Recalibrated | None = None
+    #: the 1:N thresholds for FPIR targets by gallery size (absent from a model.json made before them)
+    identification: Identification | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     _nested: ClassVar[dict[str, type[_Record]]] = {
         "operating_points": OperatingPoint, "operating_points_not_measurable": NotMeasurable,
-        "recalibrated": Recalibrated}
+        "recalibrated": Recalibrated, "identification": Identification}
 
     def measurable_operating_points(self) -> list[OperatingPoint]:
         """The operating points the impostor pairs could measure (at least 1/far of them: a model
