@@ -110,8 +110,10 @@ def format_lfw(r) -> str:
 def format_identify(r) -> str:
     m = r.model
     out = [
-        f"open-set identification: {r.images}" + (" (faces detected and aligned: --detect)" if r.detect else ""),
-        f"model:  {m.get('name')} at {m.get('path')}; device {r.device}",
+        f"open-set identification: {r.images}" + (" (faces detected and aligned: --detect)" if r.detect else "")
+        + (f", people of {r.people}" if r.people else ""),
+        f"model:  {m.get('name')} at {m.get('path')}; device {r.device}"
+        + ("; crops aligned again to the model's template" if r.realigned else ""),
         f"gallery: {r.n_enrolled_identities} people x {r.gallery_per_identity} image(s) = {r.n_gallery_images} images",
         f"probes:  {r.n_known_probes} of enrolled people, {r.n_unknown_probes} of {r.n_unknown_identities} "
         "never-enrolled people",
@@ -121,29 +123,61 @@ def format_identify(r) -> str:
     if "lfw" in str(r.images).lower() and any(ln.startswith("warning:") for ln in _training_note(m)):
         out.append("warning: these are LFW images, and this model was trained on LFW people: these rates say "
                    "nothing about people it never saw")
+    if m.get("identification_source"):
+        out.append(f"the model's FPIR thresholds were calibrated on {m['identification_source']}: honest only if "
+                   "none of those people is in this run")
     out += [
         "",
     ]
     width = 36
     out.append(f"{'rank-1 identification rate':<{width}} {_pct(r.rank1)}")
     out.append(f"{'rank-5 identification rate':<{width}} {_pct(r.rank5)}")
-    for key, v in r.dir_at_fpir.items():
-        if v.get("measurable", True):
-            out.append(f"{'DIR @ FPIR = ' + key:<{width}} {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
-        else:
-            out.append(f"{'DIR @ FPIR = ' + key:<{width}} not measurable: needs at least "
-                       f"{math.ceil(1 / v['fpir'])} unknown probes, there are {r.n_unknown_probes}")
+    out.append("")
+    out += identify_table(r)
+    out.append("")
+    d = r.default_decision or {}
+    if d:
+        how = (f"FPIR {d['fpir']:g} at {d['gallery_identities']} identities, {d['status']}" if d["rule"] == "fpir"
+               else "the 1:1 threshold: the model has no identification calibration")
+        out.append(f"{'query by default':<{width}} threshold {d['threshold']:.4f} ({how}): unknown rejected "
+                   f"{_pct(r.unknown_rejected_by_default)}, DIR {_pct(r.dir_by_default)}")
     if r.model_threshold is None:
         out.append(f"{'model threshold':<{width}} not calibrated")
     else:
         out.append(f"{'unknown probes rejected':<{width}} {_pct(r.unknown_rejected)} "
-                   f"(at the stored threshold {r.model_threshold:.4f})")
-        out.append(f"{'DIR at the stored threshold':<{width}} {_pct(r.dir_at_model_threshold)}")
+                   f"(at the 1:1 threshold {r.model_threshold:.4f})")
+        out.append(f"{'DIR at the 1:1 threshold':<{width}} {_pct(r.dir_at_model_threshold)}")
     for key, v in r.at_operating_points.items():
         out.append(f"{'--far ' + key + ': unknown rejected':<{width}} {_pct(v['unknown_rejected'])}, "
                    f"DIR {_pct(v['dir'])} (threshold {v['threshold']:.4f})")
     out.append(f"{'time':<{width}} {r.seconds['total']:.1f} s")
     return "\n".join(out)
+
+
+def identify_table(r) -> list[str]:
+    """DIR against FPIR: with thresholds chosen on this run (the oracle curve) and with the model's stored
+    FPIR thresholds at this gallery's size (the FPIR they gave here against their target)."""
+    lines = [f"{'FPIR':<8} {'oracle: DIR':>12} {'threshold':>10}   {'model: threshold':>16} {'how':<15} "
+             f"{'FPIR here':>10} {'DIR':>8}"]
+    need = []
+    for key, v in r.dir_at_fpir.items():
+        if v.get("measurable", True):
+            left = f"{_pct(v['dir']):>12} {v['threshold']:>10.4f}"
+        else:
+            left = f"{'-':>12} {'-':>10}"
+            need.append(f"{key} needs at least {math.ceil(1 / v['fpir'])}")
+        mv = r.at_model_fpir.get(key)
+        if mv is None:
+            right = f"{'-':>16} {'(not stored)' if r.at_model_fpir else '(no curve)':<15} {'':>10} {'':>8}"
+        else:
+            here = _pct(mv["measured_fpir"]) + ("" if mv["measurable"] else "*")
+            right = f"{mv['threshold']:>16.4f} {mv['status']:<15} {here:>10} {_pct(mv['dir']):>8}"
+        lines.append(f"{key:<8} {left}   {right}".rstrip())
+    if need:
+        lines.append(f"oracle '-': not measurable with {r.n_unknown_probes} unknown probes: {', '.join(need)}")
+    if any(not v["measurable"] for v in r.at_model_fpir.values()):
+        lines.append("*: too few unknown probes here to measure that FPIR")
+    return lines
 
 
 def _emit(result, paths, as_json: bool, formatter) -> None:
@@ -231,16 +265,27 @@ def lfw(pairs, images, model, device, batch_size, realign, as_json, report_dir, 
 @click.option("--detect", is_flag=True,
               help="the images are photos: find and align the faces first, as `query --detect` does "
                    "(needs facesearch[detect])")
+@click.option("--people", "people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="only these people (an LFW people file such as peopleDevTest.txt, or one name per line): "
+                   "people the model was neither trained nor calibrated on")
+@click.option("--singletons", is_flag=True,
+              help="also search the people with a single image, as never-enrolled people (more strangers: "
+                   "an FPIR of 1e-3 needs 1,000 of them)")
+@click.option("--realign/--no-realign", default=None,
+              help="Align each crop again to the model's own template before enrolling and searching "
+                   "[default: when the model has a template of its own, e.g. an imported one].")
 @_json_opt
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write report.json and report.html into this folder")
 @_quiet_opt
 def identify(images, model, device, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities,
-             seed, batch_size, detect, as_json, report_dir, quiet):
+             seed, batch_size, detect, people, singletons, realign, as_json, report_dir, quiet):
     """Open-set identification on the people with at least 2 images: some are enrolled (a gallery of
     N images each) in a temporary facesearch home, probes of enrolled and never-enrolled people are
-    searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate, DIR at
-    FPIR 1% and 10%, and the share of unknown probes rejected at the model's stored threshold."""
+    searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate; DIR
+    (right and accepted) at FPIR 1e-1, 1e-2, 1e-3 (strangers accepted), with thresholds chosen on this run
+    and with the model's own FPIR thresholds at the gallery's size (the FPIR they give here against their
+    target); what query's default rule and the 1:1 threshold give."""
     from facesearch import evaluation as ev
     from facesearch.evaluation import report
 
@@ -249,7 +294,7 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
             images, model=_model_or_global(model), device=device, gallery_per_identity=gallery_per_identity,
             probes_per_identity=probes_per_identity, enrolled_fraction=enrolled_fraction,
             max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
-            detect=detect,
+            detect=detect, people=people, realign=realign, singletons=singletons,
         )
         paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:

@@ -46,14 +46,22 @@ def print_result(r, threshold: float) -> None:
         return
     top = r.matches[0]
     probe = r.probe if r.face is None else f"{r.probe} face at {tuple(r.face['box'])}"
+    rule = f" [{_rule(r.decision)}]" if r.decision else ""
     if r.identity is None:
         click.echo(f"{probe}: unknown (nearest {top.identity} at distance {top.distance:.4f} "
-                   f"> threshold {threshold:.4f})")
+                   f"> threshold {threshold:.4f}){rule}")
     else:
-        click.echo(f"{probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f})")
+        click.echo(f"{probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f}){rule}")
     click.echo(f"  {'rank':>4}  {'identity':<32} {'distance':>8}  match  face")
     for i, m in enumerate(r.matches, 1):
         click.echo(f"  {i:>4}  {m.identity[:32]:<32} {m.distance:>8.4f}  {'yes' if m.match else 'no ':<5}  {m.face_id}")
+
+
+def _rule(decision: dict) -> str:
+    """Which rule decided, in a few words (a query result's ``decision``)."""
+    from facesearch.gallery.results import Decision
+
+    return Decision(**decision).describe()
 
 
 def print_info(d: dict) -> None:
@@ -61,10 +69,20 @@ def print_info(d: dict) -> None:
     click.echo(f"home:        {d['home']}")
     click.echo(f"database:    {d['database']} (schema {d['schema_revision']})")
     click.echo(f"model:       {m['key']} ({m['backbone']}, {m['embedding_dim']}-d, {m['input_size']} px)")
-    click.echo(f"threshold:   {m['threshold']:.4f} ({m['distance']} distance; match when distance <= threshold)")
+    click.echo(f"threshold:   {m['threshold']:.4f} (1:1, verify; {m['distance']} distance; match when distance "
+               "<= threshold)")
     for op in m.get("operating_points") or []:
         click.echo(f"  --far {op['far']:g}: {op['threshold']:.4f} (accepts {100 * op['tar']:.1f}% of genuine "
                    f"held-out pairs)")
+    ident = m.get("identification") or {}
+    if ident.get("available"):
+        click.echo(f"1:N (query): FPIR thresholds at {ident['gallery_identities']} identities "
+                   f"(calibrated on {ident['source']}):")
+        for row in ident["thresholds"]:
+            click.echo(f"  --fpir {row['fpir']:g}: {row['threshold']:.4f} ({row['status']})"
+                       + ("  [default]" if row["default"] else ""))
+    elif ident:
+        click.echo(f"1:N (query): {ident['warning']}")
     click.echo(f"identities:  {d['identities']}")
     click.echo(f"faces:       {d['faces']}")
     ix = d["index"]

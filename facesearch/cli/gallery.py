@@ -68,37 +68,50 @@ def _probe_files(paths) -> list[Path]:
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="How many identities to list.")
+@click.option("--fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Accept the closest identity with the model's identification threshold for this false "
+                   "positive identification rate (the share of searches by never-enrolled people that return "
+                   "anyone) at the gallery's size [default: the model's, 1e-2]; `facesearch info` lists them.")
 @threshold_options
 @detect_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: one object, or a list for several probes; with --detect always a list, one "
                    "object per face found.")
 @click.pass_obj
-def query(app: App, images_, top_k, threshold, far, detect, as_json):
+def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
+
+    The closest identity is accepted ("match") when its distance is within the model's identification
+    threshold for FPIR 1e-2 at the gallery's number of identities (--fpir for another); --far and
+    --threshold decide with a 1:1 threshold instead. Each result says which rule decided.
 
     Several images or a folder are embedded and searched in batches. With --detect, every face found in
     each photo is searched, largest first, and its box (x, y, width, height) is shown.
     """
     from facesearch.gallery.results import Failure
 
+    if sum(x is not None for x in (fpir, far, threshold)) > 1:
+        raise click.UsageError("give one of --fpir, --far and --threshold")
     files = _probe_files(images_)
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGE")
     fs = app.open(detect=detect)
-    thr = fs.threshold_at(far=far, threshold=threshold)
+    decision = fs.decision(fpir=fpir, far=far, threshold=threshold)  # a rule the model lacks fails before embedding
+    if decision.warning:
+        click.echo(f"warning: {decision.warning}", err=True)
     if len(files) == 1:
-        results = fs.query_faces(files[0], top_k, threshold=thr)
+        results = fs.query_faces(files[0], top_k, threshold=threshold, far=far, fpir=fpir)
     else:
         with progress(len(files), "query") as bar:
-            results = fs.query_many(files, top_k, progress=bar.update, threshold=thr, every=True)
+            results = fs.query_many(files, top_k, progress=bar.update, threshold=threshold, far=far, fpir=fpir,
+                                    every=True)
     if as_json:
         out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
                for r in results]
         echo_json(out if detect or len(out) != 1 else out[0])  # --detect: a list, however many faces
     else:
         for r in results:
-            print_result(r, thr)
+            print_result(r, r.threshold if not isinstance(r, Failure) else decision.threshold)
     if all(isinstance(r, Failure) for r in results):
         sys.exit(1)
 
@@ -190,7 +203,8 @@ def identities_remove(app: App, name, yes):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def info(app: App, as_json):
-    """The model, its threshold, the counts, the index and the device."""
+    """The model, its thresholds (1:1, and 1:N for each FPIR at the gallery's size), the counts, the index
+    and the device."""
     d = app.open().info()
     if as_json:
         echo_json(d)

@@ -16,6 +16,11 @@ def model():
     """Import face-trained networks that ship inside registry packages."""
 
 
+_people_help = ("Identity-labelled people for the 1:N (FPIR) thresholds: an LFW people file (e.g. View 1's "
+                "peopleDevTrain.txt) or one name per line; all their images in --images are used [default: "
+                "the people and images of the pairs file]. Never people you will score the model on.")
+
+
 @model.command("import", cls=Command)
 @click.argument("network", type=click.Choice(["sface"]))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -30,8 +35,11 @@ def model():
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Aligned face crops for --calibrate-pairs (a folder of identities or the LFW zip); each is "
                    "aligned again to the model's own template.")
+@click.option("--calibrate-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=_people_help)
+@click.option("--device", default="auto", show_default=True, help="Where to embed the calibration images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_(network, out, given, fp16, model_name, calibrate_pairs, images, as_json):
+def import_(network, out, given, fp16, model_name, calibrate_pairs, images, calibrate_people, device, as_json):
     """Convert NETWORK into the model directory OUT (model.json + weights.pt).
 
     \b
@@ -40,7 +48,8 @@ def import_(network, out, given, fp16, model_name, calibrate_pairs, images, as_j
 
     The model records its source, licence, what is known of its training data and its own alignment
     template (which --detect then uses). It needs a threshold before it enrolls: give
-    --calibrate-pairs and --images (never pairs you will score it on).
+    --calibrate-pairs and --images (never pairs you will score it on), and --calibrate-people for its
+    1:N thresholds; or calibrate it later with `facesearch model calibrate`.
     """
     from facesearch.model.config import read_model_dir
     from facesearch.model.imported import import_network
@@ -49,39 +58,137 @@ def import_(network, out, given, fp16, model_name, calibrate_pairs, images, as_j
         raise FaceSearchError(f"{out} exists and is not empty: choose a new directory")
     if (calibrate_pairs is None) != (images is None):
         raise click.UsageError("--calibrate-pairs and --images go together")
+    if calibrate_people is not None and calibrate_pairs is None:
+        raise click.UsageError("--calibrate-people goes with --calibrate-pairs and --images")
     path = import_network(network, out, given, fp16=fp16, model_name=model_name)
     if calibrate_pairs is not None:
-        _calibrate(path, calibrate_pairs, images)
+        _calibrate(path, calibrate_pairs, images, calibrate_people, device)
     cfg = read_model_dir(path)
     if as_json:
-        echo_json({"out": str(path), "name": cfg.name, "backbone": cfg.backbone, "source": cfg.source})
+        echo_json({"out": str(path), "name": cfg.name, "backbone": cfg.backbone, "source": cfg.source,
+                   "threshold": cfg.threshold, "calibration": cfg.calibration.to_dict()})
     else:
         click.echo(f"model written to {path} ({cfg.backbone}, {cfg.embedding_dim}-d, {cfg.input_size} px; "
                    f"licence: {cfg.source['licence']})")
         if cfg.threshold is None:
-            click.echo("no threshold yet: import again with --calibrate-pairs PAIRS --images FACES")
+            click.echo("no threshold yet: import again with --calibrate-pairs PAIRS --images FACES, or run "
+                       "`facesearch model calibrate`")
         else:
-            click.echo(f"threshold {cfg.threshold:.4f} (cosine distance), chosen on {cfg.calibration.source}")
+            _print_calibration(cfg)
 
 
-def _calibrate(path: Path, pairs: Path, images: Path) -> None:
-    """Store the best threshold on ``pairs`` (and the FAR operating points those pairs can measure)."""
-    from facesearch import evaluation as ev
-    from facesearch.cli.evaluate import _progress
+@model.command("calibrate", cls=Command)
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Pairs (LFW pairs format, e.g. pairsDevTrain.txt) for the 1:1 threshold and its FAR points.")
+@click.option("--images", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Aligned face crops (a folder of identities or the LFW zip); aligned again to the model's "
+                   "own template when it has one.")
+@click.option("--people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=_people_help)
+@click.option("--device", default="auto", show_default=True, help="Where to embed the calibration images.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def calibrate_cmd(model_dir, pairs, images, people, device, as_json):
+    """(Re)write MODEL_DIR's calibration in its model.json: the 1:1 threshold (verify, --far) on --pairs and
+    the 1:N FPIR thresholds by gallery size (query) on --people. weights.pt is not touched, so the model's
+    key, which names a gallery's embeddings, stays the same: galleries keep working and decide with the
+    new thresholds from their next query.
+
+    For a model trained by facesearch, `facesearch calibrate` rebuilds its own held-out identities instead.
+    """
     from facesearch.model.config import read_model_dir
-    from facesearch.model.files import CONFIG_FILE
+    from facesearch.model.files import weights_sha256
 
-    r = ev.evaluate_lfw(pairs, images, model=path, device="auto", batch_size=8, progress=_progress(False),
-                        realign=True)
+    before = weights_sha256(model_dir)
+    _calibrate(model_dir, pairs, images, people, device)
+    if weights_sha256(model_dir) != before:  # the one thing this must never do
+        raise FaceSearchError(f"the weights of {model_dir} changed while it was calibrated")
+    cfg = read_model_dir(model_dir)
+    if as_json:
+        echo_json({"model": str(model_dir), "threshold": cfg.threshold, "calibration": cfg.calibration.to_dict()})
+    else:
+        _print_calibration(cfg)
+
+
+def _print_calibration(cfg) -> None:
+    cal = cfg.calibration
+    click.echo(f"threshold {cfg.threshold:.4f} (cosine distance, 1:1), chosen on {cal.source}")
+    ident = cal.identification
+    if ident is None:
+        click.echo("no 1:N (FPIR) thresholds: query decides with the 1:1 threshold")
+        return
+    click.echo(f"1:N thresholds on {ident.source} ({ident.probes} probes), by gallery size:")
+    click.echo("  identities  " + "  ".join(f"FPIR {f:<7g}" for f in ident.fpirs))
+    for g in ident.galleries:
+        cells = "  ".join(f"{t:<12.4f}" if t is not None else f"{'-':<12}" for t in g.thresholds)
+        click.echo(f"  {g.identities:>10}  {cells}")
+    click.echo(f"  larger galleries: the impostor tail ({ident.impostor_tail.comparisons} comparisons); "
+               "'-': not measurable at that size")
+
+
+def _calibrate(path: Path, pairs: Path, images: Path, people: Path | None = None, device: str = "auto") -> None:
+    """Store the best 1:1 threshold on ``pairs`` (and the FAR operating points those pairs can measure), and
+    the 1:N curve on the images of ``people`` (default: those of the pairs file), each image embedded once,
+    aligned again to the model's own template when it has one (as ``evaluate lfw`` does)."""
+    from facesearch import distance, metrics
+    from facesearch.cli.evaluate import _progress
+    from facesearch.datasets import ImageFolder
+    from facesearch.evaluation.identify import people_keys, read_people
+    from facesearch.evaluation.lfw import _realigner, embed_keys, read_pairs
+    from facesearch.model import encoder
+    from facesearch.model.files import CONFIG_FILE, read_model_dir
+    from facesearch.training.calibration import OPERATING_FARS, identification_curve
+
+    import numpy as np
+
+    plist = read_pairs(pairs)
+    folder = ImageFolder(images)
+    pair_images = plist.images()
+    pair_keys = [folder.lfw_key(n, i) for n, i in pair_images]  # fail early on a missing image
+    if people is not None:
+        id_keys, id_names = people_keys(folder, read_people(people), str(people))
+        id_source = f"people of {people.name}"
+    else:
+        id_keys, id_names = pair_keys, [n for n, _ in pair_images]
+        id_source = f"people of {pairs.name}"
+    keys = list(dict.fromkeys(pair_keys + id_keys))
+    net = encoder.load(path, encoder.resolve_device(device))
+    transform, fallbacks = _realigner(net.config, None)
+    emb = embed_keys(folder, keys, net, batch_size=64, progress=_progress(False), transform=transform)
+    row = {k: i for i, k in enumerate(keys)}
+    left = emb[[row[folder.lfw_key(*a)] for a in plist.left]]
+    right = emb[[row[folder.lfw_key(*b)] for b in plist.right]]
+    dist = np.asarray(distance.paired(left, right), np.float64)
+    same = plist.same
+    n_gen, n_imp = int(same.sum()), int((~same).sum())
+    if n_gen == 0 or n_imp == 0:
+        raise FaceSearchError(f"{pairs}: calibration needs genuine and impostor pairs")
+    thr, acc = metrics.best_threshold(dist, same)
+    points, not_measurable = [], []
+    for far in OPERATING_FARS:
+        if n_imp * far < 1.0 - 1e-9:
+            not_measurable.append({"far": far, "needs_impostor_pairs": int(np.ceil(1.0 / far - 1e-9))})
+            continue
+        tar, t = metrics.tar_at_far(dist, same, far)
+        points.append({"far": far, "threshold": float(t), "tar": float(tar)})
+    realigned = "crops aligned again to the model's template" if transform is not None else "crops as given"
+    _, labels = np.unique(np.asarray(id_names), return_inverse=True)
+    ident = identification_curve(emb[[row[k] for k in id_keys]], labels, seed=0, source=f"{id_source} ({realigned})")
     cfg = read_model_dir(path)
-    cfg.threshold = float(r.best_threshold)
-    cfg.calibration = {
-        "source": f"{pairs.name} ({r.n_genuine} genuine, {r.n_impostor} impostor pairs; crops aligned again "
-                  "to the model's template)",
+    before = cfg.threshold
+    cfg.threshold = float(thr)
+    cal = {
+        "source": f"{pairs.name} ({n_gen} genuine, {n_imp} impostor pairs; {realigned})",
         "method": "the threshold of best accuracy on these pairs",
-        "pairs": r.n_pairs, "genuine_pairs": r.n_genuine, "impostor_pairs": r.n_impostor,
-        "accuracy": float(r.best_threshold_accuracy),
-        "operating_points": [{"far": v["far"], "threshold": float(v["threshold"]), "tar": float(v["tar"])}
-                             for v in r.tar_at_far.values() if r.n_impostor * v["far"] >= 1.0 - 1e-9],
+        "pairs": len(same), "genuine_pairs": n_gen, "impostor_pairs": n_imp,
+        "accuracy": float(acc),
+        "genuine_distance_mean": float(dist[same].mean()), "impostor_distance_mean": float(dist[~same].mean()),
+        "operating_points": points,
+        **({"operating_points_not_measurable": not_measurable} if not_measurable else {}),
+        **({"recalibrated": {"previous_threshold": before}} if before is not None else {}),
+        "identification": ident,
     }
+    if transform is not None:
+        cal["realigned"] = {"images": len(keys), "no_face_found_used_as_given": len(fallbacks)}
+    cfg.calibration = cal
     cfg.save(path / CONFIG_FILE)

@@ -17,7 +17,14 @@ The modules: :mod:`~facesearch.evaluation.lfw` (pairs files, verification),
 """
 
 from facesearch.evaluation.common import DEFAULT_MODEL_DIR, ProgressFactory, far_key, resolve_model_dir
-from facesearch.evaluation.identify import FPIRS, IdentifyResult, evaluate_identify, select_identification
+from facesearch.evaluation.identify import (
+    FPIRS,
+    IdentifyResult,
+    evaluate_identify,
+    people_keys,
+    read_people,
+    select_identification,
+)
 from facesearch.evaluation.lfw import (
     FARS,
     LfwResult,
@@ -44,7 +51,9 @@ __all__ = [
     "evaluate_lfw",
     "far_key",
     "model_info",
+    "people_keys",
     "read_pairs",
+    "read_people",
     "resolve_model_dir",
     "select_identification",
     "verification_numbers",

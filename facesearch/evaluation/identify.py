@@ -1,9 +1,18 @@
 """Open-set identification: some people enrolled in a temporary gallery, probes of enrolled and of
 never-enrolled people searched with the same code as ``facesearch query``; rank-1/5 identification
-rates, DIR at FPIR, and the share of unknown probes the model's stored threshold rejects."""
+rates, DIR at FPIR with thresholds chosen on the run itself (the oracle curve) and with the model's own
+FPIR thresholds at the gallery's size (does its calibration hold: the FPIR measured here against the
+target), and what the model's 1:1 threshold and ``query``'s default rule give.
+
+DIR (detection and identification rate): the share of enrolled people's probes whose closest identity is
+the right one and is accepted. FPIR (false positive identification rate): the share of never-enrolled
+people's probes that return anyone. Honest numbers need people the model was neither trained nor
+calibrated on: ``people=`` restricts the run to a list (e.g. LFW View 1's peopleDevTest.txt for a model
+calibrated on peopleDevTrain.txt)."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import time
@@ -13,13 +22,60 @@ from typing import Any
 
 import numpy as np
 
-from facesearch import distance, metrics
+from facesearch import distance, images as fimages, metrics
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError, InvalidImageError, NoFaceError
 from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
 
 #: FPIR values at which DIR is reported
-FPIRS = (1e-2, 1e-1)
+FPIRS = (1e-1, 1e-2, 1e-3)
+
+
+def read_people(path: str | os.PathLike) -> list[str]:
+    """The names of a people file: LFW View 1 (``peopleDevTest.txt``: a count, then ``name<TAB>images``
+    lines), LFW View 2 (``people.txt``: a set count, then per set a count and its lines; every set's names)
+    or one name per line (``#`` comments and blank lines skipped)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    except OSError as e:
+        raise FaceSearchError(f"cannot read the people file {path}: {e.strerror or e}") from e
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise FaceSearchError(f"{path}: no people in it")
+
+    def count(ln: str) -> int | None:
+        return int(ln) if ln.isdigit() else None
+
+    def name(ln: str) -> str:
+        return ln.split("\t")[0].strip()
+
+    if count(lines[0]) is None:  # a plain list
+        return list(dict.fromkeys(name(ln) for ln in lines))
+    names: list[str] = []
+    if len(lines) > 1 and count(lines[1]) is not None:  # View 2: sets, each a count and its lines
+        i = 1
+        for k in range(count(lines[0])):
+            n = count(lines[i]) if i < len(lines) else None
+            if n is None:
+                raise FaceSearchError(f"{path} is not a people file: set {k + 1} has no count line")
+            names += [name(ln) for ln in lines[i + 1 : i + 1 + n]]
+            i += 1 + n
+    else:
+        names = [name(ln) for ln in lines[1:]]
+        if len(names) != count(lines[0]):
+            raise FaceSearchError(f"{path} is not a people file: it announces {lines[0]} people and lists "
+                                  f"{len(names)}")
+    return list(dict.fromkeys(names))
+
+
+def people_keys(folder: ImageFolder, names: list[str], what: str) -> tuple[list[str], list[str]]:
+    """Every image of these people in ``folder``: ``(keys, the name of each)``. A name the folder does not
+    have is an error (the wrong file or folder), named with ``what``."""
+    missing = [n for n in names if n not in folder.items]
+    if missing:
+        raise FaceSearchError(f"{len(missing)} of the {len(names)} people of {what} have no images in "
+                              f"{folder.root}, e.g. {missing[0]}")
+    return [k for n in names for k in folder.items[n]], [n for n in names for _ in folder.items[n]]
 
 
 @dataclass
@@ -37,11 +93,12 @@ class IdentifyResult:
     n_unknown_probes: int
     rank1: float
     rank5: float
-    #: {"1e-02": {"fpir": 0.01, "dir": ..., "threshold": ...}, ...}
+    #: the oracle curve, each threshold chosen on this run's unknown probes:
+    #: {"1e-02": {"fpir": 0.01, "dir": ..., "threshold": ..., "measurable": bool}, ...}
     dir_at_fpir: dict[str, dict[str, float]]
-    #: the model's stored threshold (what ``facesearch query`` uses)
+    #: the model's 1:1 threshold (``verify``; what ``query`` decided with before there were FPIR thresholds)
     model_threshold: float
-    #: at the model's stored threshold: share of unknown probes rejected (best distance not a match), and DIR
+    #: at the model's 1:1 threshold: share of unknown probes rejected (best distance not a match), and DIR
     unknown_rejected: float
     dir_at_model_threshold: float
     #: the same two at each stricter threshold the model's calibration stored (``query --far``):
@@ -49,6 +106,19 @@ class IdentifyResult:
     at_operating_points: dict[str, dict[str, float]]
     seed: int
     seconds: dict[str, float]
+    #: the model's own FPIR thresholds at this gallery's size (``query --fpir``), and what they gave here:
+    #: {"1e-02": {"fpir": 0.01, "threshold": ..., "status": "interpolated", "default": bool,
+    #: "measured_fpir": ..., "dir": ..., "measurable": bool}}; empty for a model without an identification curve
+    at_model_fpir: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the rule ``facesearch query`` decides by in this gallery when told nothing (``Decision.to_dict()``), and
+    #: what it gave: the share of unknown probes rejected, and DIR
+    default_decision: dict[str, Any] = field(default_factory=dict)
+    unknown_rejected_by_default: float | None = None
+    dir_by_default: float | None = None
+    #: the people file the run was restricted to (None: every person of the folder)
+    people: str | None = None
+    #: crops aligned again to the model's own template before enrolling and searching
+    realigned: bool = False
     #: the images were photos: faces found and aligned first (``--detect``)
     detect: bool = False
     #: with detect: photos left out because the detector found no face in them
@@ -65,8 +135,12 @@ def select_identification(
     enrolled_fraction: float = 0.5,
     max_identities: int | None = None,
     seed: int = 0,
+    people: list[str] | None = None,
+    singletons: bool = False,
 ) -> tuple[dict[str, list[str]], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split the people with at least 2 images into enrolled and never-enrolled ones.
+    """Split the people with at least 2 images (only those of ``people``, when given) into enrolled and
+    never-enrolled ones; with ``singletons``, the people with a single image are never-enrolled ones too
+    (up to ``max_identities`` of them: more strangers to measure a small FPIR with).
 
     Returns ``(gallery, known_probes, unknown_probes)``: ``gallery[identity]`` lists the keys
     enrolled for that identity (``gallery_per_identity`` each); probes are ``(identity, key)``,
@@ -78,7 +152,8 @@ def select_identification(
     if not 0.0 < enrolled_fraction < 1.0:
         raise ValueError("enrolled_fraction must be in (0, 1)")
     rng = np.random.default_rng(seed)
-    people = [p for p in folder.identities() if len(folder.items[p]) >= 2]
+    allowed = None if people is None else set(people)
+    people = [p for p in folder.identities() if len(folder.items[p]) >= 2 and (allowed is None or p in allowed)]
     people = [people[i] for i in rng.permutation(len(people))]
     if max_identities is not None:
         people = people[:max_identities]
@@ -94,6 +169,10 @@ def select_identification(
             known += [(p, k) for k in keys[gallery_per_identity : gallery_per_identity + probes_per_identity]]
         else:
             unknown += [(p, k) for k in keys[:probes_per_identity]]
+    if singletons:
+        alone = [p for p in folder.identities() if len(folder.items[p]) == 1 and (allowed is None or p in allowed)]
+        alone = [alone[i] for i in rng.permutation(len(alone))][:max_identities]
+        unknown += [(p, folder.items[p][0]) for p in alone]
     if not gallery or not unknown:
         raise FaceSearchError(
             f"{folder.root}: too few people with at least {gallery_per_identity + 1} images for an open-set "
@@ -114,48 +193,75 @@ def evaluate_identify(
     batch_size: int = 128,
     progress: ProgressFactory | None = None,
     detect: bool = False,
+    people: str | os.PathLike | None = None,
+    realign: bool | None = None,
+    singletons: bool = False,
 ) -> IdentifyResult:
     """Open-set identification through the same enrol/search code as ``facesearch query``.
 
     A temporary facesearch home gets a gallery of ``gallery_per_identity`` images for some people;
     probes of enrolled people and of never-enrolled people are searched. Reports rank-1 and rank-5
-    identification rates (enrolled probes), DIR at FPIR 1% and 10%, and at the model's stored
-    threshold the share of unknown probes rejected (their best distance is not a match).
+    identification rates (enrolled probes); DIR at FPIR 1e-1, 1e-2 and 1e-3 with thresholds chosen on
+    this run (the oracle curve, where the unknown probes can measure the FPIR); for each of the model's
+    stored FPIR targets, its threshold at this gallery's size and the FPIR and DIR measured with it; and
+    what ``query``'s default rule and the model's 1:1 threshold give.
+
+    ``people``: a people file (:func:`read_people`); only its people take part. ``singletons``: people with
+    one image are searched as never-enrolled people too (:func:`select_identification`). ``realign`` (default:
+    when the model has a template of its own and the images are aligned crops, not ``detect`` photos):
+    each crop is aligned again to the model's template before it is enrolled or searched, as
+    ``evaluate lfw`` and the model's calibration do.
     """
     from facesearch.gallery.facade import DB_FILE, FaceSearch
+    from facesearch.model.files import resolve
 
     t0 = time.perf_counter()
     folder = ImageFolder(images)
+    names = None
+    if people is not None:
+        names = read_people(people)
+        people_keys(folder, names, str(people))  # every person listed must be there
     gallery, known, unknown = select_identification(
-        folder, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities, seed
+        folder, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities, seed, names, singletons
     )
     model_dir = None if model is None else resolve_model_dir(model)
+    config = resolve(model_dir).config
+    if realign is None:
+        realign = config.alignment is not None and not detect
+    if realign and detect:
+        raise FaceSearchError("realign is for aligned crops; with detect the faces are aligned to the model's "
+                              "template already")
+    transform = _realign_transform(config) if realign else None
     with tempfile.TemporaryDirectory(prefix="facesearch-eval-") as home:
         # an explicit database URL: a FACESEARCH_DB in the environment must never receive this gallery
         fs = FaceSearch.open(home=home, db_url=f"sqlite:///{Path(home) / DB_FILE}", model=model_dir,
                              device=device, keep_crops=False, detect=detect)
         try:
             t1 = time.perf_counter()
-            rep, no_face = _enroll_gallery(fs, folder, gallery, detect, progress)
+            rep, no_face = _enroll_gallery(fs, folder, gallery, detect, progress, transform)
             # a person whose every gallery image was skipped (same bytes as an image already enrolled)
             # has no face in the gallery: their probes count as probes of never-enrolled people
             enrolled = set(rep.identities)
             unknown = [pk for pk in known if pk[0] not in enrolled] + unknown
             known = [pk for pk in known if pk[0] in enrolled]
             t2 = time.perf_counter()
-            results, faceless = _search_probes(fs, folder, known + unknown, batch_size, detect, progress)
+            results, faceless = _search_probes(fs, folder, known + unknown, batch_size, detect, progress, transform)
             known = [pk for pk in known if pk not in faceless]
             unknown = [pk for pk in unknown if pk not in faceless]
             no_face["probes"] = len(faceless)
             t3 = time.perf_counter()
             threshold, operating_points, dev = fs.threshold, fs.operating_points(), str(fs.model.device)
+            fpir_points, default = fs.identification_thresholds(), fs.decision().to_dict()
+            ident = fs.config.calibration.identification
             minfo = {"path": str(model_dir) if model_dir is not None else "built-in default",
                      "key": fs.model_key, "name": fs.config.name, "backbone": fs.config.backbone,
                      "embedding_dim": fs.config.embedding_dim, "threshold": fs.config.threshold,
-                     "training": fs.config.training.to_dict()}
+                     "identification_source": ident.source if ident is not None else None,
+                     "training": fs.config.training.to_dict(),
+                     **({"source": fs.config.source} if fs.config.source else {})}
         finally:
             fs.close()
-    numbers = _identification_numbers(results, known, unknown, operating_points)
+    numbers = _identification_numbers(results, known, unknown, operating_points, fpir_points, threshold)
     t4 = time.perf_counter()
     return IdentifyResult(
         images=str(images),
@@ -169,6 +275,9 @@ def evaluate_identify(
         n_unknown_probes=len(unknown),
         model_threshold=threshold,
         seed=seed,
+        default_decision=default,
+        people=str(people) if people is not None else None,
+        realigned=bool(realign),
         detect=detect,
         no_face=no_face,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
@@ -176,11 +285,39 @@ def evaluate_identify(
     )
 
 
+def _realign_transform(config):
+    """Decoded crop -> the crop aligned again to the model's template (as given where no face is found,
+    as ``evaluate lfw`` does)."""
+    from facesearch.detect.align import realign as realign_crop
+
+    template = np.asarray(config.alignment)
+
+    def transform(pixels: np.ndarray) -> np.ndarray:
+        out = realign_crop(pixels, template, config.input_size)
+        return pixels if out is None else out
+
+    return transform
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _enroll_gallery(fs, folder: ImageFolder, gallery: dict[str, list[str]], detect: bool,
-                    progress: ProgressFactory | None) -> tuple[Any, dict[str, int]]:
-    """Enrol the gallery; the enrolment report and the count of photos left out without a face (with
-    ``detect``: a real photo folder has some). Any other failure raises :class:`FaceSearchError`."""
-    items = ((p, k, (lambda k=k: folder.read(k))) for p, ks in gallery.items() for k in ks)
+                    progress: ProgressFactory | None, transform=None) -> tuple[Any, dict[str, int]]:
+    """Enrol the gallery (each crop aligned again first, with ``transform``: the gallery stores what a user
+    enrolling crops aligned to the model's template would); the enrolment report and the count of photos
+    left out without a face (with ``detect``). Any other failure raises :class:`FaceSearchError`."""
+    def data(k: str):
+        if transform is None:
+            return lambda: folder.read(k)
+        return lambda: _png(transform(fimages.decode(folder.read(k), k)))
+
+    items = ((p, k, data(k)) for p, ks in gallery.items() for k in ks)
     with progress_bar(progress, "enrolling", sum(len(v) for v in gallery.values())) as bar:
         rep = fs.enroll_items(items, progress=bar.update)
     faceless = [f for f in rep.failed if detect and f.reason.startswith("no face found")]
@@ -193,7 +330,7 @@ def _enroll_gallery(fs, folder: ImageFolder, gallery: dict[str, list[str]], dete
 
 
 def _search_probes(fs, folder: ImageFolder, probes: list[tuple[str, str]], batch_size: int, detect: bool,
-                   progress: ProgressFactory | None) -> tuple[list, set[tuple[str, str]]]:
+                   progress: ProgressFactory | None, transform=None) -> tuple[list, set[tuple[str, str]]]:
     """Search every probe, ``batch_size`` at a time: the search results in probe order, and (with
     ``detect``) the probes left out because no face was found in them."""
     results, faceless = [], set()
@@ -201,12 +338,15 @@ def _search_probes(fs, folder: ImageFolder, probes: list[tuple[str, str]], batch
         for s in range(0, len(probes), batch_size):
             chunk = probes[s : s + batch_size]
             items = [(k, folder.read(k)) for _, k in chunk]
-            try:
-                emb = fs.embed_bytes(items)
-            except InvalidImageError:
-                if not detect:
-                    raise
-                chunk, emb = _embed_one_by_one(fs, chunk, items, faceless)
+            if transform is not None:
+                emb = fs.embed_crops([fimages.prepare(transform(fimages.decode(b, k)), fs.config) for k, b in items])
+            else:
+                try:
+                    emb = fs.embed_bytes(items)
+                except InvalidImageError:
+                    if not detect:
+                        raise
+                    chunk, emb = _embed_one_by_one(fs, chunk, items, faceless)
             if chunk:
                 results += fs.search_embeddings(emb, top_k=5, probes=[k for _, k in chunk])
             bar.update(len(items))
@@ -227,10 +367,19 @@ def _embed_one_by_one(fs, chunk: list[tuple[str, str]], items: list[tuple[str, b
     return kept, np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
 
 
+def open_set_rates(known_top1: np.ndarray, correct: np.ndarray, unknown_top1: np.ndarray,
+                   threshold: float) -> tuple[float, float]:
+    """``(fpir, dir)`` at one threshold: the share of unknown probes whose closest identity is within it,
+    and the share of known probes whose closest identity is right and within it."""
+    return (float(np.mean(distance.is_match(unknown_top1, threshold))),
+            float(np.mean(correct & distance.is_match(known_top1, threshold))))
+
+
 def _identification_numbers(results: list, known: list[tuple[str, str]], unknown: list[tuple[str, str]],
-                            operating_points: list) -> dict[str, Any]:
+                            operating_points: list, fpir_points: list | None = None,
+                            model_threshold: float | None = None) -> dict[str, Any]:
     """The rates of :class:`IdentifyResult` from the search results of the known probes, then the unknown."""
-    nk = len(known)
+    nk, nu = len(known), len(unknown)
     if nk == 0:
         raise FaceSearchError("no probes of enrolled people: nothing to identify")
     ranked = [[m.identity for m in r.matches] for r in results]
@@ -239,24 +388,33 @@ def _identification_numbers(results: list, known: list[tuple[str, str]], unknown
     top1_match = np.array([bool(r.matches and r.matches[0].match) for r in results], bool)
     truth = [p for p, _ in known]
     correct = np.array([top1_id[i] == truth[i] for i in range(nk)], bool)
+    kd, ud = top1[:nk], top1[nk:]
     dirs = {}
     for f in FPIRS:
-        d, t = metrics.dir_at_fpir(top1[:nk], correct, top1[nk:], f)
+        d, t = metrics.dir_at_fpir(kd, correct, ud, f)
         # an FPIR below 1 / (unknown probes) cannot be told from 0: the figure is then not a measurement
-        dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t, "measurable": len(unknown) * f >= 1}
+        dirs[far_key(f)] = {"fpir": f, "dir": d, "threshold": t, "measurable": nu * f >= 1}
+    at_fpir = {}
+    for row in fpir_points or []:
+        fp, d = open_set_rates(kd, correct, ud, float(row["threshold"]))
+        at_fpir[far_key(row["fpir"])] = dict(row, measured_fpir=fp, dir=d, measurable=nu * row["fpir"] >= 1)
     at_ops = {}
     for op in operating_points:
         t = float(op["threshold"])
-        at_ops[far_key(op["far"])] = {
-            "far": op["far"], "threshold": t,
-            "unknown_rejected": float(np.mean(~distance.is_match(top1[nk:], t))),
-            "dir": float(np.mean(correct & distance.is_match(top1[:nk], t))),
-        }
+        fp, d = open_set_rates(kd, correct, ud, t)
+        at_ops[far_key(op["far"])] = {"far": op["far"], "threshold": t, "unknown_rejected": 1.0 - fp, "dir": d}
+    if model_threshold is not None:
+        fp, d_model = open_set_rates(kd, correct, ud, float(model_threshold))
+    else:
+        fp, d_model = float("nan"), float("nan")
     return {
         "rank1": metrics.rank_k_rate(ranked[:nk], truth, 1),
         "rank5": metrics.rank_k_rate(ranked[:nk], truth, 5),
         "dir_at_fpir": dirs,
-        "unknown_rejected": float(np.mean(~top1_match[nk:])),
-        "dir_at_model_threshold": float(np.mean(correct & top1_match[:nk])),
+        "at_model_fpir": at_fpir,
+        "unknown_rejected": 1.0 - fp,
+        "dir_at_model_threshold": d_model,
+        "unknown_rejected_by_default": float(np.mean(~top1_match[nk:])),
+        "dir_by_default": float(np.mean(correct & top1_match[:nk])),
         "at_operating_points": at_ops,
     }

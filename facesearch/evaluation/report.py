@@ -290,13 +290,25 @@ def identify_html(result) -> str:
         _row("rank-5 identification rate", _pct(result.rank5)),
     ]
     for key, v in result.dir_at_fpir.items():
-        rows.append(_row(f"DIR @ FPIR = {key}", f"{_pct(v['dir'])} (threshold {_num(v['threshold'])})"))
+        val = (f"{_pct(v['dir'])} (threshold {_num(v['threshold'])})" if v.get("measurable", True)
+               else f"not measurable with {result.n_unknown_probes} unknown probes")
+        rows.append(_row(f"DIR @ FPIR = {key}, threshold chosen on this run", val))
+    for key, v in getattr(result, "at_model_fpir", {}).items():
+        rows.append(_row(f"model's FPIR {key} threshold at {result.n_enrolled_identities} identities "
+                         f"({v['status']}): FPIR here, DIR",
+                         f"{_pct(v['measured_fpir'])}{'' if v['measurable'] else ' (too few unknown probes)'}, "
+                         f"{_pct(v['dir'])} (threshold {_num(v['threshold'])})"))
+    d = getattr(result, "default_decision", None) or {}
+    if d:
+        rows.append(_row(f"query's default rule ({d['rule']}, threshold {_num(d['threshold'])}): "
+                         "unknown rejected, DIR",
+                         f"{_pct(result.unknown_rejected_by_default)}, {_pct(result.dir_by_default)}"))
     if result.model_threshold is None:
-        rows.append(_row("model's stored threshold", "not calibrated"))
+        rows.append(_row("model's 1:1 threshold", "not calibrated"))
     else:
-        rows.append(_row(f"unknown probes rejected at stored threshold {_num(result.model_threshold)}",
+        rows.append(_row(f"unknown probes rejected at the 1:1 threshold {_num(result.model_threshold)}",
                          _pct(result.unknown_rejected)))
-        rows.append(_row("DIR at stored threshold", _pct(result.dir_at_model_threshold)))
+        rows.append(_row("DIR at the 1:1 threshold", _pct(result.dir_at_model_threshold)))
     for key, v in result.at_operating_points.items():
         rows.append(_row(f"--far {key} (threshold {_num(v['threshold'])}): unknown rejected, DIR",
                          f"{_pct(v['unknown_rejected'])}, {_pct(v['dir'])}"))

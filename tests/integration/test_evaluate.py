@@ -266,7 +266,7 @@ def test_identify_end_to_end_through_the_service(model_dir):
     # 20 unknown probes resolve an FPIR of 10% (2 false alarms), not 1%: the text says so
     assert r.dir_at_fpir["1e-01"]["measurable"] and not r.dir_at_fpir["1e-02"]["measurable"]
     text = format_identify(r)
-    assert "DIR @ FPIR = 1e-02" in text and "not measurable: needs at least 100 unknown probes, there are 20" in text
+    assert "oracle '-': not measurable with 20 unknown probes: 1e-02 needs at least 100" in text
     assert "warning: these are LFW images" not in text  # this model was not trained on LFW
     r.model = dict(r.model, training={"data": "lfw-deepfunneled-112.zip", "people": 1512})
     assert "warning: these are LFW images, and this model was trained on LFW people" in format_identify(r)
