@@ -33,6 +33,21 @@ class Backbone:
     #: the trunk gives the embedding itself (an imported face network with its own head): the encoder
     #: puts no pooling or head on top, and ``width`` is the embedding's size
     embeds: bool = False
+    #: the trunk as a chain of named blocks, input to output (:func:`sequential_blocks` by default: a
+    #: ``nn.Sequential`` trunk's children); what freezing and feature caching cut between
+    blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]] | None = None
+
+    def split(self, trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+        """``trunk`` as named blocks whose composition, in order, is ``trunk.forward`` (sharing its modules)."""
+        return (self.blocks or sequential_blocks)(trunk)
+
+
+def sequential_blocks(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A ``nn.Sequential`` trunk's children, named ``features.<i>`` (torchvision's names for MobileNets'
+    feature stages; ResNets' are conv1, bn1, relu, maxpool, layer1-4 in that order)."""
+    if not isinstance(trunk, nn.Sequential):
+        raise ModelFileError(f"a {type(trunk).__name__} trunk does not say how it splits into blocks")
+    return [(f"features.{name}", m) for name, m in trunk.named_children()]
 
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -101,9 +116,20 @@ def _sface() -> nn.Module:
     return SFaceNet()
 
 
+def _sface_blocks(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """SFace as 15 blocks: conv_1, then conv_2 ... conv_14 (each its depthwise and pointwise convolution),
+    then ``embedding`` (bn1, dropout, flatten, pre_fc1, fc1): the order of ``SFaceNet.forward``."""
+    layers = dict(net.body.named_children())
+    out: list[tuple[str, nn.Module]] = [("conv_1", layers["conv_1"])]
+    for name in [n for n in layers if n != "conv_1" and not n.endswith("_dw")]:
+        out.append((name, nn.Sequential(layers[f"{name}_dw"], layers[name])))
+    out.append(("embedding", nn.Sequential(net.bn1, net.dropout, nn.Flatten(1), net.pre_fc1, net.fc1)))
+    return out
+
+
 #: backbone name (``model.json``'s ``backbone``) -> how to build it
 REGISTRY: dict[str, Backbone] = {
-    "sface": Backbone(128, _sface, torchvision=False, embeds=True),
+    "sface": Backbone(128, _sface, torchvision=False, embeds=True, blocks=_sface_blocks),
     "mobilenet_v2": Backbone(MOBILENET_V2_WIDTH, mobilenet_v2_features),
     "mobilenet_v3_small": _tv("mobilenet_v3_small", 576),
     "mobilenet_v3_large": _tv("mobilenet_v3_large", 960),

@@ -56,10 +56,24 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.trunk((x - self.mean) / self.std)
+        x = self.trunk(self.normalise_input(x))
         if not self.embeds:
             x = self.bn(self.head(self.dropout(self.pool(x).flatten(1))))
         return distance.normalize(x.float())
+
+    def normalise_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> the trunk's input (the config's mean and std)."""
+        return (x - self.mean) / self.std
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """The network as a chain of named blocks (sharing this encoder's modules): the trunk's blocks
+        (:meth:`Backbone.split`), then ``embedding``, the pooling and head, unless the trunk embeds
+        itself. ``distance.normalize(blocks on normalise_input(x), in order)`` is :meth:`forward`; training
+        freezes a leading run of them and can cache what that run gives (``facesearch.training.freeze``)."""
+        out = backbones.get(self.config.backbone).split(self.trunk)
+        if not self.embeds:
+            out.append(("embedding", nn.Sequential(self.pool, nn.Flatten(1), self.dropout, self.head, self.bn)))
+        return out
 
     @property
     def device(self) -> torch.device:
