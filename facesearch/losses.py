@@ -124,3 +124,64 @@ class ContrastiveLoss(nn.Module):
         neg_term = neg_l.sum() / neg_den
         self._last = (pos, neg, pos_l.detach(), neg_l.detach(), pos_term.detach(), neg_term.detach())
         return pos_term + neg_term
+
+
+DISTILL = ("embedding", "relation")
+
+
+class DistillationLoss(nn.Module):
+    """How far the student's embeddings are from a frozen teacher's, in facesearch's one distance.
+
+    * ``"embedding"``: the mean over the batch of ``distance.paired(student, teacher)``, that is
+      ``1 - <s, t>`` between each image's two unit vectors: the student is pulled onto the teacher's
+      embedding itself (both must have the same size). It constrains every image on its own, so an
+      image without a label (a P x K batch needs identities; this does not) teaches as much as one with.
+    * ``"relation"``: the mean over the batch's pairs ``i < j`` of ``(d_s(i, j) - d_t(i, j)) ** 2``, with
+      ``d = distance.pairwise``: the student learns the teacher's distances, what verification thresholds
+      and search ranks, and nothing else (any rotation of the teacher's space is as good); the sizes may
+      differ.
+
+    ``forward(student, teacher)`` takes N x D_s and N x D_t unit vectors; the teacher gets no gradient.
+    """
+
+    def __init__(self, kind: str = "embedding"):
+        super().__init__()
+        if kind not in DISTILL:
+            raise ValueError(f"kind must be one of {DISTILL}, got {kind!r}")
+        self.kind = kind
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
+            raise ValueError("expected student N x D and teacher N x D' embeddings")
+        s, t = student.float(), teacher.detach().float()
+        if self.kind == "embedding":
+            if s.shape[1] != t.shape[1]:
+                raise ValueError(f"embedding distillation needs one size: student {s.shape[1]}, teacher {t.shape[1]}")
+            return distance.paired(s, t).mean()
+        n = s.shape[0]
+        upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=s.device), diagonal=1)
+        diff = distance.pairwise(s, s) - distance.pairwise(t, t)
+        return torch.where(upper, diff.pow(2), 0.0).sum() / upper.sum().clamp(min=1)
+
+
+class DistilledContrastiveLoss(nn.Module):
+    """The contrastive loss on the labelled rows plus ``weight`` x the distillation term on every row.
+
+    ``forward(embeddings, labels, teacher)``: the first ``len(labels)`` rows of ``embeddings`` are the
+    labelled P x K batch; rows after them (unlabelled images) get the distillation term only.
+    ``last_distill`` holds the last distillation term (a detached tensor)."""
+
+    def __init__(self, contrastive: ContrastiveLoss, distill: DistillationLoss, weight: float = 1.0):
+        super().__init__()
+        self.contrastive, self.distill, self.weight = contrastive, distill, float(weight)
+        self.last_distill: torch.Tensor | None = None
+
+    @property
+    def last(self) -> PairStats:
+        return self.contrastive.last
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        n = labels.shape[0]
+        term = self.distill(embeddings, teacher)
+        self.last_distill = term.detach()
+        return self.contrastive(embeddings[:n], labels) + self.weight * term
