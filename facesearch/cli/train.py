@@ -82,7 +82,39 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--cuda-graph", is_flag=True,
               help="On CUDA, capture the training step once as a CUDA graph and replay it (faster for small "
                    "batches; needs --amp bf16/auto or off).")
-@click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation.")
+@click.option("--augment", type=click.Choice(["full", "flip", "off"]), default=DEFAULTS.augment, show_default=True,
+              help="On-device augmentation: full (flip, scale/shift/rotate, brightness/contrast), flip (mirror "
+                   "images only: frozen blocks' outputs can then be cached) or off.")
+@click.option("--no-augment", is_flag=True, help="Turn off on-device augmentation (--augment off).")
+@click.option("--train-last-blocks", type=click.IntRange(min=1), default=DEFAULTS.train_last_blocks, metavar="N",
+              help="Train only the network's last N blocks and freeze the rest (weights and batch-norm statistics). "
+                   "sface has 15: conv_1, conv_2 ... conv_14, embedding (its bn1, pre_fc1, fc1); mobilenet_v2 20: "
+                   "features.0 ... features.18, embedding (the pooled head). Default: train all.")
+@click.option("--feature-cache", type=click.Choice(["auto", "on", "off"]), default=DEFAULTS.feature_cache,
+              show_default=True,
+              help="With --train-last-blocks: compute the frozen blocks' outputs once and train the rest on them "
+                   "(auto: when --augment is flip or off; on: refuse otherwise; off: never). With --decode-cache "
+                   "they are kept there for later runs.")
+@click.option("--teacher", default=None, metavar="MODEL_DIR|NAME",
+              help="Distil: also pull the student towards this frozen model's embeddings (computed once, before "
+                   "training). The student's model.json records the teacher and what it was trained on.")
+@click.option("--teacher-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="DATA's images aligned for the teacher's own template (same identity folders and file stems; "
+                   "scripts/realign_pack.py makes them). Needed when the teacher's template differs from the "
+                   "student's; pass DATA itself to let the teacher see the crops as they are.")
+@click.option("--distill", type=click.Choice(["embedding", "relation"]), default=DEFAULTS.distill, show_default=True,
+              help="embedding: 1 - cos(student, teacher) per image (same embedding size); relation: squared "
+                   "difference of the batch's distance matrices (any sizes).")
+@click.option("--distill-weight", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.distill_weight,
+              show_default=True, help="Weight of the distillation term next to the contrastive loss.")
+@click.option("--unlabelled", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A folder or zip of aligned photos without labels (any depth): with --teacher they get the "
+                   "distillation term only. Photos in a folder named after an excluded, held-out or training "
+                   "identity are left out.")
+@click.option("--teacher-unlabelled", type=click.Path(exists=True, path_type=Path), default=None,
+              help="--unlabelled's photos aligned for the teacher (same relative paths and stems).")
+@click.option("--unlabelled-per-batch", type=click.IntRange(min=1), default=DEFAULTS.unlabelled_per_batch,
+              show_default=True, help="Unlabelled photos added to every P x K batch.")
 @click.option("--flip-average/--no-flip-average", default=DEFAULTS.flip_average, show_default=True,
               help="The model embeds each face and its mirror image and averages the two (stored in "
                    "model.json; enroll, query and verify then do the same).")
@@ -112,9 +144,10 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim, input_size, epochs, time_budget, pk,
           identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
-          weight_decay, warmup, seed, device, amp, cuda_graph, no_augment, flip_average, decode_cache,
-          checkpoint_every, calibration_fraction, exclude_folds, people_file, exclude_people, include_people, resume,
-          keep_checkpoint, name, notes, quiet, as_json):
+          weight_decay, warmup, seed, device, amp, cuda_graph, augment, no_augment, train_last_blocks, feature_cache,
+          teacher, teacher_data, distill, distill_weight, unlabelled, teacher_unlabelled, unlabelled_per_batch,
+          flip_average, decode_cache, checkpoint_every, calibration_fraction, exclude_folds, people_file,
+          exclude_people, include_people, resume, keep_checkpoint, name, notes, quiet, as_json):
     """Train a face encoder on DATA (a folder of identities, or a zip of one such as the LFW pack).
 
     Contrastive loss on cosine distance over P x K batches; the match threshold is calibrated on
@@ -144,7 +177,10 @@ def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim,
         time_budget=time_budget * 60.0 if time_budget else None,
         resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint, exclude_people=frozenset(excluded),
         include_people=_names_file(include_people) if include_people is not None else None,
-        calibration_fraction=calibration_fraction, augment=not no_augment, flip_average=flip_average,
+        calibration_fraction=calibration_fraction, augment="off" if no_augment else augment,
+        train_last_blocks=train_last_blocks, feature_cache=feature_cache, teacher=teacher, teacher_data=teacher_data,
+        distill=distill, distill_weight=distill_weight, unlabelled=unlabelled, teacher_unlabelled=teacher_unlabelled,
+        unlabelled_per_batch=unlabelled_per_batch, flip_average=flip_average,
         decode_cache=decode_cache, checkpoint_interval_s=checkpoint_every, name=name, notes=notes,
     )
     log = None if (quiet or as_json) else (lambda line: click.echo(_epoch_line(line), err=True))
@@ -212,7 +248,8 @@ def _read_people(path: Path, reader):
 
 def _epoch_line(line: str) -> str:
     r = json.loads(line)
-    return (f"epoch {r['epoch']}: loss {r['loss']:.4f}, pair accuracy {r['pair_accuracy']:.3f} at threshold "
+    distill = f" (distillation {r['distill']:.4f})" if r.get("distill") is not None else ""
+    return (f"epoch {r['epoch']}: loss {r['loss']:.4f}{distill}, pair accuracy {r['pair_accuracy']:.3f} at threshold "
             f"{r['threshold']:.3f}, {r['images_per_s']:.0f} images/s, {r['elapsed_s'] / 60:.1f} min")
 
 

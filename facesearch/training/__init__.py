@@ -83,6 +83,14 @@ _EXPORTS = {
     "recalibrate": "calibration",
     "RECIPE": "runner",
     "run": "runner",
+    "block_names": "freeze",
+    "TrainForward": "freeze",
+    "frozen_features": "freeze",
+    "Inputs": "inputs",
+    "Teacher": "teacher",
+    "load_teacher": "teacher",
+    "scan_images": "data",
+    "unlabelled_images": "data",
 }
 
 __all__ = sorted(_EXPORTS)

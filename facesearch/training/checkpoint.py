@@ -163,10 +163,13 @@ def load_checkpoint(path: Path, run_id: dict[str, Any]) -> TrainState:
         raise TrainingError(f"cannot resume: {path} is not a readable checkpoint (no {e})") from e
 
 
-def identity_of_run(options: TrainOptions, split: Split, init_record: dict | None) -> dict:
+def identity_of_run(options: TrainOptions, split: Split, init_record: dict | None, teacher_sha256: str | None = None,
+                    unlabelled_images: int | None = None) -> dict:
     """What must not change between a run and its resume (where the weights started included: a resume
-    must not record another lineage than the run it continues)."""
-    return {
+    must not record another lineage than the run it continues). Frozen blocks, a teacher and unlabelled
+    images are part of it only when the run has them, so a checkpoint of a run without them (or of an
+    older facesearch) resumes as before."""
+    run = {
         "start": init_record["weights_sha256"] if init_record else f"pretrained:{options.to_json()['pretrained']}",
         "backbone": options.backbone,
         "embedding_dim": options.embedding_dim,
@@ -179,6 +182,13 @@ def identity_of_run(options: TrainOptions, split: Split, init_record: dict | Non
         # defaults changed once: a run started under the old ones must not continue under the new ones)
         "schedule": {"lr": options.lr, "epochs": options.epochs, "time_budget": options.time_budget},
     }
+    if options.train_last_blocks is not None:
+        run["train_last_blocks"] = options.train_last_blocks
+    if teacher_sha256 is not None:
+        run["teacher"] = {"weights_sha256": teacher_sha256, "distill": options.distill,
+                          "weight": options.distill_weight, "unlabelled_images": unlabelled_images,
+                          "unlabelled_per_batch": options.unlabelled_per_batch if unlabelled_images else None}
+    return run
 
 
 def run_differences(saved: dict, now: dict) -> str:

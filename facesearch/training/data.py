@@ -6,12 +6,14 @@ Nothing here imports torch: the sampler gives index arrays into the decoded imag
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 import numpy as np
 
+from facesearch import images
 from facesearch.datasets import ImageFolder
 from facesearch.training.options import TrainingError, TrainOptions
 
@@ -95,3 +97,75 @@ class PKSampler:
                 pick = self.rng.choice(n, self.k, replace=n < self.k)
                 idx[j] = self.offsets[c] + pick
             yield idx.reshape(-1), np.repeat(np.arange(self.p), self.k)
+
+
+def image_stem(identity: str, key: str) -> str:
+    """How an image of a folder of identities is named across copies of it (the pack and its copy aligned
+    for another template): ``<identity>/<file stem>``, whatever the root, the zip's top folder or the
+    file's extension."""
+    return f"{identity}/{PurePosixPath(key.replace(os.sep, '/')).stem}"
+
+
+def scan_images(root: str | os.PathLike) -> dict[str, str]:
+    """Every image under ``root`` (a directory, at any depth, or a zip), by its relative path without the
+    extension (a zip's one top folder left out, as :class:`ImageFolder` reads the LFW pack) -> its key
+    (a path, or a zip member), which ``ImageFolder(root).load_prepared`` reads. Hidden files are left out."""
+    root = Path(root)
+    found: dict[str, str] = {}
+    if root.is_file() and zipfile.is_zipfile(root):
+        with zipfile.ZipFile(root) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
+                     and images.is_image_name(n)]
+        parts = [PurePosixPath(n).parts for n in names]
+        skip = 1 if parts and len({p[0] for p in parts}) == 1 and all(len(p) >= 2 for p in parts) else 0
+        for name, p in zip(names, parts):
+            rel = p[skip:]
+            if not any(x.startswith(".") for x in rel):
+                found[str(PurePosixPath(*rel).with_suffix(""))] = name
+    elif root.is_dir():
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and images.is_image_name(path.name) and not any(x.startswith(".") for x in rel.parts):
+                found[rel.with_suffix("").as_posix()] = str(path)
+    else:
+        raise TrainingError(f"{root}: expected a folder of images or a zip of one")
+    return found
+
+
+@dataclass
+class Unlabelled:
+    """The unlabelled images a run uses: their keys (under ``root``) and relative stems, and what was left out."""
+
+    root: Path
+    keys: list[str]
+    stems: list[str]
+    #: images in a sub-folder named after an identity the run must not see (excluded, not included, or
+    #: held out for calibration)
+    left_out_people: int
+    #: images in a sub-folder named after a training identity: they are in the labelled batches already
+    left_out_labelled: int
+
+
+def unlabelled_images(root: str | os.PathLike, split: Split, options: TrainOptions) -> Unlabelled:
+    """The images of ``root`` (:func:`scan_images`) a run may distil on. An image whose first folder is
+    named after an identity is that identity's: left out when the identity is excluded (or not included),
+    held out for calibration (never trained on) or a training identity (labelled already). Images not in
+    such a folder are used as they are: nothing says who they show."""
+    held_out, train = set(split.calibration), set(split.train)
+    keys, stems, people, labelled = [], [], 0, 0
+    for stem, key in sorted(scan_images(root).items()):
+        group = stem.split("/", 1)[0] if "/" in stem else None
+        if group is not None:
+            if (group in options.exclude_people or group in held_out
+                    or (options.include_people is not None and group not in options.include_people)):
+                people += 1
+                continue
+            if group in train:
+                labelled += 1
+                continue
+        keys.append(key)
+        stems.append(stem)
+    if not keys:
+        raise TrainingError(f"no unlabelled images to use in {root} (left out: {people} of excluded or held-out "
+                            f"people, {labelled} of training identities)")
+    return Unlabelled(Path(root), keys, stems, people, labelled)

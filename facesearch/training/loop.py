@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from facesearch import distance, metrics
-from facesearch.losses import ContrastiveLoss
-from facesearch.training.batches import augment_batch, to_device
+from facesearch.losses import ContrastiveLoss, DistillationLoss, DistilledContrastiveLoss
+from facesearch.training.batches import to_device
 from facesearch.training.checkpoint import TrainState, save_checkpoint
 from facesearch.training.data import PKSampler
+from facesearch.training.freeze import TrainForward, set_train_mode
+from facesearch.training.inputs import Inputs
 from facesearch.training.optim import lr_factor, make_optimizer
 from facesearch.training.options import TrainingError, TrainOptions
 from facesearch.training.prepare import Decoded, Prepared, progress_bar
@@ -27,16 +29,22 @@ class Clock:
     (decoding, ...), less an estimate of the tail (embedding the held-out images at about twice the
     training rate, saving); it is first estimated after a few steps, then again every 10 (the rate drifts)."""
 
-    def __init__(self, options: TrainOptions, total_steps: int, setup_s: float, n_held_out: int, train_s: float):
+    def __init__(self, options: TrainOptions, total_steps: int, setup_s: float, n_held_out: int, train_s: float,
+                 embed_rate: float | None = None):
         self.options, self.total_steps, self.setup_s, self.n_held_out = options, total_steps, setup_s, n_held_out
         self.t0 = time.time() - train_s  # the wall clock at which train_s was 0, as seen from this session
         self.budget: float | None = None
+        #: images/s of the whole network's forward, when measured (training on cached frozen outputs
+        #: runs far faster than embedding the held-out images will)
+        self.embed_rate = embed_rate
 
     def estimate(self, rate: float) -> None:
         """The training budget at ``rate`` images/s (stays None without a time budget)."""
         if self.options.time_budget is None:
             return
-        tail = min(self.n_held_out / max(2.0 * rate, 1.0) + 20.0, 0.25 * self.options.time_budget)
+        embed_rate = self.embed_rate if self.embed_rate is not None else 2.0 * rate
+        views = 2 if self.options.flip_average else 1
+        tail = min(views * self.n_held_out / max(embed_rate, 1.0) + 20.0, 0.25 * self.options.time_budget)
         self.budget = self.options.time_budget - self.setup_s - tail
 
     def progress(self, state: TrainState) -> float:
@@ -61,24 +69,28 @@ class Clock:
         return self.budget is not None and state.train_s >= self.budget
 
 
-def train_epochs(p: Prepared, data: Decoded, progress: bool, log: Callable[[str], None] | None) -> None:
+def train_epochs(p: Prepared, data: Decoded, inputs: Inputs, progress: bool,
+                 log: Callable[[str], None] | None) -> None:
     """Run the epochs left (none when the checkpoint's loop was over), advancing ``p.state``; write the
     checkpoint after an epoch once ``checkpoint_interval_s`` have passed, and after the last one."""
     o, device, state = p.options, p.device, p.state
     sampler = PKSampler(data.offsets, data.counts, o.identities_per_batch, o.images_per_identity, p.rng)
     loss_fn = ContrastiveLoss(o.pos_margin, o.neg_margin, o.mining)
+    if p.teacher is not None:
+        loss_fn = DistilledContrastiveLoss(loss_fn, DistillationLoss(o.distill), o.distill_weight)
     opt = make_optimizer(p.model, o, device, capturable=o.cuda_graph)
-    train_step = TrainStep(p.model, loss_fn, opt, p.amp_dtype, device, cuda_graph=o.cuda_graph)
+    forward = TrainForward(p.model, p.cut, inputs.cached) if p.cut else p.model
+    train_step = TrainStep(forward, loss_fn, opt, p.amp_dtype, device, cuda_graph=o.cuda_graph)
     if p.resumed:
         state.restore(opt, train_step.scaler, p.rng, p.gen, device, o.cuda_graph)
     clock = Clock(o, sampler.steps_per_epoch() * o.epochs, time.time() - p.t_start, len(data.cal_labels),
-                  state.train_s)
+                  state.train_s, embed_rate=inputs.embed_rate)
     log_rng = np.random.default_rng(o.seed + 2)
-    p.model.train()
+    set_train_mode(p.model, p.cut)
     p.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     last_checkpoint = time.time()
     while state.epoch < o.epochs and not state.finished:
-        loss, pair_accuracy, cut = _epoch(p, data, sampler, train_step, clock, log_rng, progress)
+        loss, pair_accuracy, cut, distill = _epoch(p, inputs, sampler, train_step, clock, log_rng, progress)
         state.epoch += 1
         rate = state.images_seen / max(state.train_s, 1e-9)
         clock.estimate(rate)
@@ -93,6 +105,8 @@ def train_epochs(p: Prepared, data: Decoded, progress: bool, log: Callable[[str]
             "elapsed_s": time.time() - p.t_start,
             "partial": cut,
         }
+        if distill is not None:
+            rec["distill"] = distill
         state.history.append(rec)
         state.stopped_by_time_budget = state.stopped_by_time_budget or cut
         state.finished = cut or state.epoch >= o.epochs
@@ -103,12 +117,17 @@ def train_epochs(p: Prepared, data: Decoded, progress: bool, log: Callable[[str]
             log(json.dumps(rec))
 
 
-def _epoch(p: Prepared, data: Decoded, sampler: PKSampler, train_step: TrainStep, clock: Clock,
-           log_rng: np.random.Generator, progress: bool) -> tuple[float, float, bool]:
+def _epoch(p: Prepared, inputs: Inputs, sampler: PKSampler, train_step: TrainStep, clock: Clock,
+           log_rng: np.random.Generator, progress: bool) -> tuple[float, float, bool, float | None]:
     """One epoch, or its part until the time budget is spent. Returns the mean loss, the mean pair
-    accuracy of the logged steps, and whether the budget cut the epoch short."""
+    accuracy of the logged steps, whether the budget cut the epoch short, and the mean distillation
+    term (None without a teacher)."""
     o, device, state = p.options, p.device, p.state
     batch_n = o.identities_per_batch * o.images_per_identity
+    if inputs.unlabelled is not None:
+        batch_n += min(inputs.per_batch_unlabelled, inputs.n_unlabelled)
+    distilled = isinstance(train_step.loss_fn, DistilledContrastiveLoss)
+    ep_distill = torch.zeros((), device=device)
     # reading values back from a GPU waits for it: there, log every few steps only
     log_every = 1 if device.type == "cpu" else 10
     bar = progress_bar(progress, total=sampler.steps_per_epoch(), desc=f"epoch {state.epoch + 1}/{o.epochs}",
@@ -118,19 +137,20 @@ def _epoch(p: Prepared, data: Decoded, sampler: PKSampler, train_step: TrainStep
     for idx, lab in sampler.epoch():
         f = clock.lr_factor(state)
         train_step.set_lr(f)
-        xb = data.train[to_device(idx, device)]
+        xb, tb = inputs.batch(idx, device, p.gen, p.rng)
         yb = to_device(lab, device)
-        xb = augment_batch(xb, p.gen) if o.augment else xb.float().div_(255.0)
-        if device.type == "cuda":
+        if device.type == "cuda" and xb.ndim == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        loss, emb = train_step(xb, yb)
+        loss, emb = train_step(xb, yb, tb)
         state.step += 1
         state.images_seen += batch_n
         ep_loss += loss.detach()
+        if distilled:
+            ep_distill += train_step.loss_fn.last_distill
         ep_n += 1
         if state.step % log_every == 0:
             # balanced pair accuracy at the running threshold (fixed before this batch), then update it
-            acc, thr = batch_pair_accuracy(emb.detach().float(), yb, state.threshold_ema, log_rng)
+            acc, thr = batch_pair_accuracy(emb[: len(lab)].detach().float(), yb, state.threshold_ema, log_rng)
             state.threshold_ema = 0.9 * state.threshold_ema + 0.1 * thr
             ep_acc += acc
             ep_acc_n += 1
@@ -145,7 +165,8 @@ def _epoch(p: Prepared, data: Decoded, sampler: PKSampler, train_step: TrainStep
             break
     if bar:
         bar.close()
-    return float(ep_loss) / max(ep_n, 1), ep_acc / max(ep_acc_n, 1), cut
+    distill = float(ep_distill) / max(ep_n, 1) if distilled else None
+    return float(ep_loss) / max(ep_n, 1), ep_acc / max(ep_acc_n, 1), cut, distill
 
 
 def batch_pair_accuracy(emb: torch.Tensor, labels: torch.Tensor, threshold: float, rng: np.random.Generator):

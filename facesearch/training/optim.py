@@ -24,6 +24,8 @@ def lr_factor(progress: float, warmup: float, floor: float) -> float:
 def _param_groups(model: encoder.Encoder, options: TrainOptions) -> list[dict]:
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a frozen block's: no update, no weight decay
+            continue
         is_backbone = name.startswith("trunk.")
         no_decay = p.ndim <= 1  # biases and norm layers
         groups.setdefault((is_backbone, no_decay), []).append(p)

@@ -20,6 +20,10 @@ from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, Mo
 from facesearch.model.files import ResolvedModel, resolve
 
 
+#: TrainOptions.augment's values
+AUGMENT = ("full", "flip", "off")
+#: TrainOptions.feature_cache's values
+FEATURE_CACHE = ("auto", "on", "off")
 
 
 @dataclass
@@ -84,8 +88,37 @@ class TrainOptions:
     calibration_fraction: float = 0.1
     #: identities need at least this many images (>= 2)
     min_images: int = 2
-    #: on-device augmentation (flip, scale/shift/rotate, brightness/contrast)
-    augment: bool = True
+    #: on-device augmentation: "full" (flip, scale/shift/rotate, brightness/contrast), "flip" (random
+    #: horizontal flip only: with frozen blocks, their outputs can then be cached for both mirror images)
+    #: or "off"; True and False mean "full" and "off"
+    augment: bool | str = "full"
+    #: train only the last N blocks of the network (``Encoder.blocks()``: for sface conv_1, conv_2 ...
+    #: conv_14, embedding; for a torchvision backbone its feature stages, then the embedding head); the
+    #: blocks before them are frozen (weights and batch-norm statistics unchanged). None: train all
+    train_last_blocks: int | None = None
+    #: with frozen blocks: "auto" computes their outputs once and trains the rest on them when nothing
+    #: random happens before the cut (augment "flip" or "off"); "on": the same, refused when it cannot;
+    #: "off": never (every step runs the frozen blocks, without gradients)
+    feature_cache: str = "auto"
+    #: distillation: a frozen facesearch model (directory or built-in name) whose embeddings the student
+    #: learns too; its embeddings are computed once, before training
+    teacher: str | os.PathLike | None = None
+    #: the same images (same identity folders and file stems) aligned for the teacher's own template, when
+    #: it differs from the student's (e.g. scripts/realign_pack.py); None: ``data`` itself
+    teacher_data: str | os.PathLike | None = None
+    #: "embedding": 1 - <student, teacher> (the cosine distance between the two unit vectors; same size
+    #: needed); "relation": the squared difference of the batch's distance matrices (any sizes)
+    distill: str = "embedding"
+    #: the distillation term's weight next to the contrastive loss
+    distill_weight: float = 1.0
+    #: a folder (or zip) of photos without labels: aligned crops at any depth; with a teacher they get the
+    #: distillation term only. Images in a sub-folder named after an excluded, held-out or training
+    #: identity are left out (the LFW pack itself gives its one-image people)
+    unlabelled: str | os.PathLike | None = None
+    #: ``unlabelled`` aligned for the teacher, matched by relative path and stem; None: ``unlabelled``
+    teacher_unlabelled: str | os.PathLike | None = None
+    #: unlabelled images added to every P x K batch
+    unlabelled_per_batch: int = 64
     #: decoding threads (None: up to 8)
     threads: int | None = None
     #: at most this many calibration pairs of each kind (genuine, impostor)
@@ -103,6 +136,8 @@ class TrainOptions:
     notes: str | None = None
 
     def __post_init__(self):
+        if isinstance(self.augment, bool):
+            self.augment = "full" if self.augment else "off"
         self.exclude_people = frozenset(self.exclude_people or ())
         if self.include_people is not None:
             self.include_people = frozenset(self.include_people)
@@ -110,7 +145,7 @@ class TrainOptions:
             self.input_size = TRAIN_INPUT_SIZE
 
     def validate(self) -> None:
-        from facesearch.losses import MINING
+        from facesearch.losses import DISTILL, MINING
         from facesearch.model import encoder
 
         if self.backbone not in encoder.BACKBONES:
@@ -156,6 +191,30 @@ class TrainOptions:
                     f"at {theirs[2]} px, not {mine[0]}, {mine[1]}-d, {mine[2]} px: use its settings")
         if self.input_size < 32:
             raise TrainingError("input_size must be at least 32")
+        if self.augment not in AUGMENT:
+            raise TrainingError(f"augment must be one of {AUGMENT}, not {self.augment!r}")
+        if self.train_last_blocks is not None and self.train_last_blocks < 1:
+            raise TrainingError("train_last_blocks must be at least 1 (None trains every block)")
+        if self.feature_cache not in FEATURE_CACHE:
+            raise TrainingError(f"feature_cache must be one of {FEATURE_CACHE}, not {self.feature_cache!r}")
+        if self.feature_cache == "on":
+            if self.train_last_blocks is None:
+                raise TrainingError("feature_cache 'on' needs frozen blocks: set train_last_blocks (--train-last-blocks)")
+            if self.augment == "full":
+                raise TrainingError("feature_cache 'on' needs augment 'flip' or 'off': full augmentation changes "
+                                    "what the frozen blocks see at every step")
+        if self.distill not in DISTILL:
+            raise TrainingError(f"distill must be one of {DISTILL}, not {self.distill!r}")
+        if not self.distill_weight > 0:
+            raise TrainingError("distill_weight must be positive")
+        if self.teacher is None:
+            for name in ("teacher_data", "unlabelled", "teacher_unlabelled"):
+                if getattr(self, name) is not None:
+                    raise TrainingError(f"{name.replace('_', '-')} is for distillation: it needs a teacher (--teacher)")
+        if self.teacher_unlabelled is not None and self.unlabelled is None:
+            raise TrainingError("teacher_unlabelled needs unlabelled (--unlabelled): the same photos for the student")
+        if self.unlabelled_per_batch < 1:
+            raise TrainingError("unlabelled_per_batch must be at least 1")
         if self.cuda_graph and self.amp == "fp16":
             raise TrainingError("cuda_graph needs amp bf16, auto or off: fp16's gradient scaler waits on the GPU "
                                 "every step, which a CUDA graph cannot")
@@ -167,6 +226,9 @@ class TrainOptions:
 
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
+        for name in ("teacher", "teacher_data", "unlabelled", "teacher_unlabelled"):
+            if d[name] is not None:
+                d[name] = str(d[name])
         d["decode_cache"] = None if self.decode_cache is None else str(self.decode_cache)
         if self.pretrained == "imagenet":  # which of torchvision's checkpoints the hub cache gave
             d["pretrained"] = f"imagenet:{encoder.pretrained_checkpoint_path(self.backbone).name}"
@@ -209,6 +271,9 @@ def init_model_record(init_model: str | os.PathLike) -> dict:
     data (nested: that model's own ``init_model`` too), so that what it has seen stays traceable."""
     found = resolve_init_model(init_model)
     t = found.config.training
-    return {"name": found.config.name, "weights_sha256": found.sha256,
-            "trained_on": {k: getattr(t, k) for k in ("data", "people", "images", "people_sha256", "init_model")
-                           if getattr(t, k) is not None}}
+    record = {"name": found.config.name, "weights_sha256": found.sha256,
+              "trained_on": {k: getattr(t, k) for k in ("data", "people", "images", "people_sha256", "init_model")
+                             if getattr(t, k) is not None}}
+    if found.config.source:  # an imported network: what is known of the data it was trained on
+        record["source"] = found.config.source
+    return record

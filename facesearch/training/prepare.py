@@ -14,9 +14,12 @@ from facesearch.datasets import ImageFolder
 from facesearch.model import encoder
 from facesearch.model.config import ModelConfig
 from facesearch.training.checkpoint import CHECKPOINT_FILE, TrainState, identity_of_run, load_checkpoint
-from facesearch.training.data import Split, images_of, split_identities
+from facesearch.training.data import Split, Unlabelled, images_of, split_identities, unlabelled_images
+from facesearch.training.freeze import block_names, cut_of, freeze
 from facesearch.training.optim import amp_dtype
-from facesearch.training.options import TrainingError, TrainOptions, init_model_dir, init_model_record
+from facesearch.training.options import (TrainingError, TrainOptions, init_model_config, init_model_dir,
+                                         init_model_record)
+from facesearch.training.teacher import Teacher, load_teacher
 
 
 @dataclass
@@ -45,6 +48,16 @@ class Prepared:
     checkpoint: Path
     #: when the run started (time.time())
     t_start: float
+    #: how many leading blocks of the network are frozen (0: none; ``train_last_blocks``)
+    cut: int = 0
+    #: distillation's teacher (None without one)
+    teacher: Teacher | None = None
+    #: the unlabelled images (None without any)
+    unlabelled: Unlabelled | None = None
+
+    @property
+    def frozen_blocks(self) -> list[str]:
+        return block_names(self.model)[: self.cut]
 
 
 @dataclass
@@ -54,8 +67,8 @@ class Decoded:
 
     #: uint8 N x 3 x S x S on the host: the training identities' images, then the held-out identities'
     pixels: np.ndarray
-    #: the first ``n_train`` of them, on the training device
-    train: torch.Tensor
+    #: the first ``n_train`` of them, on the training device (None once cached frozen outputs replace them)
+    train: torch.Tensor | None
     n_train: int
     #: per training identity: its first row in ``pixels`` and its image count
     offsets: np.ndarray
@@ -63,6 +76,10 @@ class Decoded:
     #: the identity number of each held-out image
     cal_labels: np.ndarray
     decode_s: float
+    #: the training images' keys (in the order of ``train``)
+    train_keys: list[str] | None = None
+    #: the unlabelled images, uint8 on the training device (None without any, or once cached)
+    unlabelled: torch.Tensor | None = None
 
     @property
     def cal_pixels(self) -> np.ndarray:
@@ -115,7 +132,29 @@ def prepare(options: TrainOptions, t_start: float) -> Prepared:
     folder = ImageFolder(options.data)
     split = split_identities(folder, options)
     init_record = init_model_record(options.init_model) if options.init_model is not None else None
-    run_id = identity_of_run(options, split, init_record)
+    config = _config(options)
+    teacher = load_teacher(options, config) if options.teacher is not None else None
+    unlabelled = unlabelled_images(options.unlabelled, split, options) if options.unlabelled is not None else None
+    run_id = identity_of_run(options, split, init_record, teacher.sha256 if teacher else None,
+                             len(unlabelled.keys) if unlabelled else None)
+    checkpoint = out / CHECKPOINT_FILE
+    loaded = load_checkpoint(checkpoint, run_id) if options.resume else None
+    model = _initial_model(options, config, loaded)
+    cut = cut_of(model, options.train_last_blocks)
+    freeze(model, cut)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    state = loaded or TrainState(run=run_id, threshold_ema=(options.pos_margin + options.neg_margin) / 2.0)
+    return Prepared(options, out, device, amp, rng, gen, folder, split, init_record, config, model, state,
+                    resumed=loaded is not None, checkpoint=checkpoint, t_start=t_start, cut=cut, teacher=teacher,
+                    unlabelled=unlabelled)
+
+
+def _config(options: TrainOptions) -> ModelConfig:
+    """The new model's config. Fine-tuning keeps the started-from model's preprocessing (input size, crop,
+    mean and std), its alignment template and its source (an imported network's licence and what it was
+    trained on still apply to what is trained from it)."""
     config = ModelConfig(
         name=options.name or f"facesearch-{options.backbone}",
         backbone=options.backbone,
@@ -123,15 +162,18 @@ def prepare(options: TrainOptions, t_start: float) -> Prepared:
         input_size=options.input_size,
         flip_average=options.flip_average,
     )
-    checkpoint = out / CHECKPOINT_FILE
-    loaded = load_checkpoint(checkpoint, run_id) if options.resume else None
-    model = _initial_model(options, config, loaded)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    state = loaded or TrainState(run=run_id, threshold_ema=(options.pos_margin + options.neg_margin) / 2.0)
-    return Prepared(options, out, device, amp, rng, gen, folder, split, init_record, config, model, state,
-                    resumed=loaded is not None, checkpoint=checkpoint, t_start=t_start)
+    if options.init_model is not None:
+        start = init_model_config(options.init_model)
+        config.crop_fraction, config.mean, config.std = start.crop_fraction, start.mean, start.std
+        config.alignment = start.alignment
+        if start.source:
+            config.source = dict(start.source) | {
+                "fine_tuned_from": start.name,
+                "fine_tuned_note": "weights changed by `facesearch train --init-model`: see training.init_model",
+            }
+        if options.name is None:
+            config.name = f"{start.name}-finetuned"
+    return config
 
 
 def decode(p: Prepared, progress: bool) -> Decoded:
@@ -144,6 +186,14 @@ def decode(p: Prepared, progress: bool) -> Decoded:
                                     progress=bar.update if bar else None, cache=p.options.decode_cache)
     if bar:
         bar.close()
+    unlabelled = None
+    if p.unlabelled is not None:
+        bar = progress_bar(progress, total=len(p.unlabelled.keys), desc="decoding unlabelled", unit="img")
+        u = ImageFolder(p.unlabelled.root).load_prepared(p.unlabelled.keys, p.config, threads=p.options.threads,
+                                                         progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        unlabelled = torch.from_numpy(u).to(p.device)
     decode_s = time.time() - t0
     n_train = len(keys)
     counts_a = np.asarray(counts, np.int64)
@@ -155,6 +205,8 @@ def decode(p: Prepared, progress: bool) -> Decoded:
         counts=counts_a,
         cal_labels=np.asarray(cal_labels),
         decode_s=decode_s,
+        train_keys=keys,
+        unlabelled=unlabelled,
     )
 
 

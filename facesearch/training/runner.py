@@ -16,6 +16,8 @@ from facesearch import distance
 from facesearch.model import encoder
 from facesearch.training.calibration import calibrate
 from facesearch.training.checkpoint import TrainState
+from facesearch.training.freeze import embed_batch_size
+from facesearch.training.inputs import Inputs, build_inputs
 from facesearch.training.loop import train_epochs
 from facesearch.training.options import TrainOptions, people_hash
 from facesearch.training.prepare import Decoded, Prepared, decode, prepare
@@ -33,11 +35,12 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     """
     p = prepare(options, time.time())
     data = decode(p, progress)
-    train_epochs(p, data, progress, log)
-    return _finish(p, data)
+    inputs = build_inputs(p, data, progress)
+    train_epochs(p, data, inputs, progress, log)
+    return _finish(p, data, inputs)
 
 
-def _finish(p: Prepared, data: Decoded) -> dict[str, Any]:
+def _finish(p: Prepared, data: Decoded, inputs: Inputs) -> dict[str, Any]:
     """Calibrate the threshold with the final model, write the model directory, remove the checkpoint
     (unless ``keep_checkpoint``); the run's summary."""
     p.model.eval()
@@ -45,7 +48,7 @@ def _finish(p: Prepared, data: Decoded) -> dict[str, Any]:
     cal = _final_calibration(p, data)
     cal_s = time.time() - t_cal
     calibration = {k: v for k, v in cal.items() if k != "threshold"}
-    training = _training_record(p, data, p.state)
+    training = _training_record(p, data, p.state, inputs)
     config = p.config
     config.threshold, config.calibration, config.training = cal["threshold"], calibration, training
     p.model.config = config
@@ -69,21 +72,29 @@ def _final_calibration(p: Prepared, data: Decoded) -> dict[str, Any]:
     of the training images, the best available, and said to be optimistic."""
     o = p.options
     if len(p.split.calibration) >= 2:
-        return calibrate(encoder.embed(p.model, data.cal_pixels), data.cal_labels, o.calibration_pairs, o.seed)
+        return calibrate(encoder.embed(p.model, data.cal_pixels, batch_size=embed_batch_size(p.device)),
+                         data.cal_labels, o.calibration_pairs, o.seed)
     n = min(data.n_train, 4000)
     sel = np.sort(p.rng.choice(data.n_train, n, replace=False))
     lab = np.searchsorted(data.offsets, sel, side="right") - 1
-    return calibrate(encoder.embed(p.model, data.pixels[sel]), lab, o.calibration_pairs, o.seed,
+    return calibrate(encoder.embed(p.model, data.pixels[sel], batch_size=embed_batch_size(p.device)), lab,
+                     o.calibration_pairs, o.seed,
                      source="training identities (optimistic: no identities were held out)")
 
 
-def _training_record(p: Prepared, data: Decoded, state: TrainState) -> dict[str, Any]:
+def _training_record(p: Prepared, data: Decoded, state: TrainState, inputs: Inputs) -> dict[str, Any]:
     """``model.json``'s ``training`` section: the recipe, the data (as counts and hashes), how it went."""
     o = p.options
+    loss = {"name": "contrastive", "distance": distance.NAME, "pos_margin": o.pos_margin,
+            "neg_margin": o.neg_margin, "mining": o.mining}
+    if p.teacher is not None:
+        loss["distillation"] = {"term": o.distill, "weight": o.distill_weight,
+                                "what": "mean cosine distance between student and teacher embeddings"
+                                if o.distill == "embedding" else
+                                "mean squared difference of the batch's student and teacher distance matrices"}
     record = {
         "recipe": RECIPE,
-        "loss": {"name": "contrastive", "distance": distance.NAME, "pos_margin": o.pos_margin,
-                 "neg_margin": o.neg_margin, "mining": o.mining},
+        "loss": loss,
         "options": o.to_json(p.init_record),
         "data": Path(o.data).name,
         "people": len(p.split.train),
@@ -105,6 +116,19 @@ def _training_record(p: Prepared, data: Decoded, state: TrainState) -> dict[str,
         "torch": torch.__version__,
         "final_loss": state.history[-1]["loss"] if state.history else None,
     }
+    if p.cut:
+        names = [n for n, _ in p.model.blocks()]
+        record["frozen_blocks"] = names[: p.cut]
+        record["trained_blocks"] = names[p.cut:]
+        record["trained_on_cached_features"] = inputs.cached
+    if p.teacher is not None:
+        record["teacher"] = p.teacher.record(o)
+    if p.unlabelled is not None:
+        u = p.unlabelled
+        record["unlabelled"] = {"data": Path(u.root).name, "images": len(u.keys), "per_batch": o.unlabelled_per_batch,
+                                "left_out_people_images": u.left_out_people,
+                                "left_out_labelled_images": u.left_out_labelled}
+    record.update(inputs.record)
     if o.notes:
         record["notes"] = o.notes
     return record

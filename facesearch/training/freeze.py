@@ -1,0 +1,223 @@
+"""Frozen blocks, and training the rest on the frozen blocks' outputs computed once.
+
+The network is a chain of named blocks (:meth:`facesearch.model.encoder.Encoder.blocks`: for sface
+``conv_1``, ``conv_2`` ... ``conv_14``, ``embedding``; for a torchvision backbone its feature stages,
+then the ``embedding`` head). ``train_last_blocks = N`` trains the last N of them; the ones before the
+*cut* are frozen: their weights get no gradient and no weight decay, and their batch-norm layers stay in
+eval mode (their running statistics are not updated), so the frozen part is a fixed function.
+
+Every step then runs the frozen part without autograd (:class:`TrainForward`). When nothing random
+happens before the cut (augmentation ``"off"``, or ``"flip"``: the outputs of both mirror images are
+kept), the frozen part's outputs for every training image are computed once (:func:`frozen_features`)
+and the steps run only the trained blocks on them: the same loss on the same embeddings with the same
+gradients (``tests/unit/test_training_freeze.py`` checks it), at the cost of the trained blocks alone. The
+match threshold is calibrated at the end with the whole model, on the held-out images, as always.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from facesearch import distance
+from facesearch.model import encoder
+from facesearch.training.options import TrainingError, TrainOptions
+
+
+def embed_batch_size(device: torch.device) -> int:
+    """Images per forward when embedding without gradients: 32 on a CPU, 128 elsewhere. (SFace on 2 idle
+    cores ran 3 times faster at 8 than at 64; on the same cores shared with other work, 8 was the
+    slowest of 8, 32 and 128: 32 is between the two.)"""
+    return 32 if device.type == "cpu" else 128
+
+
+def block_names(model: encoder.Encoder) -> list[str]:
+    return [name for name, _ in model.blocks()]
+
+
+def cut_of(model: encoder.Encoder, train_last_blocks: int | None) -> int:
+    """How many leading blocks are frozen (0: none) for ``train_last_blocks``; a :class:`TrainingError`
+    naming the blocks when the network has fewer."""
+    if train_last_blocks is None:
+        return 0
+    names = block_names(model)
+    if not 1 <= train_last_blocks <= len(names):
+        raise TrainingError(
+            f"train_last_blocks {train_last_blocks}: a {model.config.backbone} has {len(names)} blocks "
+            f"({', '.join(names)}); train between 1 and {len(names)} of them")
+    return len(names) - train_last_blocks
+
+
+def freeze(model: encoder.Encoder, cut: int) -> None:
+    """No gradient for the parameters of the first ``cut`` blocks (they keep their weights)."""
+    for _, block in model.blocks()[:cut]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+
+
+def set_train_mode(model: encoder.Encoder, cut: int) -> None:
+    """Train mode, except the frozen blocks: eval (batch norm uses and keeps its running statistics,
+    dropout is off), so that the frozen part is the same function at every step."""
+    model.train()
+    for _, block in model.blocks()[:cut]:
+        block.eval()
+
+
+class TrainForward(nn.Module):
+    """What a training step runs with frozen blocks: ``forward(x)`` -> unit embeddings.
+
+    ``cached=False``: ``x`` is a batch of images in [0, 1]; the frozen blocks run without autograd, the
+    others with it. ``cached=True``: ``x`` is the frozen blocks' output (:func:`frozen_features`) and only
+    the trained blocks run. Either way the embedding is the encoder's own (``Encoder.forward``'s chain)."""
+
+    def __init__(self, model: encoder.Encoder, cut: int, cached: bool):
+        super().__init__()
+        self.model, self.cut, self.cached = model, cut, cached
+        blocks = [b for _, b in model.blocks()]
+        self._frozen, self._trained = blocks[:cut], blocks[cut:]  # plain lists: the modules are the model's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cached:
+            with torch.no_grad():
+                x = run_blocks(self._frozen, self.model.normalise_input(x))
+        return distance.normalize(run_blocks(self._trained, x).float())
+
+
+def run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
+    for b in blocks:
+        x = b(x)
+    return x
+
+
+@torch.no_grad()
+def frozen_features(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip: bool = False,
+                    batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The first ``cut`` blocks' outputs (eval mode, fp32) for uint8 images N x 3 x S x S (on the training
+    device): N rows, then, with ``flip``, N more for the mirror images (row ``i + N`` is image ``i``
+    flipped). Not under ``inference_mode``: the trained blocks take these as inputs with autograd."""
+    blocks = [b for _, b in model.blocks()[:cut]]
+    for b in blocks:
+        b.eval()
+    out = None
+    n = len(pixels)
+    batch_size = batch_size or embed_batch_size(pixels.device)
+    views = (False, True) if flip else (False,)
+    for v, mirrored in enumerate(views):
+        for i in range(0, n, batch_size):
+            x = pixels[i : i + batch_size].float().div_(255.0)
+            if mirrored:
+                x = x.flip(3)
+            h = run_blocks(blocks, model.normalise_input(x)).float()
+            if out is None:
+                out = torch.empty((n * len(views), *h.shape[1:]), dtype=torch.float32, device=h.device)
+            out[v * n + i : v * n + i + len(h)] = h
+            if progress is not None:
+                progress(len(h))
+    if out is None:
+        raise TrainingError("no training images to compute frozen features of")
+    return out
+
+
+def frozen_state_sha256(model: encoder.Encoder, cut: int) -> str:
+    """A hash of the frozen blocks' weights and buffers (what their outputs depend on, with the input)."""
+    h = hashlib.sha256()
+    for name, block in model.blocks()[:cut]:
+        h.update(name.encode())
+        for key, t in block.state_dict().items():
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class FeatureCache:
+    """The frozen blocks' outputs for the training rows, on the device, and how they were obtained."""
+
+    features: torch.Tensor
+    #: rows per view (the training images; the mirror images follow with ``flip``)
+    rows: int
+    flip: bool
+    seconds: float
+    images_per_s: float
+    #: read from the on-disk cache (``decode_cache``) rather than computed in this run
+    from_disk: bool
+
+    def record(self) -> dict:
+        return {"rows": self.rows, "mirror_images_too": self.flip, "shape": list(self.features.shape[1:]),
+                "megabytes": round(self.features.numel() * 4 / 2**20, 1), "seconds": round(self.seconds, 1),
+                "images_per_s": round(self.images_per_s, 1), "read_from_disk_cache": self.from_disk}
+
+
+def wants_cache(options: TrainOptions, cut: int) -> bool:
+    """Whether the run trains on cached frozen outputs (see :data:`TrainOptions.feature_cache`)."""
+    if cut == 0 or options.feature_cache == "off":
+        return False
+    return options.augment in ("off", "flip")
+
+
+def disk_path(cache_dir: str | os.PathLike, what: str, ident: dict) -> Path:
+    """Where :func:`disk_array` keeps the array of ``ident``."""
+    return Path(cache_dir) / f"{what}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]}.npy"
+
+
+def disk_array(cache_dir: str | os.PathLike | None, what: str, ident: dict, compute: Callable[[], np.ndarray]
+               ) -> tuple[np.ndarray, bool]:
+    """``compute()``, or the array stored under ``cache_dir`` for the same ``ident`` by an earlier run
+    (an ``.npy`` named after ``what`` and the hash of ``ident``, owner-only); stores what it computes.
+    Returns the array and whether it came from the disk."""
+    if cache_dir is None:
+        return compute(), False
+    path = disk_path(cache_dir, what, ident)
+    if path.is_file():
+        try:
+            return np.load(path, allow_pickle=False), True
+        except (OSError, ValueError):
+            pass  # damaged or cut short: computed again
+    arr = compute()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return arr, False
+
+
+def build_feature_cache(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip: bool,
+                        cache_dir: str | os.PathLike | None, data_ident: dict,
+                        progress: Callable[[int], None] | None = None) -> FeatureCache:
+    """:func:`frozen_features` of ``pixels`` (the training rows), through the on-disk cache when
+    ``cache_dir`` is given (keyed by the frozen weights, the images and ``flip``)."""
+    t0 = time.time()
+    ident = {"frozen": frozen_state_sha256(model, cut), "cut": cut, "flip": flip, "images": data_ident,
+             "format": 1}
+
+    def compute() -> np.ndarray:
+        return frozen_features(model, cut, pixels, flip, progress=progress).cpu().numpy()
+
+    if cache_dir is None:  # no round trip through numpy: keep the device tensor
+        feats, hit = frozen_features(model, cut, pixels, flip, progress=progress), False
+    else:
+        both = dict(ident, flip=True)
+        if not flip and disk_path(cache_dir, "frozen", both).is_file():  # a run with mirror images made it
+            arr, hit = disk_array(cache_dir, "frozen", both, compute)
+            arr = arr[: len(pixels)]
+        else:
+            arr, hit = disk_array(cache_dir, "frozen", ident, compute)
+        feats = torch.from_numpy(arr).to(pixels.device)
+    seconds = time.time() - t0
+    n_views = 2 if flip else 1
+    return FeatureCache(feats, len(pixels), flip, seconds, len(pixels) * n_views / max(seconds, 1e-9), hit)
