@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 from facesearch.errors import (  # noqa: E402
     DetectorUnavailable,
     FaceSearchError,
+    FaceSearchWarning,
     InvalidIdentityError,
     InvalidImageError,
     ModelFileError,
     ModelMismatchError,
     NoFaceError,
+    OutdatedModelWarning,
     PairsFileError,
     SchemaError,
     ThresholdError,
@@ -32,6 +34,7 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["DetectorUnavailable", "FaceSearch", "FaceSearchError", "InvalidIdentityError", "InvalidImageError",
-           "ModelFileError", "ModelMismatchError", "NoFaceError", "PairsFileError", "SchemaError", "ThresholdError",
+__all__ = ["DetectorUnavailable", "FaceSearch", "FaceSearchError", "FaceSearchWarning", "InvalidIdentityError",
+           "InvalidImageError", "ModelFileError", "ModelMismatchError", "NoFaceError", "OutdatedModelWarning",
+           "PairsFileError", "SchemaError", "ThresholdError",
            "TrainingError", "UnknownIdentityError", "__version__"]

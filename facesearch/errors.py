@@ -59,3 +59,11 @@ class PairsFileError(FaceSearchError, ValueError):
 
 class DetectorUnavailable(FaceSearchError):
     """Face detection was asked for but no detector is installed (``pip install facesearch[detect]``)."""
+
+
+class FaceSearchWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as a note)."""
+
+
+class OutdatedModelWarning(FaceSearchWarning):
+    """A gallery still embedded by a built-in model that is no longer the default."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the built-in model: train on all LFW people (10% of them held out to calibrate the threshold),
-# install it into facesearch/model/builtin/default/. It has seen LFW's test people: never score it on LFW.
+# install it into facesearch/model/builtin/lfw-mobilenet/. It has seen LFW's test people: never score it on LFW.
 # The shipped model came out of scripts/gpu_session.sh (the same options, 112 px, 6.6 min on one H200 while
 # 10 other trainings shared the GPU), then `facesearch calibrate MODEL ZIP --no-flip-average`.
 # On a GPU:  bash scripts/train_default_model.sh      (on this 2-core CPU: DEVICE=cpu BUDGET_MIN=85)
@@ -20,5 +20,5 @@ facesearch train "$LFW/lfw-deepfunneled-112.zip" --out "$OUT" --pretrained "$SHA
   "${LENGTH[@]}" --seed 0 --device "${DEVICE:-auto}" \
   --name facesearch-mobilenet_v2-lfw-all \
   --notes "Trained on all LFW deep-funneled 112 px people with at least 2 images (LFW: a research benchmark of news photos, no licence file), 10% of them held out to calibrate the threshold. It has seen LFW's test people, so it is never scored on LFW; the recipe's LFW accuracy comes from the identity-disjoint protocol ($RESULT)."
-mkdir -p facesearch/model/builtin/default
-cp "$OUT/model.json" "$OUT/weights.pt" facesearch/model/builtin/default/
+mkdir -p facesearch/model/builtin/lfw-mobilenet
+cp "$OUT/model.json" "$OUT/weights.pt" facesearch/model/builtin/lfw-mobilenet/

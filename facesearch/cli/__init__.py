@@ -19,7 +19,7 @@ from facesearch.cli import align as _align
 from facesearch.cli import db as _db
 from facesearch.cli import gallery as _gallery
 from facesearch.cli import model as _model
-from facesearch.cli.app import CONTEXT, App, Group
+from facesearch.cli.app import CONTEXT, App, Group, show_notes
 from facesearch.settings import Settings
 
 
@@ -29,9 +29,10 @@ from facesearch.settings import Settings
               help="Folder for the SQLite database and the index [env FACESEARCH_HOME; default ~/.facesearch].")
 @click.option("--db", "db", metavar="URL",
               help="SQLAlchemy URL of another database, e.g. postgresql+psycopg://u@host/db [env FACESEARCH_DB].")
-@click.option("--model", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Model directory (model.json + weights.pt) [env FACESEARCH_MODEL; default: the gallery's "
-                   "model, else the built-in one].")
+@click.option("--model", metavar="NAME|DIR",
+              help="A built-in model (sface, lfw-mobilenet; 'default': sface) or a model directory "
+                   "(model.json + weights.pt; write ./NAME for a directory named like a built-in one) "
+                   "[env FACESEARCH_MODEL; default: the gallery's model, else the default one].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--index", "index", default="auto", show_default=True, metavar="FACTORY",
               help="Index type: auto (exact, then IVF for large galleries) or a FAISS factory string; "
@@ -47,6 +48,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
     two faces match when distance <= the model's calibrated threshold.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    show_notes()
     settings = Settings.from_env().override(home=home, db_url=db, model=model)
     ctx.obj = App(settings, device, index, backend)
     ctx.call_on_close(ctx.obj.close)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 
 import click
 
-from facesearch.errors import FaceSearchError, ThresholdError
+from facesearch.errors import FaceSearchError, FaceSearchWarning, ThresholdError
 from facesearch.settings import Settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -41,6 +42,24 @@ def to_click(e: BaseException) -> click.ClickException:
     log.info("system error", exc_info=True)
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
     return _failure(f"{e.strerror or e}{where}")
+
+
+_show_warning = warnings.showwarning
+
+
+def _note(message, category, filename, lineno, file=None, line=None):
+    """Library warnings meant for the user (:class:`FaceSearchWarning`) as a one-line note on stderr;
+    every other warning as Python shows it."""
+    if issubclass(category, FaceSearchWarning):
+        click.echo(f"note: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+def show_notes() -> None:
+    """Print the library's warnings for the user as notes (the root group calls it), each time."""
+    warnings.showwarning = _note
+    warnings.simplefilter("always", FaceSearchWarning)
 
 
 def boundary(f):

@@ -30,11 +30,12 @@ def _pct(v) -> str:
 
 
 def _builtin_sha() -> str | None:
+    """The weights hash of the built-in model trained on every LFW fold's people (lfw-mobilenet)."""
     from facesearch.model import files
 
     try:
-        return files.resolve(files.DEFAULT_SPEC).sha256
-    except (OSError, FaceSearchError):  # the built-in model is not installed
+        return files.resolve(files.BUILTIN_PREFIX + files.LFW_MOBILENET).sha256
+    except (OSError, FaceSearchError):  # not installed
         return None
 
 
@@ -68,6 +69,10 @@ def _training_note(model: dict) -> list[str]:
                 "warning: this model was trained on LFW images; its numbers are honest only on folds whose "
                 "people it never saw (see shared/docs/data.md)"
             )
+    elif model.get("source"):
+        src = model["source"]
+        lines.append(f"imported from {src.get('package')} ({src.get('licence')}); trained on: {src.get('trained_on')}")
+        lines.append(f"includes LFW's people: {src.get('includes_lfw_people')}")
     else:
         lines.append("no training recorded (e.g. an untrained or ImageNet-initialised encoder)")
     return lines

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from facesearch import index as vindex
-from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError
+from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError, OutdatedModelWarning
 from facesearch.gallery.embedding import ModelFiles
 from facesearch.gallery.index_cache import replaced_in_place
-from facesearch.model.files import DEFAULT_SPEC, model_key, resolve
+from facesearch.model.files import DEFAULT_MODEL, DEFAULT_SPEC, LEGACY_LOCATIONS, model_key, resolve, stored_location
 
 if TYPE_CHECKING:
     from facesearch.model import encoder
@@ -45,7 +46,14 @@ def choose_model(store: "Store", model: str | os.PathLike | None, device: str | 
     """The handle's model (loaded, or its files), its key and its id in the store; records it and makes
     it active where the gallery has no faces of another model."""
     active = store.active_model()
-    found = resolve(model if model is not None else active.location if active is not None else DEFAULT_SPEC)
+    found = resolve(model if model is not None else stored_location(active.location) if active is not None
+                    else DEFAULT_SPEC)
+    if model is None and active is not None and active.location in LEGACY_LOCATIONS:
+        warnings.warn(
+            f"this gallery is embedded by {found.location.split(':', 1)[1]}, the built-in model before "
+            f"{DEFAULT_MODEL} became the default ({DEFAULT_MODEL} is far more accurate on people it never saw: "
+            "README, 'The built-in models'). It keeps working as it is; `facesearch reindex --model default` "
+            "re-embeds it with the new default.", OutdatedModelWarning, stacklevel=2)
     location, directory, config = found.location, found.directory, found.config
     if config.threshold is None:
         raise ModelFileError(f"model {directory} has no calibrated threshold; train or calibrate it first")

@@ -1,10 +1,14 @@
 """A model directory's files, where the built-in models live, and what names a model's embeddings.
 
 A model is a directory holding ``model.json`` (a :class:`~facesearch.model.config.ModelConfig`) and
-``weights.pt``. A model *spec* says which: ``default`` or ``builtin:NAME`` (a model shipped in the
-package), or a directory; :func:`resolve` is the one place that turns a spec into the directory, its
-config and its weights hash. Nothing here imports torch: the CLI reads configs and hashes weights
-without it.
+``weights.pt``. A model *spec* says which: ``default`` (the built-in default, :data:`DEFAULT_MODEL`), the
+name of a built-in model (``sface``, ``lfw-mobilenet``) or ``builtin:NAME``, or a directory;
+:func:`resolve` is the one place that turns a spec into the directory, its config and its weights hash.
+Nothing here imports torch: the CLI reads configs and hashes weights without it.
+
+A gallery records the concrete built-in model (``builtin:sface``), so a later change of default never
+changes what an existing gallery embeds with. Galleries made before the default changed recorded
+``builtin:default``; :data:`LEGACY_LOCATIONS` says which model that was.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ from facesearch.model.config import ModelConfig
 #: a model directory holds these two files
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
-#: where the models shipped inside the package live (``builtin/<name>/``; ``default`` is the built-in one)
+#: where the models shipped inside the package live (``builtin/<name>/``)
 BUILTIN_MODELS = Path(__file__).resolve().parent / "builtin"
 #: a built-in model's spec and the location a gallery records for it: ``builtin:NAME`` (the package may move)
 BUILTIN_PREFIX = "builtin:"
-#: the built-in model used when none is named
-DEFAULT_MODEL = "default"
+#: the spec that names the default model, whichever it is
+DEFAULT_ALIAS = "default"
+#: the built-in model used when none is named: the imported SFace network (README, "The built-in models")
+DEFAULT_MODEL = "sface"
 DEFAULT_SPEC = BUILTIN_PREFIX + DEFAULT_MODEL
+#: the old LFW-only MobileNetV2, the default until SFace replaced it
+LFW_MOBILENET = "lfw-mobilenet"
+#: locations recorded by galleries before the default changed -> the built-in model they meant
+LEGACY_LOCATIONS = {BUILTIN_PREFIX + DEFAULT_ALIAS: BUILTIN_PREFIX + LFW_MOBILENET}
 
 
 def read_model_dir(directory: str | os.PathLike) -> ModelConfig:
@@ -81,18 +91,46 @@ class ResolvedModel:
 
 
 def builtin_model_dir(name: str = DEFAULT_MODEL) -> Path:
-    return BUILTIN_MODELS / name
+    """The directory of the built-in model ``name`` (``default``: the default one); not checked."""
+    return BUILTIN_MODELS / (DEFAULT_MODEL if name == DEFAULT_ALIAS else name)
+
+
+def builtin_names() -> list[str]:
+    """The built-in models installed with the package, by name."""
+    if not BUILTIN_MODELS.is_dir():
+        return []
+    return sorted(d.name for d in BUILTIN_MODELS.iterdir() if (d / CONFIG_FILE).is_file())
+
+
+def _builtin_name(spec: str) -> str | None:
+    """The built-in model a string spec names, or None when it names a directory."""
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+    elif spec == DEFAULT_ALIAS or ("/" not in spec and os.sep not in spec and spec in builtin_names()):
+        name = spec
+    else:
+        return None
+    return DEFAULT_MODEL if name == DEFAULT_ALIAS else name
 
 
 def location_of(spec: str | os.PathLike | None) -> str:
-    """The location a spec names: ``None`` or the string ``default`` -> ``builtin:default``;
-    ``builtin:NAME`` as it is; anything else (every ``os.PathLike``, so ``Path("default")`` too) is a
-    directory: its absolute path, ``~`` expanded."""
-    if spec is None or (isinstance(spec, str) and spec == DEFAULT_MODEL):
+    """The location a spec names: ``None``, the string ``default`` or ``builtin:default`` -> the
+    default model's ``builtin:NAME``; a built-in model's name (a string without a path separator, so
+    ``./sface`` is the directory) or ``builtin:NAME`` -> ``builtin:NAME``; anything else (every
+    ``os.PathLike``, so ``Path("default")`` too) is a directory: its absolute path, ``~`` expanded."""
+    if spec is None:
         return DEFAULT_SPEC
-    if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
-        return spec
+    if isinstance(spec, str):
+        name = _builtin_name(spec)
+        if name is not None:
+            return BUILTIN_PREFIX + name
     return str(Path(spec).expanduser().resolve())
+
+
+def stored_location(location: str) -> str:
+    """The location a gallery recorded, as it is named today (``builtin:default``, recorded before the
+    default changed, meant the model that was the default then: see :data:`LEGACY_LOCATIONS`)."""
+    return LEGACY_LOCATIONS.get(location, location)
 
 
 def model_dir(location: str) -> Path:
@@ -101,13 +139,16 @@ def model_dir(location: str) -> Path:
         name = location[len(BUILTIN_PREFIX):]
         d = builtin_model_dir(name)
         if not (d / CONFIG_FILE).is_file():
-            what = "the default model" if name == DEFAULT_MODEL else f"the built-in model {name!r}"
-            raise ModelFileError(f"{what} is not installed ({d} has no {CONFIG_FILE}); pass --model DIR "
-                                 f"(a directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
+            what = "the default model" if name in (DEFAULT_MODEL, DEFAULT_ALIAS) else f"the built-in model {name!r}"
+            have = ", ".join(builtin_names()) or "none"
+            raise ModelFileError(f"{what} is not installed ({d} has no {CONFIG_FILE}; built-in models: {have}); "
+                                 f"pass --model DIR (a directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
         return d
     d = Path(location)
     if not d.is_dir():
-        raise ModelFileError(f"{d} is not a facesearch model directory: it does not exist")
+        have = ", ".join(builtin_names()) or "none"
+        raise ModelFileError(f"{d} is not a facesearch model directory: it does not exist (built-in models, "
+                             f"named without a path: {have})")
     return d
 
 
@@ -121,7 +162,8 @@ def resolve(spec: str | os.PathLike | None = None) -> ResolvedModel:
 
 
 def location_for_user(location: str) -> str:
-    """A model's stored location as a user passes it to ``--model`` (a built-in model's directory)."""
+    """A model's stored location as a user passes it to ``--model`` (a built-in model's name)."""
+    location = stored_location(location)
     if location.startswith(BUILTIN_PREFIX):
-        return str(builtin_model_dir(location[len(BUILTIN_PREFIX):]))
+        return location[len(BUILTIN_PREFIX):]  # what --model takes
     return location

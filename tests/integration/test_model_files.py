@@ -113,7 +113,7 @@ def test_a_model_that_cannot_be_loaded_is_never_recorded(tmp_path, model_dir, ga
     with pytest.raises(FaceSearchError, match="unknown device 'bogus'"):
         FaceSearch.open(home=home, device="bogus")
     with FaceSearch.open(home=home) as fs:
-        assert fs.store.active_model().location == "builtin:default" and not fs.index_path.exists()
+        assert fs.store.active_model().location == "builtin:sface" and not fs.index_path.exists()
 
 
 def test_damaged_weights_of_the_gallery_s_model_are_called_damaged(tmp_path, model_dir, other_model_dir,

@@ -394,7 +394,7 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(trained, tmp_pat
     from facesearch.model.config import BUILTIN_MODELS
 
     builtin = {"name": "facesearch-mobilenet_v2-lfw-all", "weights_sha256": encoder.weights_sha256(BUILTIN_MODELS /
-               "default"), "trained_on": {"data": "lfw-deepfunneled-112.zip", "people": 1512}}
+               "lfw-mobilenet"), "trained_on": {"data": "lfw-deepfunneled-112.zip", "people": 1512}}
     note = _training_note({"training": dict(summary["training"], data="my-people", init_model=builtin)})
     assert any(ln.startswith("warning: this is, or was fine-tuned from, the built-in model") for ln in note)
 

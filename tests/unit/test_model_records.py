@@ -15,7 +15,7 @@ from facesearch.model.records import (
     TrainingRecord,
 )
 
-BUILTIN_JSON = files.BUILTIN_MODELS / "default" / files.CONFIG_FILE
+BUILTIN_JSON = files.BUILTIN_MODELS / "lfw-mobilenet" / files.CONFIG_FILE  # the one with a training record
 
 
 def test_the_built_in_model_json_reads_into_records_and_is_written_back_byte_for_byte(tmp_path):

@@ -20,18 +20,33 @@ def _model(d: Path, name: str = "m", weights: bytes = b"weights", **kw) -> Path:
 
 
 def test_default_and_builtin_specs_name_the_shipped_model():
-    for spec in (None, "default", "builtin:default"):
+    for spec in (None, "default", "builtin:default", "sface", "builtin:sface"):
         r = files.resolve(spec)
-        assert r.location == "builtin:default" and r.builtin
-        assert r.directory == files.BUILTIN_MODELS / "default" == files.builtin_model_dir()
-        assert r.config.name == "facesearch-mobilenet_v2-lfw-all"
+        assert r.location == "builtin:sface" and r.builtin
+        assert r.directory == files.BUILTIN_MODELS / "sface" == files.builtin_model_dir() \
+            == files.builtin_model_dir("default")
+        assert r.config.name == "sface" and r.config.backbone == "sface"
+    for spec in ("lfw-mobilenet", "builtin:lfw-mobilenet"):
+        r = files.resolve(spec)
+        assert r.location == "builtin:lfw-mobilenet" and r.config.name == "facesearch-mobilenet_v2-lfw-all"
+    assert files.builtin_names() == ["lfw-mobilenet", "sface"]
 
 
-def test_the_built_in_model_s_key_is_what_galleries_recorded():
-    """Galleries store this key: it must not change while the built-in weights do not."""
-    r = files.resolve("default")
+def test_the_built_in_models_keys_are_what_galleries_recorded():
+    """Galleries store these keys: they must not change while the built-in weights do not (the old
+    default kept its weights and name when it moved to lfw-mobilenet, so its galleries still open)."""
+    assert files.resolve("default").key == "sface@f1c57382391b"
+    r = files.resolve("lfw-mobilenet")
     assert r.key == "facesearch-mobilenet_v2-lfw-all@63e623633f2d"
     assert r.sha256 == files.weights_sha256(r.directory)
+
+
+def test_a_gallery_of_the_old_default_keeps_its_model():
+    """Galleries made before the default changed recorded builtin:default: that meant lfw-mobilenet."""
+    assert files.stored_location("builtin:default") == "builtin:lfw-mobilenet"
+    assert files.stored_location("builtin:sface") == "builtin:sface"
+    assert files.stored_location("/srv/m") == "/srv/m"
+    assert files.location_for_user("builtin:default") == "lfw-mobilenet"
 
 
 def test_a_directory_resolves_to_its_absolute_path(tmp_path, monkeypatch):
@@ -45,6 +60,11 @@ def test_a_directory_resolves_to_its_absolute_path(tmp_path, monkeypatch):
     _model(tmp_path / "default")
     assert files.resolve(Path("default")).location == str(tmp_path / "default")
     assert files.resolve("default").builtin
+    # the same for a built-in model's name: the bare name is the built-in one, ./NAME the directory
+    _model(tmp_path / "sface", name="mine")
+    assert files.resolve("sface").builtin
+    assert files.resolve("./sface").location == str(tmp_path / "sface")
+    assert files.resolve("sface/").config.name == "mine"
 
 
 def test_the_weights_are_hashed_once_and_only_when_asked(tmp_path):
@@ -67,7 +87,8 @@ def test_the_key_says_when_mirror_images_are_averaged():
 
 
 def test_what_is_missing_is_said(tmp_path, monkeypatch):
-    with pytest.raises(ModelFileError, match=r"not a facesearch model directory: it does not exist"):
+    with pytest.raises(ModelFileError, match=r"not a facesearch model directory: it does not exist "
+                                             r"\(built-in models, named without a path: lfw-mobilenet, sface\)"):
         files.resolve(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match=r"empty is not a facesearch model directory \(needs model.json "
@@ -88,9 +109,9 @@ def test_what_is_missing_is_said(tmp_path, monkeypatch):
 
 
 def test_a_stored_location_reads_back_as_the_user_passes_it():
-    assert files.location_for_user("builtin:default") == str(files.BUILTIN_MODELS / "default")
+    assert files.location_for_user("builtin:sface") == "sface"
     assert files.location_for_user("/srv/models/m") == "/srv/models/m"
-    assert files.model_dir("builtin:default") == files.BUILTIN_MODELS / "default"
+    assert files.model_dir("builtin:sface") == files.BUILTIN_MODELS / "sface"
 
 
 def test_the_model_files_and_config_import_no_torch():
