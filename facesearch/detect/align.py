@@ -67,16 +67,31 @@ def align(pixels: np.ndarray, face: Face, size: int = ALIGNED_SIZE, template: np
     return np.asarray(out, dtype=np.uint8)
 
 
-def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 2) -> np.ndarray | None:
+def crop_geometry(alignment, input_size: int) -> tuple[np.ndarray, int]:
+    """``(template, side)`` of the aligned crops a model takes: its own template (``alignment``, 5 x 2 in
+    pixels of an ``input_size`` crop) at its input size, else (None) :data:`TEMPLATE_112` at
+    :data:`ALIGNED_SIZE`, the LFW pack's geometry that facesearch's own models are trained on (their
+    preprocessing then resizes the 112 px crop to their input size, as it does the pack's)."""
+    if alignment is None:
+        return TEMPLATE_112, ALIGNED_SIZE
+    return np.asarray(alignment, np.float64), int(input_size)
+
+
+def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 2,
+            detector=None) -> np.ndarray | None:
     """An aligned face crop aligned again to another ``template`` (5 x 2, pixels of a ``size`` crop): the
     face nearest the crop's centre is found (on the crop upscaled ``upscale`` times: faces fill these
     crops, which the detector finds more reliably when larger) and the crop resampled once onto the
-    template. None when no face is found (the caller decides: the crop as given, or a failure)."""
-    from facesearch.detect import detect
-
+    template. None when no face is found (the caller decides: the crop as given, or a failure).
+    ``detector``: a :class:`~facesearch.detect.base.Detector` (default: yuface)."""
     h, w = pixels.shape[:2]
     big = np.asarray(Image.fromarray(pixels).resize((w * upscale, h * upscale), Image.Resampling.BICUBIC))
-    faces = detect(big)
+    if detector is None:
+        from facesearch.detect import detect
+
+        faces = detect(big)
+    else:
+        faces = detector.detect(big)
     if not faces:
         return None
     centre = np.array([w * upscale / 2.0, h * upscale / 2.0])
@@ -85,3 +100,12 @@ def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 
     pts = (np.asarray(face.landmarks, np.float64) + 0.5) / upscale - 0.5
     small = Face(box=face.box, score=face.score, landmarks=pts)
     return align(pixels, small, size=size, template=template, template_size=size)
+
+
+def realign_or_given(pixels: np.ndarray, template: np.ndarray, size: int, detector=None) -> tuple[np.ndarray, bool]:
+    """:func:`realign`, falling back to the crop as given when no face is found in it: ``(pixels, found)``.
+    The rule ``facesearch evaluate lfw --realign`` and ``facesearch align --realign`` share (a crop of the
+    LFW pack whose face the detector misses is still that person's aligned face, just in the pack's
+    geometry); the caller counts the ``found`` False ones and reports them."""
+    out = realign(pixels, template, size, detector=detector)
+    return (pixels, False) if out is None else (out, True)

@@ -1,15 +1,35 @@
-"""``facesearch align``: a folder of photos, one folder per identity, turned into a folder of aligned crops."""
+"""``facesearch align``: a folder of photos, one folder per identity, turned into a folder of aligned crops.
+
+The crops follow a template (where the five landmarks go): a model's own (``facesearch align --model M``
+passes it), else the LFW pack's :data:`~facesearch.detect.align.TEMPLATE_112`. With ``realign`` the
+sources are aligned crops already (the LFW pack, say) and are aligned again to the template
+(:func:`~facesearch.detect.align.realign_or_given`).
+
+The output folder remembers its geometry in ``OUT/.facesearch-align.json``: a later run that would add
+crops of another geometry to it is refused, so a resumed run never mixes two templates.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from facesearch.detect.align import align
+from facesearch.detect.align import ALIGNED_SIZE, TEMPLATE_112, align, realign_or_given
 from facesearch.detect.base import Detector, faces_or_fail, get_detector
-from facesearch.errors import InvalidImageError
+from facesearch.errors import FaceSearchError, InvalidImageError
+
+#: the file in an output folder that records the geometry of its crops (hidden: not an identity)
+MANIFEST = ".facesearch-align.json"
+#: photos in flight at once: decoded, aligned, encoded and written by this many threads (the detector
+#: itself runs one call at a time, under its lock)
+WORKERS = 2
 
 
 @dataclass
@@ -20,70 +40,195 @@ class AlignReport:
     existing: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     several_faces: list[tuple[str, int]] = field(default_factory=list)  # (source, faces found): largest kept
+    #: with realign: crops in which no face was found, written as given (counted in ``written``)
+    as_given: list[str] = field(default_factory=list)
+    realign: bool = False
+    size: int = ALIGNED_SIZE
+    template: list[list[float]] = field(default_factory=lambda: TEMPLATE_112.tolist())
 
     def to_dict(self) -> dict:
-        return {"written": self.written, "existing": self.existing, "failed": len(self.failed),
-                "failures": [{"source": s, "reason": r} for s, r in sorted(self.failed)],
-                "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)]}
+        d = {"written": self.written, "existing": self.existing, "failed": len(self.failed),
+             "failures": [{"source": s, "reason": r} for s, r in sorted(self.failed)],
+             "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)],
+             "size": self.size, "template": [[round(x, 4), round(y, 4)] for x, y in self.template],
+             "realign": self.realign}
+        if self.realign:
+            d["no_face_found_written_as_given"] = len(self.as_given)
+            d["written_as_given"] = sorted(self.as_given)
+        return d
 
 
-def align_folder(src, out, progress=None, total=None, detector: Detector | None = None) -> AlignReport:
-    """Write the aligned crop (112 px PNG, the LFW pack's geometry) of the largest face of every photo in
-    ``src/<identity>/`` (a folder or a zip of one) to ``out/<identity>/<photo name>.png``: a folder of
-    identities that ``facesearch train``, ``calibrate`` and ``evaluate`` read as they read the LFW pack.
+def _same_geometry(a: dict, b: dict) -> bool:
+    return a.get("size") == b.get("size") and np.allclose(np.asarray(a.get("template"), np.float64),
+                                                          np.asarray(b.get("template"), np.float64), atol=1e-3)
+
+
+def _claim_output(out: Path, geometry: dict) -> None:
+    """Create ``out`` (owner-only) and record the crops' geometry in it; refuse a folder whose crops have
+    another (its manifest says so, or it has crops and no manifest: those of a facesearch before
+    templates, made with TEMPLATE_112)."""
+    from facesearch.files import write_private_atomic
+
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            had = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FaceSearchError(f"{path} is not readable ({e}); remove it or write to another folder") from e
+    elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        had = {"size": ALIGNED_SIZE, "template": TEMPLATE_112.tolist(), "model": "the LFW pack's template"}
+    else:
+        had = None
+    if had is not None:
+        if not _same_geometry(had, geometry):
+            raise FaceSearchError(
+                f"{out} holds crops aligned to another template ({had.get('model') or 'unnamed'}, "
+                f"{had.get('size')} px) than this run's ({geometry.get('model') or 'unnamed'}, "
+                f"{geometry['size']} px): write to another folder, so that no folder mixes two geometries")
+        if path.is_file():
+            return
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)  # mode applies to the last part only
+    write_private_atomic(path, json.dumps(geometry, indent=1).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def _one_detector_thread(detector: Detector):
+    """yuface runs its network on an OpenMP team of one thread per core; on a machine whose cores are
+    busy the team waits for them, measured 15-28 ms per 224 px crop with one thread against 240-470 ms
+    with two (2-core machine, load 6). Photos here are aligned in parallel instead (:data:`WORKERS`), so
+    each worker thread calls the detector with a team of one (OpenMP's thread count is per calling
+    thread). Other detectors are left as they are."""
+    gomp = None
+    if getattr(detector, "name", None) == "yuface":
+        try:
+            import ctypes
+            import glob
+            import os
+
+            import yuface
+
+            libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(yuface.__file__)), "yuface.libs",
+                                          "libgomp*.so*"))
+            gomp = ctypes.CDLL(libs[0]) if libs else None
+        except (ImportError, OSError, AttributeError):
+            gomp = None
+    if gomp is None:
+        yield lambda: None
+        return
+    yield lambda: gomp.omp_set_num_threads(1)
+
+
+def align_folder(src, out, progress=None, total=None, detector: Detector | None = None,
+                 template: np.ndarray | None = None, size: int = ALIGNED_SIZE, realign: bool = False,
+                 label: str | None = None, workers: int = WORKERS) -> AlignReport:
+    """Write the aligned crop (``size`` px PNG) of the largest face of every photo in ``src/<identity>/``
+    (a folder or a zip of one) to ``out/<identity>/<photo name>.png``: a folder of identities that
+    ``facesearch train``, ``calibrate`` and ``evaluate`` read as they read the LFW pack.
+
+    ``template`` (5 x 2, pixels of a ``size`` crop; default :data:`TEMPLATE_112` at 112) is where the
+    landmarks go: a model's own (:func:`~facesearch.detect.align.crop_geometry`), so the crops are those
+    ``--detect`` gives that model. ``realign``: the sources are aligned crops already; each is aligned
+    again to ``template`` (the face nearest its centre, found on the crop upscaled), or written as given
+    when no face is found there (listed in ``as_given``). ``label`` names the template in ``out``'s manifest
+    and its messages (the model's name).
+
     Identity names are checked as enroll checks them (no path separators, no leading dot); folders and
-    files are created owner-only; a crop already there is kept, so a second run only adds new photos.
-    ``progress(n)`` is called as photos are done, ``total(n)`` once with their number; ``detector``: the one
-    :func:`~facesearch.detect.get_detector` gives unless another is passed."""
-    from pathlib import Path
-
+    files are created owner-only; a crop already there is kept, so a second run only adds new photos (and an
+    interrupted one carries on), and a folder holding crops of another geometry is refused
+    (FaceSearchError). ``progress(n)`` is called as photos are done, ``total(n)`` once with their number;
+    ``detector``: the one :func:`~facesearch.detect.get_detector` gives unless another is passed."""
     from facesearch import images
     from facesearch.datasets import ImageFolder
     from facesearch.errors import InvalidIdentityError
     from facesearch.files import write_private_atomic
     from facesearch.names import validate_identity
 
+    template = TEMPLATE_112 if template is None else np.asarray(template, np.float64)
+    if template.shape != (5, 2) or size < 16:
+        raise FaceSearchError("an alignment template gives the five landmarks' (x, y), in pixels of a crop of at "
+                              "least 16 px")
     detector = detector or get_detector()
     detector.require()
-    folder, out, report = ImageFolder(src), Path(out), AlignReport()
+    folder, out = ImageFolder(src), Path(out)
+    report = AlignReport(realign=realign, size=int(size), template=template.tolist())
+    _claim_output(out, {"size": int(size), "template": template.tolist(), "model": label, "realign": realign})
     # sub-folders, files outside identity folders: listed, as enroll does
     report.failed.extend((k, why.replace("not enrolled", "left out")) for k, why in folder.ignored)
     if total is not None:
         total(len(folder))
-    for ident in folder.identities():
+
+    def one(key: str, dest: Path):
+        """One photo to its crop file: (outcome, detail); outcome written / as_given / failed."""
         try:
-            validate_identity(ident)
-        except InvalidIdentityError as e:
-            report.failed.extend((k, str(e)) for k in folder.items[ident])
-            if progress:
-                progress(len(folder.items[ident]))
-            continue
-        taken: set[str] = set()
-        for key in folder.items[ident]:
-            name = f"{Path(key).stem}.png"
-            dest = out / ident / name
+            pixels = images.decode(folder.read(key), key)
+            faces = 1
+            if realign:
+                crop, found = realign_or_given(pixels, template, size, detector)
+            else:
+                found_faces = faces_or_fail(pixels, key, detector)
+                faces, found = len(found_faces), True
+                crop = align(pixels, found_faces[0], size=size, template=template, template_size=size)
+            buf = io.BytesIO()
+            Image.fromarray(crop).save(buf, format="PNG")
+            write_private_atomic(dest, buf.getvalue())
+            return ("written" if found else "as_given"), faces
+        except InvalidImageError as e:
+            return "failed", e.reason
+        except OSError as e:
+            return "failed", f"cannot write the crop: {e.strerror or e}"
+
+    def todo():
+        """The photos still to align, as (key, dest); the rest reported here."""
+        for ident in folder.identities():
+            keys = folder.items[ident]
             try:
+                validate_identity(ident)
+            except InvalidIdentityError as e:
+                report.failed.extend((k, str(e)) for k in keys)
+                if progress:
+                    progress(len(keys))
+                continue
+            taken: set[str] = set()
+            made = False
+            for key in keys:
+                name = f"{Path(key).stem}.png"
+                dest = out / ident / name
                 if name in taken:
-                    raise InvalidImageError(f"another photo of {ident} is named {Path(key).stem} too")
-                taken.add(name)
-                if dest.exists():
+                    report.failed.append((key, f"another photo of {ident} is named {Path(key).stem} too"))
+                elif dest.exists():
                     report.existing += 1
+                else:
+                    if not made:
+                        dest.parent.mkdir(exist_ok=True, mode=0o700)
+                        made = True
+                    taken.add(name)
+                    yield key, dest
                     continue
-                pixels = images.decode(folder.read(key), key)
-                faces = faces_or_fail(pixels, key, detector)
-                if len(faces) > 1:
-                    report.several_faces.append((key, len(faces)))
-                buf = io.BytesIO()
-                Image.fromarray(align(pixels, faces[0])).save(buf, format="PNG")
-                out.mkdir(parents=True, exist_ok=True, mode=0o700)  # mode applies to the last part only
-                dest.parent.mkdir(exist_ok=True, mode=0o700)
-                write_private_atomic(dest, buf.getvalue())
-                report.written += 1
-            except InvalidImageError as e:
-                report.failed.append((key, e.reason))
-            except OSError as e:
-                report.failed.append((key, f"cannot write the crop: {e.strerror or e}"))
-            finally:
+                taken.add(name)
                 if progress:
                     progress(1)
+
+    with _one_detector_thread(detector) as single, ThreadPoolExecutor(max(1, workers), initializer=single) as pool:
+        pending: list = []
+        for key, dest in todo():
+            pending.append((key, pool.submit(one, key, dest)))
+            if len(pending) >= 8 * max(1, workers):  # a bounded number in flight, done in order
+                _collect(pending.pop(0), report, progress)
+        for item in pending:
+            _collect(item, report, progress)
     return report
+
+
+def _collect(item, report: AlignReport, progress) -> None:
+    key, future = item
+    outcome, detail = future.result()
+    if outcome == "failed":
+        report.failed.append((key, detail))
+    else:
+        report.written += 1
+        if outcome == "as_given":
+            report.as_given.append(key)
+        elif detail > 1:
+            report.several_faces.append((key, detail))
+    if progress:
+        progress(1)
