@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on real faces: enroll 3 photos each of 25 LFW people, then query a 4th, unseen
-# photo of each and print the ranked matches. The people come from LFW View 2 set 10; the built-in
-# model was trained on all LFW people, so this shows the workflow, not accuracy (see README: The model).
+# photo of each and print the ranked matches (at most one identity is a match: the accepted one), and
+# 5 photos of people never enrolled, which come back unknown. The people come from LFW View 2 set 10;
+# the built-in model (SFace) was trained on data that may include LFW's people (README: The built-in
+# models), so this shows the workflow, not accuracy.
 # Then the same with photos: --detect on LFW's original photos and on a photo of two people.
 # Uses the built-in model and the default SQLite store.
 set -euo pipefail
@@ -18,6 +20,7 @@ facesearch info
 probes=("$HOME_DIR"/data/probes/*)
 facesearch query --top-k 3 "${probes[@]}"
 facesearch query --json "${probes[0]}"
+facesearch query --top-k 2 "$HOME_DIR"/data/strangers/*
 people=("$HOME_DIR"/data/gallery/*)
 same=("${people[0]}"/*)
 other=("${people[1]}"/*)

@@ -1,4 +1,5 @@
-"""Pick demo people from the LFW pack: 3 gallery photos each and a 4th, unseen one as the probe.
+"""Pick demo people from the LFW pack: 3 gallery photos each and a 4th, unseen one as the probe, and
+``--strangers N`` probes of other people of the same set, never enrolled (``OUT/strangers/``).
 
 With ``--photos DIR`` (LFW's original, unaligned photos: ``lfw-original-150-sample``) it also writes
 ``OUT/photos/<name>/`` (photos 1-3 of each person there) and ``OUT/group.jpg``: the 4th photos of the
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--people-file", type=Path, help="LFW people.txt, to draw people from one View 2 set")
     ap.add_argument("--set", type=int, default=10, help="the View 2 set (1-10) to draw people from")
     ap.add_argument("--photos", type=Path, help="a folder of identities of unaligned photos (4 per person)")
+    ap.add_argument("--strangers", type=int, default=5, help="probes of people who are not enrolled")
     args = ap.parse_args()
     if args.photos:
         group_photo(args.photos, args.out)
@@ -52,7 +54,14 @@ def main() -> None:
             for f in files[:3]:
                 (args.out / "gallery" / person / PurePosixPath(f).name).write_bytes(z.read(f))
             (args.out / "probes" / PurePosixPath(files[3]).name).write_bytes(z.read(files[3]))
-    print(f"demo data: {len(chosen)} people x 3 gallery photos, {len(chosen)} unseen probes in {args.out}")
+        others = sorted(n for n in by_person if n not in chosen and (allowed is None or n in allowed))
+        strangers = others[:: max(1, len(others) // max(1, args.strangers))][: args.strangers]
+        (args.out / "strangers").mkdir(parents=True, exist_ok=True)
+        for person in strangers:
+            f = by_person[person][0]
+            (args.out / "strangers" / PurePosixPath(f).name).write_bytes(z.read(f))
+    print(f"demo data: {len(chosen)} people x 3 gallery photos, {len(chosen)} unseen probes, "
+          f"{len(strangers)} probes of people not enrolled, in {args.out}")
 
 
 def group_photo(photos: Path, out: Path) -> None:

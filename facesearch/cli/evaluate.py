@@ -207,8 +207,9 @@ def _model_or_global(model):
     return getattr(click.get_current_context().find_root().obj, "model", None)
 
 
-_model_opt = click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path), default=None,
-                          help="model directory (model.json + weights.pt); default: the shipped model")
+_model_opt = click.option("--model", "model", metavar="NAME|DIR", default=None,
+                          help="a built-in model (sface, lfw-mobilenet) or a model directory (model.json + "
+                               "weights.pt); default: the default built-in model (sface)")
 _device_opt = click.option("--device", default="auto", show_default=True,
                            help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 _json_opt = click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")

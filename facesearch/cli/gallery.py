@@ -213,8 +213,9 @@ def info(app: App, as_json):
 
 
 @click.command(cls=Command)
-@click.option("--model", "new_model", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Re-embed every face with this model and make it the gallery's model.")
+@click.option("--model", "new_model", metavar="NAME|DIR",
+              help="Re-embed every face with this model (a built-in one: sface, lfw-mobilenet, default; or a "
+                   "model directory) and make it the gallery's model.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def reindex(app: App, new_model, as_json):

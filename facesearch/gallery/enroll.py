@@ -25,7 +25,7 @@ from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
-from facesearch.gallery.embedding import align_face
+from facesearch.gallery.embedding import align_face, model_crop
 from facesearch.gallery.results import EnrollReport, Failure
 from facesearch.model.inference import ThreadTuner
 from facesearch.store import nfc_name, validate_identity
@@ -144,16 +144,20 @@ class Enroller:
             pixels = images.decode(item.raw, item.source)
             if g.detect:
                 faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
-                item.crop = images.prepare(align_face(pixels, faces[0], g.config), g.config)
+                item.crop = kept = images.prepare(align_face(pixels, faces[0], g.config), g.config)
                 item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
             else:
-                item.crop = images.prepare(pixels, g.config)
+                # the store keeps the crop as given (the LFW pack's geometry, at the model's size), which
+                # reindex moves into any model's geometry; the model embeds it in its own
+                kept = images.prepare(pixels, g.config)
+                moved = model_crop(pixels, g.config, g.detector)
+                item.crop = kept if moved is pixels else images.prepare(moved, g.config)
             if not g.keep_crops:
                 item.png = None
-            elif pixels.shape[:2] == item.crop.shape[1:] and np.array_equal(pixels.transpose(2, 0, 1), item.crop):
+            elif pixels.shape[:2] == kept.shape[1:] and np.array_equal(pixels.transpose(2, 0, 1), kept):
                 item.png = item.raw  # the file is the aligned crop already: its own bytes decode to it exactly
             else:
-                item.png = _png(item.crop)  # encoded here, in the reader threads
+                item.png = _png(kept)  # encoded here, in the reader threads
         except (InvalidImageError, OSError) as e:
             item.error = _reason(e, "decode")
         item.raw = None

@@ -16,10 +16,12 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.errors import FaceSearchError, InvalidImageError, ModelFileError
-from facesearch.gallery.embedding import align_face
+from facesearch.gallery.embedding import align_face, model_crop
 from facesearch.gallery.results import Failure
 from facesearch.model.files import model_key, resolve
 
@@ -49,13 +51,16 @@ def switch_model(g: "FaceSearch", model: str | os.PathLike, progress: Progress |
     try:
         active = g.store.active_model()
         everything = active is not None and active.id == rec.id
+        # stored crops of detected faces are in the geometry of the model that enrolled them, taken to be
+        # the gallery's until now (the crops users gave are kept as given, in the LFW pack's geometry)
+        given = (active.config or {}).get("alignment") if active is not None else None
         dropped = g.store.unstage_others(rec.id, own_too=everything)
         if dropped:
             log.info("dropped %d embeddings staged by an earlier reindex", dropped)
         while True:
             if total is not None:
                 total(g.store.count_pending(rec.id, own_too=everything))
-            reembedded += _pass(g, rec.id, progress, everything)
+            reembedded += _pass(g, rec.id, progress, everything, given)
             everything = False
             if g.store.switch_model(rec.id) == 0:
                 return reembedded
@@ -65,17 +70,21 @@ def switch_model(g: "FaceSearch", model: str | os.PathLike, progress: Progress |
         raise
 
 
-def _crop_of(g: "FaceSearch", source: str, png: bytes | None, found: dict | None):
+def _crop_of(g: "FaceSearch", source: str, png: bytes | None, found: dict | None, given) -> np.ndarray:
+    """The new model's input for a face: its stored crop moved into the new model's geometry (from the
+    LFW pack's for a crop the user gave; from ``given``, the 5 x 2 template of the model that aligned
+    it, for a detected face); else the face aligned again from its source."""
     if png:
-        pixels = images.decode(png, source)
+        pixels = model_crop(images.decode(png, source), g.config, g.detector, given if found else None)
     elif found:  # a face detected in a photo: align it again from the recorded landmarks
         pixels = align_face(images.load(source).pixels, fdetect.Face.from_dict(found), g.config)
-    else:
-        pixels = images.load(source).pixels
+    else:  # the aligned crop the user gave, still on disk
+        pixels = model_crop(images.load(source).pixels, g.config, g.detector)
     return images.prepare(pixels, g.config)
 
 
-def _pass(g: "FaceSearch", model_id: int, progress: Progress | None, everything: bool = False) -> int:
+def _pass(g: "FaceSearch", model_id: int, progress: Progress | None, everything: bool = False,
+          given=None) -> int:
     """Embed, with the current model, every face with no embedding staged for it that it did not
     embed (``everything``: even if it did), and stage the results; returns how many."""
     done, missing = 0, []
@@ -84,7 +93,7 @@ def _pass(g: "FaceSearch", model_id: int, progress: Progress | None, everything:
         for fid, source, png, found, sha in chunk:
             shas[fid] = sha
             try:
-                crops.append(_crop_of(g, source, png, found))
+                crops.append(_crop_of(g, source, png, found, given))
                 fids.append(fid)
             except InvalidImageError as e:
                 missing.append(Failure(source, str(e)))
