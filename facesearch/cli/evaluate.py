@@ -118,7 +118,7 @@ def format_identify(r) -> str:
         f"open-set identification: {r.images}" + (" (faces detected and aligned: --detect)" if r.detect else "")
         + (f", people of {r.people}" if r.people else ""),
         f"model:  {m.get('name')} at {m.get('path')}; device {r.device}"
-        + ("; crops aligned again to the model's template" if r.realigned else ""),
+        + ("; crops moved onto the model's template" if r.realigned else ""),
         f"gallery: {r.n_enrolled_identities} people x {r.gallery_per_identity} image(s) = {r.n_gallery_images} images",
         f"probes:  {r.n_known_probes} of enrolled people, {r.n_unknown_probes} of {r.n_unknown_identities} "
         "never-enrolled people",
@@ -277,15 +277,12 @@ def lfw(pairs, images, model, device, batch_size, realign, as_json, report_dir, 
 @click.option("--singletons", is_flag=True,
               help="also search the people with a single image, as never-enrolled people (more strangers: "
                    "an FPIR of 1e-3 needs 1,000 of them)")
-@click.option("--realign/--no-realign", default=None,
-              help="Align each crop again to the model's own template before enrolling and searching "
-                   "[default: when the model has a template of its own, e.g. an imported one].")
 @_json_opt
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write report.json and report.html into this folder")
 @_quiet_opt
 def identify(images, model, device, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities,
-             seed, batch_size, detect, people, singletons, realign, as_json, report_dir, quiet):
+             seed, batch_size, detect, people, singletons, as_json, report_dir, quiet):
     """Open-set identification on the people with at least 2 images: some are enrolled (a gallery of
     N images each) in a temporary facesearch home, probes of enrolled and never-enrolled people are
     searched with the same code as `facesearch query`. Rank-1/rank-5 identification rate; DIR
@@ -300,7 +297,7 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
             images, model=_model_or_global(model), device=device, gallery_per_identity=gallery_per_identity,
             probes_per_identity=probes_per_identity, enrolled_fraction=enrolled_fraction,
             max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
-            detect=detect, people=people, realign=realign, singletons=singletons,
+            detect=detect, people=people, singletons=singletons,
         )
         paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
     except FaceSearchError as e:

@@ -12,7 +12,6 @@ calibrated on peopleDevTrain.txt)."""
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from facesearch import distance, images as fimages, metrics
+from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError, InvalidImageError, NoFaceError
 from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
@@ -117,7 +116,8 @@ class IdentifyResult:
     dir_by_default: float | None = None
     #: the people file the run was restricted to (None: every person of the folder)
     people: str | None = None
-    #: crops aligned again to the model's own template before enrolling and searching
+    #: the crops were moved onto the model's own template by the gallery, as every enroll and query does for
+    #: a model with a template of its own (``facesearch.gallery.embedding.model_crop``)
     realigned: bool = False
     #: the images were photos: faces found and aligned first (``--detect``)
     detect: bool = False
@@ -194,7 +194,6 @@ def evaluate_identify(
     progress: ProgressFactory | None = None,
     detect: bool = False,
     people: str | os.PathLike | None = None,
-    realign: bool | None = None,
     singletons: bool = False,
 ) -> IdentifyResult:
     """Open-set identification through the same enrol/search code as ``facesearch query``.
@@ -207,10 +206,9 @@ def evaluate_identify(
     what ``query``'s default rule and the model's 1:1 threshold give.
 
     ``people``: a people file (:func:`read_people`); only its people take part. ``singletons``: people with
-    one image are searched as never-enrolled people too (:func:`select_identification`). ``realign`` (default:
-    when the model has a template of its own and the images are aligned crops, not ``detect`` photos):
-    each crop is aligned again to the model's template before it is enrolled or searched, as
-    ``evaluate lfw`` and the model's calibration do.
+    one image are searched as never-enrolled people too (:func:`select_identification`). Aligned crops reach
+    a model with a template of its own moved onto it by the gallery, as in every enroll and query (and as
+    ``evaluate lfw`` and ``facesearch model calibrate`` realign them).
     """
     from facesearch.gallery.facade import DB_FILE, FaceSearch
     from facesearch.model.files import resolve
@@ -225,27 +223,21 @@ def evaluate_identify(
         folder, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities, seed, names, singletons
     )
     model_dir = None if model is None else resolve_model_dir(model)
-    config = resolve(model_dir).config
-    if realign is None:
-        realign = config.alignment is not None and not detect
-    if realign and detect:
-        raise FaceSearchError("realign is for aligned crops; with detect the faces are aligned to the model's "
-                              "template already")
-    transform = _realign_transform(config) if realign else None
+    realigned = resolve(model_dir).config.alignment is not None and not detect
     with tempfile.TemporaryDirectory(prefix="facesearch-eval-") as home:
         # an explicit database URL: a FACESEARCH_DB in the environment must never receive this gallery
         fs = FaceSearch.open(home=home, db_url=f"sqlite:///{Path(home) / DB_FILE}", model=model_dir,
                              device=device, keep_crops=False, detect=detect)
         try:
             t1 = time.perf_counter()
-            rep, no_face = _enroll_gallery(fs, folder, gallery, detect, progress, transform)
+            rep, no_face = _enroll_gallery(fs, folder, gallery, detect, progress)
             # a person whose every gallery image was skipped (same bytes as an image already enrolled)
             # has no face in the gallery: their probes count as probes of never-enrolled people
             enrolled = set(rep.identities)
             unknown = [pk for pk in known if pk[0] not in enrolled] + unknown
             known = [pk for pk in known if pk[0] in enrolled]
             t2 = time.perf_counter()
-            results, faceless = _search_probes(fs, folder, known + unknown, batch_size, detect, progress, transform)
+            results, faceless = _search_probes(fs, folder, known + unknown, batch_size, detect, progress)
             known = [pk for pk in known if pk not in faceless]
             unknown = [pk for pk in unknown if pk not in faceless]
             no_face["probes"] = len(faceless)
@@ -277,7 +269,7 @@ def evaluate_identify(
         seed=seed,
         default_decision=default,
         people=str(people) if people is not None else None,
-        realigned=bool(realign),
+        realigned=realigned,
         detect=detect,
         no_face=no_face,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
@@ -285,39 +277,11 @@ def evaluate_identify(
     )
 
 
-def _realign_transform(config):
-    """Decoded crop -> the crop aligned again to the model's template (as given where no face is found,
-    as ``evaluate lfw`` does)."""
-    from facesearch.detect.align import realign as realign_crop
-
-    template = np.asarray(config.alignment)
-
-    def transform(pixels: np.ndarray) -> np.ndarray:
-        out = realign_crop(pixels, template, config.input_size)
-        return pixels if out is None else out
-
-    return transform
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _enroll_gallery(fs, folder: ImageFolder, gallery: dict[str, list[str]], detect: bool,
-                    progress: ProgressFactory | None, transform=None) -> tuple[Any, dict[str, int]]:
-    """Enrol the gallery (each crop aligned again first, with ``transform``: the gallery stores what a user
-    enrolling crops aligned to the model's template would); the enrolment report and the count of photos
-    left out without a face (with ``detect``). Any other failure raises :class:`FaceSearchError`."""
-    def data(k: str):
-        if transform is None:
-            return lambda: folder.read(k)
-        return lambda: _png(transform(fimages.decode(folder.read(k), k)))
-
-    items = ((p, k, data(k)) for p, ks in gallery.items() for k in ks)
+                    progress: ProgressFactory | None) -> tuple[Any, dict[str, int]]:
+    """Enrol the gallery; the enrolment report and the count of photos left out without a face (with
+    ``detect``: a real photo folder has some). Any other failure raises :class:`FaceSearchError`."""
+    items = ((p, k, (lambda k=k: folder.read(k))) for p, ks in gallery.items() for k in ks)
     with progress_bar(progress, "enrolling", sum(len(v) for v in gallery.values())) as bar:
         rep = fs.enroll_items(items, progress=bar.update)
     faceless = [f for f in rep.failed if detect and f.reason.startswith("no face found")]
@@ -330,7 +294,7 @@ def _enroll_gallery(fs, folder: ImageFolder, gallery: dict[str, list[str]], dete
 
 
 def _search_probes(fs, folder: ImageFolder, probes: list[tuple[str, str]], batch_size: int, detect: bool,
-                   progress: ProgressFactory | None, transform=None) -> tuple[list, set[tuple[str, str]]]:
+                   progress: ProgressFactory | None) -> tuple[list, set[tuple[str, str]]]:
     """Search every probe, ``batch_size`` at a time: the search results in probe order, and (with
     ``detect``) the probes left out because no face was found in them."""
     results, faceless = [], set()
@@ -338,15 +302,12 @@ def _search_probes(fs, folder: ImageFolder, probes: list[tuple[str, str]], batch
         for s in range(0, len(probes), batch_size):
             chunk = probes[s : s + batch_size]
             items = [(k, folder.read(k)) for _, k in chunk]
-            if transform is not None:
-                emb = fs.embed_crops([fimages.prepare(transform(fimages.decode(b, k)), fs.config) for k, b in items])
-            else:
-                try:
-                    emb = fs.embed_bytes(items)
-                except InvalidImageError:
-                    if not detect:
-                        raise
-                    chunk, emb = _embed_one_by_one(fs, chunk, items, faceless)
+            try:
+                emb = fs.embed_bytes(items)
+            except InvalidImageError:
+                if not detect:
+                    raise
+                chunk, emb = _embed_one_by_one(fs, chunk, items, faceless)
             if chunk:
                 results += fs.search_embeddings(emb, top_k=5, probes=[k for _, k in chunk])
             bar.update(len(items))
