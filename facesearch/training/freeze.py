@@ -183,6 +183,8 @@ def disk_array(cache_dir: str | os.PathLike | None, what: str, ident: dict, comp
         except (OSError, ValueError):
             pass  # damaged or cut short: computed again
     arr = compute()
+    if arr is None:  # asked for what is stored only
+        return None, False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -200,24 +202,70 @@ def build_feature_cache(model: encoder.Encoder, cut: int, pixels: torch.Tensor, 
                         cache_dir: str | os.PathLike | None, data_ident: dict,
                         progress: Callable[[int], None] | None = None) -> FeatureCache:
     """:func:`frozen_features` of ``pixels`` (the training rows), through the on-disk cache when
-    ``cache_dir`` is given (keyed by the frozen weights, the images and ``flip``)."""
+    ``cache_dir`` is given (keyed by the frozen weights, the images and ``flip``; see :func:`cached_outputs`)."""
     t0 = time.time()
-    ident = {"frozen": frozen_state_sha256(model, cut), "cut": cut, "flip": flip, "images": data_ident,
-             "format": 1}
-
-    def compute() -> np.ndarray:
-        return frozen_features(model, cut, pixels, flip, progress=progress).cpu().numpy()
-
     if cache_dir is None:  # no round trip through numpy: keep the device tensor
         feats, hit = frozen_features(model, cut, pixels, flip, progress=progress), False
     else:
-        both = dict(ident, flip=True)
-        if not flip and disk_path(cache_dir, "frozen", both).is_file():  # a run with mirror images made it
-            arr, hit = disk_array(cache_dir, "frozen", both, compute)
-            arr = arr[: len(pixels)]
-        else:
-            arr, hit = disk_array(cache_dir, "frozen", ident, compute)
-        feats = torch.from_numpy(arr).to(pixels.device)
+        def ident_of(c: int, mirrored: bool) -> dict:
+            return {"frozen": frozen_state_sha256(model, c), "cut": c, "flip": mirrored, "images": data_ident,
+                    "format": 1}
+
+        arr, hit = cached_outputs(model, cut, pixels, flip, cache_dir, "frozen", ident_of, progress)
+        feats = torch.from_numpy(np.ascontiguousarray(arr)).to(pixels.device)
     seconds = time.time() - t0
     n_views = 2 if flip else 1
     return FeatureCache(feats, len(pixels), flip, seconds, len(pixels) * n_views / max(seconds, 1e-9), hit)
+
+
+def cached_outputs(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip: bool, cache_dir: str | os.PathLike,
+                   what: str, ident_of: Callable[[int, bool], dict],
+                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, bool]:
+    """The first ``cut`` blocks' outputs on ``pixels`` (with ``flip``, then on their mirror images), from
+    the on-disk cache under ``cache_dir``: stored for this cut (with or without the mirror images, which
+    are the rows after the first N), else made from a shallower cut stored there (the few blocks between
+    run on it: the same numbers, at a fraction of the cost), else computed from the pixels; what is made
+    is stored. ``ident_of(c, mirrored)`` identifies cut ``c``'s outputs (the frozen weights up to it
+    included). Returns the array and whether it came from the disk as it is."""
+    n = len(pixels)
+    for mirrored in ((flip,) if flip else (False, True)):
+        path = disk_path(cache_dir, what, ident_of(cut, mirrored))
+        if path.is_file():
+            arr, hit = disk_array(cache_dir, what, ident_of(cut, mirrored), lambda: None)
+            if arr is not None:
+                return (arr if flip or not mirrored else arr[:n]), hit
+
+    def compute() -> np.ndarray:
+        for c in range(cut - 1, 0, -1):
+            for mirrored in ((True,) if flip else (False, True)):
+                path = disk_path(cache_dir, what, ident_of(c, mirrored))
+                if path.is_file():
+                    try:
+                        src = np.load(path, mmap_mode="r", allow_pickle=False)
+                    except (OSError, ValueError):
+                        continue
+                    rows = 2 * n if flip else n
+                    if len(src) < rows:
+                        continue
+                    return continue_features(model, c, cut, src[:rows], progress)
+        return frozen_features(model, cut, pixels, flip, progress=progress).cpu().numpy()
+
+    return disk_array(cache_dir, what, ident_of(cut, flip), compute)
+
+
+@torch.no_grad()
+def continue_features(model: encoder.Encoder, start: int, cut: int, outputs: np.ndarray,
+                      progress: Callable[[int], None] | None = None, batch_size: int = 64) -> np.ndarray:
+    """Blocks ``start`` to ``cut`` (eval mode) on the stored outputs of the first ``start`` blocks."""
+    blocks = [b for _, b in model.blocks()[start:cut]]
+    for b in blocks:
+        b.eval()
+    out = None
+    for i in range(0, len(outputs), batch_size):
+        h = run_blocks(blocks, torch.from_numpy(np.array(outputs[i : i + batch_size])).to(model.device))
+        if out is None:
+            out = np.empty((len(outputs), *h.shape[1:]), np.float32)
+        out[i : i + len(h)] = h.float().cpu().numpy()
+        if progress is not None:
+            progress(len(h))
+    return out

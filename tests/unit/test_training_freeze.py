@@ -166,3 +166,21 @@ def test_the_cache_is_used_only_when_nothing_random_comes_before_the_cut():
 def test_bad_freezing_and_distillation_options_are_refused(kw, message):
     with pytest.raises(TrainingError, match=message):
         TrainOptions(data=".", out=".", **kw).validate()
+
+
+def test_the_disk_cache_gives_a_deeper_cut_from_a_shallower_one(tmp_path):
+    """Outputs stored for 5 frozen blocks give those of 8 by running blocks 5-7 on them: the same numbers
+    as from the images (which the second call does not even get: they are blanked)."""
+    from facesearch.training.freeze import build_feature_cache
+
+    m = net()
+    x = batch(6)
+    five = build_feature_cache(m, 5, x, True, tmp_path, {"data": "x"})
+    assert not five.from_disk and five.features.shape[0] == 12
+    blank = torch.zeros_like(x)
+    eight = build_feature_cache(m, 8, blank, True, tmp_path, {"data": "x"})
+    torch.testing.assert_close(eight.features, frozen_features(m, 8, x, flip=True), rtol=1e-5, atol=1e-6)
+    again = build_feature_cache(m, 8, blank, False, tmp_path, {"data": "x"})  # without the mirror images
+    assert again.from_disk and torch.equal(again.features, eight.features[:6])
+    other = build_feature_cache(m, 8, x, True, tmp_path, {"data": "y"})  # other images: computed afresh
+    assert not other.from_disk
