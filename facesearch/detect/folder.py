@@ -12,6 +12,7 @@ crops of another geometry to it is refused, so a resumed run never mixes two tem
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -91,31 +92,63 @@ def _claim_output(out: Path, geometry: dict) -> None:
     write_private_atomic(path, json.dumps(geometry, indent=1).encode() + b"\n")
 
 
+@functools.cache
+def _bundled_openmp():
+    """yuface's own OpenMP runtime (its wheel bundles a libgomp), or None when it cannot be found."""
+    try:
+        import ctypes
+        import glob
+        import os
+
+        import yuface
+
+        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(yuface.__file__)), "yuface.libs",
+                                      "libgomp*.so*"))
+        return ctypes.CDLL(libs[0]) if libs else None
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _openmp_runtimes() -> list:
+    """The OpenMP runtimes yuface's parallel regions may run on: once torch is imported, the process's
+    global one (torch loads its libgomp globally, and yuface's calls bind to it: measured, yuface then
+    follows ``torch.set_num_threads``), else yuface's bundled one; both, to be sure."""
+    import ctypes
+
+    found = []
+    try:
+        glob_scope = ctypes.CDLL(None)
+        glob_scope.omp_set_num_threads  # noqa: B018 - raises AttributeError when no runtime is loaded globally
+        found.append(glob_scope)
+    except (AttributeError, OSError):
+        pass
+    bundled = _bundled_openmp()
+    if bundled is not None:
+        found.append(bundled)
+    return found
+
+
 @contextlib.contextmanager
-def _one_detector_thread(detector: Detector):
-    """yuface runs its network on an OpenMP team of one thread per core; on a machine whose cores are
-    busy the team waits for them, measured 15-28 ms per 224 px crop with one thread against 240-470 ms
-    with two (2-core machine, load 6). Photos here are aligned in parallel instead (:data:`WORKERS`), so
-    each worker thread calls the detector with a team of one (OpenMP's thread count is per calling
-    thread). Other detectors are left as they are."""
-    gomp = None
-    if getattr(detector, "name", None) == "yuface":
-        try:
-            import ctypes
-            import glob
-            import os
-
-            import yuface
-
-            libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(yuface.__file__)), "yuface.libs",
-                                          "libgomp*.so*"))
-            gomp = ctypes.CDLL(libs[0]) if libs else None
-        except (ImportError, OSError, AttributeError):
-            gomp = None
-    if gomp is None:
-        yield lambda: None
+def one_detector_thread(detector: Detector | None = None):
+    """The calling thread's detector calls, inside, run on one core. yuface runs its network on an OpenMP
+    team of one thread per core, and on a machine whose cores are busy the team waits for them: measured
+    15-28 ms per 224 px crop with one thread against 240-470 ms with two (2-core machine, load 6; and 17.6
+    against 89 ms at load 4 with torch imported). One detector call runs at a time anyway (under yuface's
+    lock), so photos are worked on in parallel instead (:data:`WORKERS`), and enroll embeds on the other
+    core meanwhile. OpenMP's thread count belongs to the calling thread and is restored on leaving, so
+    torch's own count in this thread is as it was. Other detectors are left as they are."""
+    if getattr(detector or get_detector(), "name", None) != "yuface":
+        yield
         return
-    yield lambda: gomp.omp_set_num_threads(1)
+    runtimes = _openmp_runtimes()
+    before = [rt.omp_get_max_threads() for rt in runtimes]
+    for rt in runtimes:
+        rt.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        for rt, n in zip(runtimes, before):
+            rt.omp_set_num_threads(n)
 
 
 def align_folder(src, out, progress=None, total=None, detector: Detector | None = None,
@@ -163,9 +196,11 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
             pixels = images.decode(folder.read(key), key)
             faces = 1
             if realign:
-                crop, found = realign_or_given(pixels, template, size, detector)
+                with one_detector_thread(detector):
+                    crop, found = realign_or_given(pixels, template, size, detector)
             else:
-                found_faces = faces_or_fail(pixels, key, detector)
+                with one_detector_thread(detector):
+                    found_faces = faces_or_fail(pixels, key, detector)
                 faces, found = len(found_faces), True
                 crop = align(pixels, found_faces[0], size=size, template=template, template_size=size)
             buf = io.BytesIO()
@@ -208,7 +243,7 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
                 if progress:
                     progress(1)
 
-    with _one_detector_thread(detector) as single, ThreadPoolExecutor(max(1, workers), initializer=single) as pool:
+    with ThreadPoolExecutor(max(1, workers)) as pool:
         pending: list = []
         for key, dest in todo():
             pending.append((key, pool.submit(one, key, dest)))

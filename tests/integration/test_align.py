@@ -159,3 +159,27 @@ def test_realign_lfw_crops_falls_back_to_the_crop_as_given_and_resumes(tmp_path,
     # the written folder is a training folder of identities, owner-only
     assert ImageFolder(out).identities() == ["Colin_Powell", "Serena_Williams", "Tony_Blair"]
     assert all(p.stat().st_mode & 0o077 == 0 for p in out.rglob("*"))
+
+
+def test_the_detector_runs_on_one_core_inside_and_torch_keeps_its_threads():
+    """yuface's OpenMP team follows torch's thread count once torch is imported (its calls bind to torch's
+    runtime): inside one_detector_thread both runtimes give one thread, and leaving restores them."""
+    import ctypes
+
+    import torch
+
+    from facesearch.detect.folder import _bundled_openmp, one_detector_thread
+
+    if not LFW_ZIP.exists():
+        pytest.skip(f"LFW pack not found at {LFW_ZIP}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runtimes = [ctypes.CDLL(None), _bundled_openmp()]
+        with one_detector_thread():
+            assert [rt.omp_get_max_threads() for rt in runtimes] == [1, 1]
+            assert detect.detect(images.decode(ImageFolder(LFW_ZIP).read(
+                "lfw-deepfunneled-112/Tony_Blair/Tony_Blair_0001.webp")))
+        assert torch.get_num_threads() == 2 and runtimes[0].omp_get_max_threads() == 2
+    finally:
+        torch.set_num_threads(before)
