@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.datasets import ImageFolder
+from facesearch.detect.folder import one_detector_thread
 from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
 from facesearch.gallery.embedding import align_face, model_crop
 from facesearch.gallery.results import EnrollReport, Failure
@@ -143,7 +144,8 @@ class Enroller:
         try:
             pixels = images.decode(item.raw, item.source)
             if g.detect:
-                faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
+                with one_detector_thread(g.detector):  # one core each: the embedding runs meanwhile
+                    faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
                 item.crop = kept = images.prepare(align_face(pixels, faces[0], g.config), g.config)
                 item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
             else:
@@ -244,13 +246,8 @@ class Enroller:
         if self._start_embedding is not None:
             start, self._start_embedding = self._start_embedding, None
             start()
-        tuner = self.g.encoder.tuner
-        if tuner is not None:
-            tuner.start()
-        embs = self.g.embed_crops([i.crop for i in todo])
-        if tuner is not None:
-            tuner.stop(len(todo))
-        return embs
+        g = self.g
+        return g.encoder.embed_crops([i.crop for i in todo], g.model_key, tuner=g.encoder.tuner)
 
     def _store(self, todo: list[Item], report: EnrollReport) -> None:
         """Embed items and store them in one transaction, then index them."""

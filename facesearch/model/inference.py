@@ -1,5 +1,6 @@
-"""Embedding fast on the CPU: batch norms folded into convolutions, and torch's thread count chosen by
-measurement while enrolling. Used by the gallery; torch is imported inside the functions."""
+"""Embedding fast on the CPU: batch norms folded into convolutions, a forward batch that suits the model,
+and torch's thread count chosen by measurement while enrolling. Used by the gallery; torch is imported
+inside the functions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ if TYPE_CHECKING:
     from facesearch.model import encoder
 
 log = logging.getLogger("facesearch")
+
+#: on the CPU, a forward pass takes at most this many images...
+MAX_FORWARD_BATCH = 64
+#: ... and at most as many as keep its largest activation (one layer's output, all images of the batch)
+#: within this many bytes, about a last-level cache (32 MiB on the 2-core EPYC measured). Images/s against
+#: the forward batch, one torch thread, median of 4 runs at load 7-8 (benchmarks/README.md): MobileNetV2
+#: 112 px (largest activation 1.15 MB an image: batch 16) 138 / 154 / 175 / 181 / 154 at batch 4 / 8 / 16 /
+#: 32 / 64; SFace (3.06 MB, its first 64 channels at full resolution: batch 8) 24.8 / 25.1 / 21.3 / 19.3 /
+#: 17.4. One batch of 64 for both, as enroll had, cost SFace 30% and MobileNetV2 12%.
+ACTIVATION_BUDGET = 32 * 2**20
 
 
 def fold_batch_norms(module) -> int:
@@ -55,18 +66,58 @@ def inference_copy(model: "encoder.Encoder") -> "encoder.Encoder":
         return model
 
 
-class ThreadTuner:
-    """Torch intra-op threads for enrolling, chosen by measurement: after one warm-up batch, batches
-    alternate between one thread and all of them until each has run ``trials`` batches, then the faster
-    (median wall time per image) is kept; the choice is measured again every ``every`` batches. On an
-    idle 2-core machine all threads embed faster (measured 246-272 vs 186-205 images/s); when other
-    processes also want the CPU, a 2-thread parallel region waits for a busy second core and one thread
-    is 3-4x faster (158 vs 36-48 images/s). See benchmarks/README.md."""
+def largest_activation_bytes(model: "encoder.Encoder") -> int:
+    """Bytes of the largest output of any one layer when ``model`` embeds one image (a forward pass of a
+    blank image, outputs measured by hooks on every leaf module). Call it on a model no other thread uses."""
+    import torch
 
-    def __init__(self, threads: int, trials: int = 2, every: int = 100):
+    largest = [0]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        size = model.config.input_size
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, size, size, device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
+
+
+def forward_batch(model: "encoder.Encoder", budget: int = ACTIVATION_BUDGET, most: int = MAX_FORWARD_BATCH) -> int | None:
+    """Images per forward pass that suit ``model`` on the CPU: the largest power of two up to ``most`` whose
+    largest activation fits in ``budget`` bytes (see :data:`ACTIVATION_BUDGET`; mirror-image averaging
+    doubles what a pass holds), at least 1. None off the CPU, where larger batches only help."""
+    if model.device.type != "cpu":
+        return None
+    per_image = largest_activation_bytes(model) * (2 if getattr(model.config, "flip_average", False) else 1)
+    fits = max(1, budget // max(per_image, 1))
+    n = 1
+    while n * 2 <= min(fits, most):
+        n *= 2
+    return n
+
+
+class ThreadTuner:
+    """Torch intra-op threads for enrolling, chosen by measurement, one forward pass at a time: the first
+    pass (a warm-up) runs on one thread, then passes alternate between all threads and one until each has
+    run ``trials`` passes, then the faster (median wall time per image) is kept; the choice is measured
+    again every ``every`` passes. On an idle 2-core machine all threads embed faster (measured 246-272 vs
+    186-205 images/s); when other processes also want the CPU, a 2-thread parallel region waits for a busy
+    second core and one thread is 3-4x faster (158 vs 36-48 images/s), up to 10x at load 8. A trial is one
+    forward pass (16 images for MobileNetV2, 8 for SFace: :func:`forward_batch`), not an enroll batch of
+    64, so a slow trial on a busy machine costs a quarter to an eighth of what it did. See
+    benchmarks/README.md."""
+
+    def __init__(self, threads: int, trials: int = 2, every: int = 400):
         self.options, self.trials, self.every = (1, threads), trials, every
         self.times: dict[int, list[float]] = {1: [], threads: []}
-        self.batch, self.current, self.t0 = 0, threads, 0.0
+        self.batch, self.current, self.t0 = 0, 1, 0.0
 
     def _exploring(self) -> bool:
         return 1 <= self.batch % self.every <= 2 * self.trials
