@@ -107,6 +107,9 @@ def _names_file(path: Path) -> frozenset[str]:
                    "difference of the batch's distance matrices (any sizes).")
 @click.option("--distill-weight", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.distill_weight,
               show_default=True, help="Weight of the distillation term next to the contrastive loss.")
+@click.option("--teacher-flip-average/--no-teacher-flip-average", default=DEFAULTS.teacher_flip_average,
+              help="The teacher's targets average each image with its mirror image (default: as the teacher "
+                   "embeds, its model.json's flip_average).")
 @click.option("--unlabelled", type=click.Path(exists=True, path_type=Path), default=None,
               help="A folder or zip of aligned photos without labels (any depth): with --teacher they get the "
                    "distillation term only. Photos in a folder named after an excluded, held-out or training "
@@ -145,7 +148,7 @@ def _names_file(path: Path) -> frozenset[str]:
 def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim, input_size, epochs, time_budget, pk,
           identities_per_batch, images_per_identity, pos_margin, neg_margin, mining, lr, backbone_lr_factor,
           weight_decay, warmup, seed, device, amp, cuda_graph, augment, no_augment, train_last_blocks, feature_cache,
-          teacher, teacher_data, distill, distill_weight, unlabelled, teacher_unlabelled, unlabelled_per_batch,
+          teacher, teacher_data, distill, distill_weight, teacher_flip_average, unlabelled, teacher_unlabelled, unlabelled_per_batch,
           flip_average, decode_cache, checkpoint_every, calibration_fraction, exclude_folds, people_file,
           exclude_people, include_people, resume, keep_checkpoint, name, notes, quiet, as_json):
     """Train a face encoder on DATA (a folder of identities, or a zip of one such as the LFW pack).
@@ -179,7 +182,7 @@ def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim,
         include_people=_names_file(include_people) if include_people is not None else None,
         calibration_fraction=calibration_fraction, augment="off" if no_augment else augment,
         train_last_blocks=train_last_blocks, feature_cache=feature_cache, teacher=teacher, teacher_data=teacher_data,
-        distill=distill, distill_weight=distill_weight, unlabelled=unlabelled, teacher_unlabelled=teacher_unlabelled,
+        distill=distill, distill_weight=distill_weight, teacher_flip_average=teacher_flip_average, unlabelled=unlabelled, teacher_unlabelled=teacher_unlabelled,
         unlabelled_per_batch=unlabelled_per_batch, flip_average=flip_average,
         decode_cache=decode_cache, checkpoint_interval_s=checkpoint_every, name=name, notes=notes,
     )

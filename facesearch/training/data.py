@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def split_identities(folder: ImageFolder, options: TrainOptions) -> Split:
     usable = [n for n in names if len(folder.items[n]) >= options.min_images]
     rng = np.random.default_rng(options.seed)
     order = rng.permutation(len(usable))
-    n_cal = int(round(len(usable) * options.calibration_fraction))
+    n_cal = round(len(usable) * options.calibration_fraction)
     if options.calibration_fraction > 0:
         n_cal = max(n_cal, 2)
     cal = sorted(usable[i] for i in order[:n_cal])

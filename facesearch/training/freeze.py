@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from facesearch import distance
 from facesearch.model import encoder
@@ -128,8 +128,10 @@ def frozen_features(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip
 
 
 def frozen_state_sha256(model: encoder.Encoder, cut: int) -> str:
-    """A hash of the frozen blocks' weights and buffers (what their outputs depend on, with the input)."""
+    """A hash of what the first ``cut`` blocks' outputs depend on, besides the images: the input
+    normalisation (mean, std) and those blocks' weights and buffers."""
     h = hashlib.sha256()
+    h.update(json.dumps([list(model.config.mean), list(model.config.std)]).encode())
     for name, block in model.blocks()[:cut]:
         h.update(name.encode())
         for key, t in block.state_dict().items():
@@ -218,16 +220,17 @@ def build_feature_cache(model: encoder.Encoder, cut: int, pixels: torch.Tensor, 
     return FeatureCache(feats, len(pixels), flip, seconds, len(pixels) * n_views / max(seconds, 1e-9), hit)
 
 
-def cached_outputs(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip: bool, cache_dir: str | os.PathLike,
-                   what: str, ident_of: Callable[[int, bool], dict],
-                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, bool]:
+def cached_outputs(model: encoder.Encoder, cut: int, pixels: torch.Tensor | Callable[[], torch.Tensor], flip: bool,
+                   cache_dir: str | os.PathLike, what: str, ident_of: Callable[[int, bool], dict],
+                   progress: Callable[[int], None] | None = None, n: int | None = None) -> tuple[np.ndarray, bool]:
     """The first ``cut`` blocks' outputs on ``pixels`` (with ``flip``, then on their mirror images), from
     the on-disk cache under ``cache_dir``: stored for this cut (with or without the mirror images, which
     are the rows after the first N), else made from a shallower cut stored there (the few blocks between
     run on it: the same numbers, at a fraction of the cost), else computed from the pixels; what is made
     is stored. ``ident_of(c, mirrored)`` identifies cut ``c``'s outputs (the frozen weights up to it
-    included). Returns the array and whether it came from the disk as it is."""
-    n = len(pixels)
+    included). ``pixels`` may be a function that decodes them (then ``n`` says how many), called only
+    when they are needed. Returns the array and whether it came from the disk as it is."""
+    n = len(pixels) if n is None else n
     for mirrored in ((flip,) if flip else (False, True)):
         path = disk_path(cache_dir, what, ident_of(cut, mirrored))
         if path.is_file():
@@ -248,9 +251,27 @@ def cached_outputs(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip:
                     if len(src) < rows:
                         continue
                     return continue_features(model, c, cut, src[:rows], progress)
-        return frozen_features(model, cut, pixels, flip, progress=progress).cpu().numpy()
+        images = pixels() if callable(pixels) else pixels
+        return frozen_features(model, cut, images, flip, progress=progress).cpu().numpy()
 
     return disk_array(cache_dir, what, ident_of(cut, flip), compute)
+
+
+def root_ident(root) -> dict:
+    """What identifies a data root's files for an on-disk cache: its path, size and modification time."""
+    root = Path(root)
+    st = root.stat()
+    return {"root": str(root.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def keys_sha256(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def images_ident(root, keys: list[str], config) -> dict:
+    """``build_feature_cache``'s ``data_ident`` for the images ``keys`` of ``root`` prepared for ``config``."""
+    return {"data": root_ident(root), "keys": keys_sha256(keys), "input_size": config.input_size,
+            "crop_fraction": config.crop_fraction}
 
 
 @torch.no_grad()

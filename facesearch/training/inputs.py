@@ -17,7 +17,12 @@ import torch
 
 from facesearch.training.batches import augment_batch, to_device
 from facesearch.training.data import images_of
-from facesearch.training.freeze import FeatureCache, build_feature_cache, wants_cache
+from facesearch.training.freeze import (
+    FeatureCache,
+    build_feature_cache,
+    images_ident,
+    wants_cache,
+)
 from facesearch.training.prepare import Decoded, Prepared, progress_bar
 from facesearch.training.teacher import labelled_stems, teacher_embeddings
 
@@ -76,7 +81,7 @@ class Inputs:
 
 def build_inputs(p: Prepared, data: Decoded, progress: bool) -> Inputs:
     """The frozen blocks' outputs (when the run caches them) and the teacher's embeddings, once."""
-    o, device = p.options, p.device
+    o, _device = p.options, p.device
     cached = wants_cache(o, p.cut)
     views = 2 if cached and o.augment == "flip" else 1
     labelled, unlabelled = data.train, data.unlabelled
@@ -90,8 +95,7 @@ def build_inputs(p: Prepared, data: Decoded, progress: bool) -> Inputs:
         for name, pixels, root, keys in sources:
             if pixels is None:
                 continue
-            ident = {"data": root_ident(root), "keys": _keys_hash(keys), "input_size": p.config.input_size,
-                     "crop_fraction": p.config.crop_fraction}
+            ident = images_ident(root, keys, p.config)
             bar = progress_bar(progress, total=len(pixels) * views, desc=f"frozen blocks ({name})", unit="img")
             fc = build_feature_cache(p.model, p.cut, pixels, views == 2, o.decode_cache, ident,
                                      progress=bar.update if bar else None)
@@ -138,12 +142,6 @@ def _teacher_rows(p: Prepared, data: Decoded, inputs: Inputs, progress: bool) ->
     inputs.record["teacher_embeddings"] = rec
 
 
-def root_ident(root) -> dict:
-    """What identifies a data root's files for an on-disk cache: its path, size and modification time."""
-    st = root.stat()
-    return {"root": str(root.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 @torch.no_grad()
 def _embed_rate(model, pixels: torch.Tensor) -> float:
     """Images/s of the whole network's forward (eval mode) on a few images: what embedding the held-out
@@ -159,9 +157,3 @@ def _embed_rate(model, pixels: torch.Tensor) -> float:
     rate = len(x) / max(time.time() - t0, 1e-9)
     model.train(was)
     return rate
-
-
-def _keys_hash(keys: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()

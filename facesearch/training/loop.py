@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from facesearch import distance, metrics
-from facesearch.losses import ContrastiveLoss, DistillationLoss, DistilledContrastiveLoss
+from facesearch.losses import (
+    ContrastiveLoss,
+    DistillationLoss,
+    DistilledContrastiveLoss,
+)
 from facesearch.training.batches import to_device
 from facesearch.training.checkpoint import TrainState, save_checkpoint
 from facesearch.training.data import PKSampler

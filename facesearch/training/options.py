@@ -10,15 +10,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from facesearch import distance
 from facesearch.errors import ModelFileError, TrainingError
-from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig
+from facesearch.model.config import (
+    TRAIN_EPOCHS,
+    TRAIN_INPUT_SIZE,
+    TRAIN_LR,
+    ModelConfig,
+)
 from facesearch.model.files import ResolvedModel, resolve
-
 
 #: TrainOptions.augment's values
 AUGMENT = ("full", "flip", "off")
@@ -111,6 +116,9 @@ class TrainOptions:
     distill: str = "embedding"
     #: the distillation term's weight next to the contrastive loss
     distill_weight: float = 1.0
+    #: the teacher's targets average each image's embedding with its mirror image's (twice the teacher's
+    #: cost, once); None: as the teacher embeds (its ``flip_average``)
+    teacher_flip_average: bool | None = None
     #: a folder (or zip) of photos without labels: aligned crops at any depth; with a teacher they get the
     #: distillation term only. Images in a sub-folder named after an excluded, held-out or training
     #: identity are left out (the LFW pack itself gives its one-image people)

@@ -13,12 +13,28 @@ import torch
 from facesearch.datasets import ImageFolder
 from facesearch.model import encoder
 from facesearch.model.config import ModelConfig
-from facesearch.training.checkpoint import CHECKPOINT_FILE, TrainState, identity_of_run, load_checkpoint
-from facesearch.training.data import Split, Unlabelled, images_of, split_identities, unlabelled_images
+from facesearch.training.checkpoint import (
+    CHECKPOINT_FILE,
+    TrainState,
+    identity_of_run,
+    load_checkpoint,
+)
+from facesearch.training.data import (
+    Split,
+    Unlabelled,
+    images_of,
+    split_identities,
+    unlabelled_images,
+)
 from facesearch.training.freeze import block_names, cut_of, freeze
 from facesearch.training.optim import amp_dtype
-from facesearch.training.options import (TrainingError, TrainOptions, init_model_config, init_model_dir,
-                                         init_model_record)
+from facesearch.training.options import (
+    TrainingError,
+    TrainOptions,
+    init_model_config,
+    init_model_dir,
+    init_model_record,
+)
 from facesearch.training.teacher import Teacher, load_teacher
 
 

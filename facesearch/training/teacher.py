@@ -12,23 +12,28 @@ pulled towards the embedding of the image as given.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from facesearch import distance
 from facesearch.datasets import ImageFolder
 from facesearch.errors import FaceSearchError
 from facesearch.model import encoder
 from facesearch.model.config import ModelConfig
 from facesearch.model.files import resolve
 from facesearch.training.data import image_stem, scan_images
-from facesearch.training.freeze import disk_array, embed_batch_size
+from facesearch.training.freeze import (
+    cached_outputs,
+    embed_batch_size,
+    frozen_state_sha256,
+    images_ident,
+)
 from facesearch.training.options import TrainingError, TrainOptions
 
 #: how a script or user makes the copy aligned for the teacher (said in the errors)
@@ -48,7 +53,7 @@ class Teacher:
         t = self.config.training
         rec = {"name": self.config.name, "weights_sha256": self.sha256, "backbone": self.config.backbone,
                "embedding_dim": self.config.embedding_dim, "distill": options.distill,
-               "distill_weight": options.distill_weight, "flip_average": self.config.flip_average,
+               "distill_weight": options.distill_weight, "targets_flip_averaged": teacher_flip(self, options),
                "own_alignment_template": self.config.alignment is not None,
                "teacher_data": Path(options.teacher_data).name if options.teacher_data is not None else None,
                "trained_on": {k: getattr(t, k) for k in ("data", "people", "images", "people_sha256", "init_model")
@@ -106,11 +111,6 @@ def _view_keys(view: Path, same_as_student: bool, student_keys: list[str], stems
     return [found[s] for s in stems]
 
 
-def _data_ident(root: Path) -> dict:
-    st = root.stat()
-    return {"root": str(root.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def teacher_embeddings(teacher: Teacher, options: TrainOptions, device: torch.device, student_root: Path,
                        student_keys: list[str], stems: list[str], view: str | os.PathLike | None, what: str,
                        progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float, bool]:
@@ -122,23 +122,42 @@ def teacher_embeddings(teacher: Teacher, options: TrainOptions, device: torch.de
     view_root = Path(view) if view is not None else student_root
     same = view is None or Path(view).resolve() == Path(student_root).resolve()
     keys = _view_keys(view_root, same, student_keys, stems, what)
-    ident = {"teacher": teacher.sha256, "config": teacher.config.preprocessing() | {"flip": teacher.config.flip_average},
-             "view": _data_ident(view_root), "keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
-             "format": 1}
-
-    def compute() -> np.ndarray:
-        model = encoder.load(teacher.directory, device)
-        folder = ImageFolder(view_root)
+    flip = teacher_flip(teacher, options)
+    model = encoder.load(teacher.directory, device)
+    folder = ImageFolder(view_root)
+    if options.decode_cache is None:
+        model.config.flip_average = flip
         out = []
         for i in range(0, len(keys), 1024):  # decoded a chunk at a time: the teacher's pixels are not kept
             pixels = folder.load_prepared(keys[i : i + 1024], teacher.config, threads=options.threads)
             out.append(encoder.embed(model, pixels, batch_size=embed_batch_size(device)))
             if progress is not None:
                 progress(len(pixels))
-        return np.concatenate(out) if out else np.zeros((0, teacher.config.embedding_dim), np.float32)
+        emb = np.concatenate(out) if out else np.zeros((0, teacher.config.embedding_dim), np.float32)
+        return emb, time.time() - t0, False
+    # through the on-disk cache, as the teacher's whole chain of blocks: what a fine-tuning run of the same
+    # network on the same images stored of its first blocks is reused (only the blocks after them run)
+    data = images_ident(view_root, keys, teacher.config)
+    n_blocks = len(model.blocks())
 
-    emb, hit = disk_array(options.decode_cache, "teacher", ident, compute)
+    def ident_of(c: int, mirrored: bool) -> dict:
+        return {"frozen": frozen_state_sha256(model, c), "cut": c, "flip": mirrored, "images": data, "format": 1}
+
+    def pixels() -> torch.Tensor:
+        return torch.from_numpy(folder.load_prepared(keys, teacher.config, threads=options.threads)).to(device)
+
+    raw, hit = cached_outputs(model, n_blocks, pixels, flip, options.decode_cache, "frozen", ident_of,
+                              progress=progress, n=len(keys))
+    views = distance.normalize(np.asarray(raw, np.float32))
+    n = len(keys)
+    emb = distance.normalize(views[:n] + views[n:]) if flip else views[:n]
     return emb.astype(np.float32, copy=False), time.time() - t0, hit
+
+
+def teacher_flip(teacher: Teacher, options: TrainOptions) -> bool:
+    """Whether the teacher's targets average each image with its mirror image (``teacher_flip_average``;
+    default: as the teacher embeds, its ``model.json``'s ``flip_average``)."""
+    return teacher.config.flip_average if options.teacher_flip_average is None else options.teacher_flip_average
 
 
 def labelled_stems(names: list[str], keys: list[str], counts: list[int]) -> list[str]:

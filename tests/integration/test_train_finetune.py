@@ -25,7 +25,13 @@ from facesearch.losses import ContrastiveLoss
 from facesearch.model import encoder
 from facesearch.model.config import ModelConfig
 from facesearch.training import TrainOptions, TrainStep, make_optimizer, run
-from facesearch.training.freeze import TrainForward, cut_of, freeze, frozen_features, set_train_mode
+from facesearch.training.freeze import (
+    TrainForward,
+    cut_of,
+    freeze,
+    frozen_features,
+    set_train_mode,
+)
 from tests.conftest import IMAGENET, LFW_ZIP, needs_imagenet, needs_lfw
 
 pytestmark = needs_lfw
@@ -116,10 +122,10 @@ def test_cached_step_equals_the_full_step_on_real_faces(sface_fp16):
 
 
 def _student_options(out, people, **kw):
-    base = dict(data=LFW_ZIP, out=out, backbone="mobilenet_v2", pretrained=str(IMAGENET), input_size=48, epochs=3,
-                identities_per_batch=8, images_per_identity=2, include_people=frozenset(people),
-                calibration_fraction=0.2, lr=1e-3, seed=0, device="cpu", threads=2, calibration_pairs=300,
-                checkpoint_interval_s=1e9, augment="flip", train_last_blocks=4)
+    base = {"data": LFW_ZIP, "out": out, "backbone": "mobilenet_v2", "pretrained": str(IMAGENET), "input_size": 48, "epochs": 3,
+                "identities_per_batch": 8, "images_per_identity": 2, "include_people": frozenset(people),
+                "calibration_fraction": 0.2, "lr": 1e-3, "seed": 0, "device": "cpu", "threads": 2, "calibration_pairs": 300,
+                "checkpoint_interval_s": 1e9, "augment": "flip", "train_last_blocks": 4}
     return TrainOptions(**(base | kw))
 
 
@@ -210,8 +216,9 @@ def test_teacher_embeddings_come_from_its_own_copy_of_the_images(model_dir, peop
     counts = [len(folder.items[n]) for n in names]
     copy_dir = tmp_path / "copy"
     with zipfile.ZipFile(LFW_ZIP) as z:  # the same images, mirrored, as PNG
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         for k in keys:
             name = k.split("/")[1]

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from facesearch import distance
-from facesearch.losses import ContrastiveLoss, DistillationLoss, DistilledContrastiveLoss
+from facesearch.losses import (
+    ContrastiveLoss,
+    DistillationLoss,
+    DistilledContrastiveLoss,
+)
 
 
 def unit(t):

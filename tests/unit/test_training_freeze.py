@@ -153,15 +153,15 @@ def test_the_cache_is_used_only_when_nothing_random_comes_before_the_cut():
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(train_last_blocks=0), "at least 1"),
-    (dict(feature_cache="on"), "needs frozen blocks"),
-    (dict(feature_cache="on", train_last_blocks=2), "needs augment 'flip' or 'off'"),
-    (dict(augment="some"), "augment must be one of"),
-    (dict(teacher_data="x"), "teacher-data is for distillation: it needs a teacher"),
-    (dict(unlabelled="x"), "unlabelled is for distillation"),
-    (dict(teacher="t", teacher_unlabelled="x"), "needs unlabelled"),
-    (dict(teacher="t", distill="kl"), "distill must be one of"),
-    (dict(teacher="t", distill_weight=0), "distill_weight must be positive"),
+    ({"train_last_blocks": 0}, "at least 1"),
+    ({"feature_cache": "on"}, "needs frozen blocks"),
+    ({"feature_cache": "on", "train_last_blocks": 2}, "needs augment 'flip' or 'off'"),
+    ({"augment": "some"}, "augment must be one of"),
+    ({"teacher_data": "x"}, "teacher-data is for distillation: it needs a teacher"),
+    ({"unlabelled": "x"}, "unlabelled is for distillation"),
+    ({"teacher": "t", "teacher_unlabelled": "x"}, "needs unlabelled"),
+    ({"teacher": "t", "distill": "kl"}, "distill must be one of"),
+    ({"teacher": "t", "distill_weight": 0}, "distill_weight must be positive"),
 ])
 def test_bad_freezing_and_distillation_options_are_refused(kw, message):
     with pytest.raises(TrainingError, match=message):

@@ -97,3 +97,38 @@ def test_a_teacher_with_its_own_template_needs_images_aligned_for_it(tmp_path):
                      student)
     # a student with the teacher's template (fine-tuned from it) shares its crops
     assert load_teacher(TrainOptions(data=".", out=".", teacher=teacher), ModelConfig(alignment=ARCFACE))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_teacher_targets_through_the_disk_cache_are_its_embeddings(tmp_path, flip):
+    """With a decode cache the targets come from the teacher's chain of blocks (stored, or continued
+    from a shallower stored cut): the same unit vectors ``encoder.embed`` gives, mirror-averaged or not."""
+    from facesearch.datasets import ImageFolder
+    from facesearch.training.freeze import build_feature_cache, images_ident
+    from facesearch.training.teacher import Teacher, teacher_embeddings
+
+    for i in range(6):
+        write_png(tmp_path / "data" / f"P{i % 2}" / f"P{i % 2}_{i:04d}.png", seed=i)
+    teacher_dir = _model_dir(tmp_path / "t")
+    cfg = ModelConfig.load(teacher_dir / "model.json")
+    teacher = Teacher(str(teacher_dir), teacher_dir, cfg, encoder.weights_sha256(teacher_dir))
+    folder = ImageFolder(tmp_path / "data")
+    keys = [k for n in folder.identities() for k in folder.items[n]]
+    stems = [f"{k.split('/')[-2]}/{k.split('/')[-1][:-4]}" for k in keys]
+    net = encoder.load(teacher_dir)
+    net.config.flip_average = flip
+    want = encoder.embed(net, folder.load_prepared(keys, cfg))
+    opts = TrainOptions(data=tmp_path / "data", out=tmp_path, teacher=teacher_dir, teacher_flip_average=flip,
+                        decode_cache=tmp_path / "cache")
+    # a fine-tuning run of the same network stored its first 12 blocks' outputs on these images
+    pixels = torch.from_numpy(folder.load_prepared(keys, cfg))
+    build_feature_cache(net, 12, pixels, flip, opts.decode_cache, images_ident(tmp_path / "data", keys, cfg))
+    got, _, hit = teacher_embeddings(teacher, opts, torch.device("cpu"), tmp_path / "data", keys, stems, None, "x")
+    assert not hit  # made from the stored cut, not stored as it is
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    again, _, hit = teacher_embeddings(teacher, opts, torch.device("cpu"), tmp_path / "data", keys, stems, None, "x")
+    assert hit and np.array_equal(again, got)
+    plain, _, _ = teacher_embeddings(teacher, TrainOptions(data=".", out=".", teacher=teacher_dir,
+                                                           teacher_flip_average=flip),
+                                     torch.device("cpu"), tmp_path / "data", keys, stems, None, "x")
+    np.testing.assert_allclose(plain, want, atol=1e-5)
