@@ -189,6 +189,6 @@ def _calibrate(path: Path, pairs: Path, images: Path, people: Path | None = None
         "identification": ident,
     }
     if transform is not None:
-        cal["realigned"] = {"images": len(keys), "no_face_found_used_as_given": len(fallbacks)}
+        cal["realigned"] = {"images": len(keys), "no_face_found_mean_warp": len(fallbacks)}
     cfg.calibration = cal
     cfg.save(path / CONFIG_FILE)

@@ -272,14 +272,15 @@ def _realigner(config, realign: bool | None):
     if config.alignment is None:
         raise ModelFileError(f"model {config.name} has no alignment template of its own to realign to")
     from facesearch.detect.align import realign as realign_crop
+    from facesearch.gallery.embedding import fixed_warp
 
     template, fallbacks = np.asarray(config.alignment), []
 
-    def transform(pixels: np.ndarray) -> np.ndarray:
+    def transform(pixels: np.ndarray) -> np.ndarray:  # what enroll and query do (gallery.embedding.model_crop)
         out = realign_crop(pixels, template, config.input_size)
         if out is None:
             fallbacks.append(1)
-            return pixels
+            return fixed_warp(pixels, config)
         return out
 
     return transform, fallbacks
@@ -301,7 +302,8 @@ def evaluate_lfw(
 
     ``realign`` (default: when the model has its own alignment template): each aligned crop is aligned
     again to the model's template (:func:`facesearch.detect.align.realign`; a crop in which no face is
-    found is used as given, and counted in ``realigned``).
+    found is moved by the pack's mean geometry, :func:`facesearch.gallery.embedding.fixed_warp`, as
+    enroll does, and counted in ``realigned``).
     """
     from facesearch.model import encoder
 
@@ -326,7 +328,7 @@ def evaluate_lfw(
     info = model_info(model_dir, net)
     if transform is not None:
         info["realigned"] = {"template": net.config.alignment, "images": len(uniq),
-                             "no_face_found_used_as_given": len(fallbacks)}
+                             "no_face_found_mean_warp": len(fallbacks)}
     return LfwResult(
         pairs_file=plist.path,
         images=str(images),
