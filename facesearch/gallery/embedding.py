@@ -126,6 +126,7 @@ class GalleryModel:
         #: (model, its inference copy, the forward batch that suits it: inference.forward_batch)
         self._fast: tuple[encoder.Encoder, encoder.Encoder, int | None] | None = None
         self.tuner: ThreadTuner | None = None  # set while enrolling on the CPU
+        self.last_tuner: ThreadTuner | None = None  # the one the last enroll used, which the next carries on
         #: images per forward pass when set; None: the model's own (:func:`~facesearch.model.inference.
         #: forward_batch`: 16 for MobileNetV2 at 112 px, 8 for SFace on the CPU; every call's images at once
         #: on a GPU). Enroll, query and reindex hand over their batches (64 by default), split into these.

@@ -195,7 +195,14 @@ class Enroller:
 
             before = torch.get_num_threads()
             restore.append(lambda: torch.set_num_threads(before))
-            model.tuner = ThreadTuner(before) if self.g.device.type == "cpu" and before > 1 else None
+            if self.g.device.type == "cpu" and before > 1:
+                # the handle's tuner carries on from its last enroll call: a folder enrolled in parts pays
+                # for its trials once (every ThreadTuner.every passes), not once per call
+                kept = model.last_tuner
+                model.tuner = kept if kept is not None and kept.options == (1, before) else ThreadTuner(before)
+                model.last_tuner = model.tuner
+            else:
+                model.tuner = None
             self.g.embed_crops([])  # build the inference copy now, outside the timed batches
 
         self._start_embedding = start
