@@ -139,7 +139,7 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
 
     d = builtin_model_dir()
     if (d / encoder.CONFIG_FILE).exists() and (d / encoder.WEIGHTS_FILE).exists():
-        return d, "builtin:default"
+        return d, f"builtin:{d.name} (the default model)"
     if not IMAGENET.exists():
         raise SystemExit(f"no model: pass --model DIR (the shipped default model is not installed at {d} and "
                          f"the ImageNet checkpoint is not at {IMAGENET})")

@@ -5,7 +5,8 @@
     .venv/bin/python -m benchmarks.run --model DIR --sizes 10k,100k
 
 Steps: (1) enroll a folder of LFW images end to end with ``FaceSearch.enroll_folder`` and with a
-hand-rolled sequential baseline; (2) fit the synthetic face generator to the model's genuine and impostor
+hand-rolled sequential baseline; the candidate models side by side (``benchmarks.models``: enroll images/s
+and single-query latency of the old MobileNetV2, SFace fp32, fp16-stored and on ONNX Runtime); (2) fit the synthetic face generator to the model's genuine and impostor
 distances on those LFW images; (3) for each gallery size, in its own process, insert synthetic faces
 through the store, build the indexes, time queries against a numpy brute-force baseline, and measure
 recall and memory; (4) on a CUDA machine, exact torch search at 1M and 10M and embedding throughput.
@@ -32,9 +33,10 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/run.py): mak
 
 from benchmarks import common  # noqa: E402
 
-QUICK = {"sizes": "5k", "enroll_images": 150, "baseline_images": 20, "batch": 100, "single": 30, "budget": 2.0}
+QUICK = {"sizes": "5k", "enroll_images": 150, "baseline_images": 20, "batch": 100, "single": 30, "budget": 2.0,
+         "models": "quick"}
 FULL = {"sizes": "10k,100k,1M", "enroll_images": 2000, "baseline_images": 200, "batch": 1000, "single": 200,
-        "budget": 12.0}
+        "budget": 12.0, "models": "full"}
 
 
 def parse_size(s: str) -> int:
@@ -136,6 +138,13 @@ def report(res: dict) -> str:
             f"{k} {v}" for k, v in e["breakdown"]["ms_per_image"].items()))
         out.append(f"  one-image query through the API (decode + embed + search + lookup): p50 "
                    f"{e['query_one_image_p50_ms']} ms; real LFW rank-1 identification {e['real_rank1_identification']}")
+    mod = res.get("models")
+    if mod and mod.get("rows"):
+        from benchmarks.models import table as models_table
+
+        out.append("")
+        out.append("CANDIDATE MODELS (CPU, model loaded; ratios against lfw-mobilenet in this run)")
+        out.append(models_table(mod))
     f = res.get("fit")
     if f:
         out.append("")
@@ -221,6 +230,8 @@ def main(argv=None) -> int:
                                       "optional @nprobe=N / @efSearch=N (default: a set per size)")
     ap.add_argument("--gpu-sizes", default="1M,10M", help="gallery sizes for the CUDA exact search (default 1M,10M)")
     ap.add_argument("--no-gpu", action="store_true")
+    ap.add_argument("--no-models", action="store_true", help="leave out the candidate models side by side "
+                                                             "(benchmarks.models, ~5 min of the full run)")
     ap.add_argument("--workdir", help="keep the galleries here (default: a temp dir, removed at the end)")
     a = ap.parse_args(argv)
     preset = QUICK if a.quick else FULL
@@ -246,6 +257,17 @@ def main(argv=None) -> int:
 
         e, fit_data = enroll.run(model_dir, work, n_enroll, n_base, log=log)
         res["enroll"] = e
+        if a.no_models:
+            res["models"] = {"skipped": "--no-models"}
+        else:
+            from benchmarks import models
+
+            preset_m = models.QUICK if preset["models"] == "quick" else models.FULL
+            mwork = work / "models"
+            mwork.mkdir()
+            res["models"] = models.run(mwork, preset_m["images"], preset_m["probes"], preset_m["forward_images"],
+                                       log=log, parts=preset_m["parts"])
+            shutil.rmtree(mwork, ignore_errors=True)
         gen, fit = synth.fit(fit_data["emb"], fit_data["labels"])
         fit["model"] = desc
         fit["model_key"] = res["model"]["key"]
