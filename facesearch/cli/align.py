@@ -22,7 +22,8 @@ from facesearch.cli.format import echo_json, echo_problems
 @click.option("--realign", is_flag=True,
               help="SRC holds aligned crops already (e.g. the LFW pack): align each again to the template "
                    "(the face nearest its centre, found on the crop upscaled 2x); a crop in which no face is "
-                   "found is written as given, and counted.")
+                   "found is moved from the LFW pack's mean geometry onto the template instead, and counted "
+                   "(as enroll, query and evaluate lfw --realign do).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def align(ctx, src, out, model, realign, as_json):
@@ -62,8 +63,8 @@ def align(ctx, src, out, model, realign, as_json):
         click.echo(f"aligned crops written: {report.written}  already there: {report.existing}  "
                    f"failed: {len(report.failed)}  (in {out}; {geometry})")
         if realign:
-            click.echo(f"  no face found, written as given: {len(report.as_given)}"
-                       + (" (--json lists them)" if report.as_given else ""))
+            click.echo(f"  no face found, moved by the pack's mean geometry instead: {len(report.warped)}"
+                       + (" (--json lists them)" if report.warped else ""))
         echo_problems(sorted(report.failed), len(report.several_faces), "kept")
     if report.failed:  # as enroll: 1 nothing was done, 3 the rest was
         sys.exit(1 if not report.written and not report.existing else 3)

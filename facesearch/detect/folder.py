@@ -3,7 +3,7 @@
 The crops follow a template (where the five landmarks go): a model's own (``facesearch align --model M``
 passes it), else the LFW pack's :data:`~facesearch.detect.align.TEMPLATE_112`. With ``realign`` the
 sources are aligned crops already (the LFW pack, say) and are aligned again to the template
-(:func:`~facesearch.detect.align.realign_or_given`).
+(:func:`~facesearch.detect.align.realign_or_warp`).
 
 The output folder remembers its geometry in ``OUT/.facesearch-align.json``: a later run that would add
 crops of another geometry to it is refused, so a resumed run never mixes two templates.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facesearch.detect.align import ALIGNED_SIZE, TEMPLATE_112, align, realign_or_given
+from facesearch.detect.align import ALIGNED_SIZE, TEMPLATE_112, align, realign_or_warp
 from facesearch.detect.base import Detector, faces_or_fail, get_detector
 from facesearch.errors import FaceSearchError, InvalidImageError
 
@@ -41,8 +41,9 @@ class AlignReport:
     existing: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     several_faces: list[tuple[str, int]] = field(default_factory=list)  # (source, faces found): largest kept
-    #: with realign: crops in which no face was found, written as given (counted in ``written``)
-    as_given: list[str] = field(default_factory=list)
+    #: with realign: crops in which no face was found, moved from the LFW pack's mean geometry onto the
+    #: template instead (counted in ``written``)
+    warped: list[str] = field(default_factory=list)
     realign: bool = False
     size: int = ALIGNED_SIZE
     template: list[list[float]] = field(default_factory=lambda: TEMPLATE_112.tolist())
@@ -54,8 +55,8 @@ class AlignReport:
              "size": self.size, "template": [[round(x, 4), round(y, 4)] for x, y in self.template],
              "realign": self.realign}
         if self.realign:
-            d["no_face_found_written_as_given"] = len(self.as_given)
-            d["written_as_given"] = sorted(self.as_given)
+            d["no_face_found_warped"] = len(self.warped)
+            d["warped"] = sorted(self.warped)
         return d
 
 
@@ -161,8 +162,8 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
     ``template`` (5 x 2, pixels of a ``size`` crop; default :data:`TEMPLATE_112` at 112) is where the
     landmarks go: a model's own (:func:`~facesearch.detect.align.crop_geometry`), so the crops are those
     ``--detect`` gives that model. ``realign``: the sources are aligned crops already; each is aligned
-    again to ``template`` (the face nearest its centre, found on the crop upscaled), or written as given
-    when no face is found there (listed in ``as_given``). ``label`` names the template in ``out``'s manifest
+    again to ``template`` (the face nearest its centre, found on the crop upscaled), or, when no face is
+    found there, moved from the LFW pack's mean geometry onto it (listed in ``warped``). ``label`` names the template in ``out``'s manifest
     and its messages (the model's name).
 
     Identity names are checked as enroll checks them (no path separators, no leading dot); folders and
@@ -191,13 +192,13 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
         total(len(folder))
 
     def one(key: str, dest: Path):
-        """One photo to its crop file: (outcome, detail); outcome written / as_given / failed."""
+        """One photo to its crop file: (outcome, detail); outcome written / warped / failed."""
         try:
             pixels = images.decode(folder.read(key), key)
             faces = 1
             if realign:
                 with one_detector_thread(detector):
-                    crop, found = realign_or_given(pixels, template, size, detector)
+                    crop, found = realign_or_warp(pixels, template, size, detector)
             else:
                 with one_detector_thread(detector):
                     found_faces = faces_or_fail(pixels, key, detector)
@@ -206,7 +207,7 @@ def align_folder(src, out, progress=None, total=None, detector: Detector | None 
             buf = io.BytesIO()
             Image.fromarray(crop).save(buf, format="PNG")
             write_private_atomic(dest, buf.getvalue())
-            return ("written" if found else "as_given"), faces
+            return ("written" if found else "warped"), faces
         except InvalidImageError as e:
             return "failed", e.reason
         except OSError as e:
@@ -261,8 +262,8 @@ def _collect(item, report: AlignReport, progress) -> None:
         report.failed.append((key, detail))
     else:
         report.written += 1
-        if outcome == "as_given":
-            report.as_given.append(key)
+        if outcome == "warped":
+            report.warped.append(key)
         elif detail > 1:
             report.several_faces.append((key, detail))
     if progress:

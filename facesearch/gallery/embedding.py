@@ -19,7 +19,7 @@ import numpy as np
 
 from facesearch import detect as fdetect
 from facesearch import images
-from facesearch.detect.align import crop_geometry, realign
+from facesearch.detect.align import crop_geometry, realign, warp_geometry
 from facesearch.detect.folder import one_detector_thread
 from facesearch.errors import ModelFileError, ModelMismatchError
 from facesearch.gallery.index_cache import replaced_in_place
@@ -84,9 +84,7 @@ def fixed_warp(pixels: np.ndarray, config: ModelConfig, given: "Sequence[Sequenc
     between the 99.25% of landmarks found again and the 95.72% of the crops as given)."""
     template, size = crop_geometry(config.alignment, config.input_size)
     src, src_size = crop_geometry(given, len(pixels))
-    h, w = pixels.shape[:2]
-    assumed = fdetect.Face(box=(0, 0, w, h), score=0.0, landmarks=src * np.array([w / src_size, h / src_size]))
-    return fdetect.align(pixels, assumed, size=size, template=template, template_size=size)
+    return warp_geometry(pixels, src, src_size, template, size)
 
 
 def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False,

@@ -15,6 +15,7 @@ from PIL import Image
 from facesearch import detect, images
 from facesearch.cli import cli
 from facesearch.datasets import ImageFolder
+from facesearch.detect.align import warp_geometry
 from tests.conftest import LFW_ZIP, ORIGINALS
 
 pytestmark = pytest.mark.skipif(not detect.available(), reason="yuface (facesearch[detect]) is not installed")
@@ -117,9 +118,9 @@ def test_align_photos_to_the_models_own_template(tmp_path, photos, templated_mod
     assert moved_by_aligning_again(mean_landmarks(lfw_out)[0], detect.TEMPLATE_112) < 4.0
 
 
-def test_realign_lfw_crops_falls_back_to_the_crop_as_given_and_resumes(tmp_path, templated_model):
+def test_realign_lfw_crops_warps_those_without_a_face_and_resumes(tmp_path, templated_model):
     """--realign on aligned LFW crops (a zip, like the pack): each aligned again onto the model's template;
-    a crop with no face is written as given and counted; a second run keeps every crop; a run for
+    a crop with no face is moved by the pack's mean geometry instead, and counted; a second run keeps every crop; a run for
     another geometry into the same folder is refused and writes nothing."""
     if not LFW_ZIP.exists():
         pytest.skip(f"LFW pack not found at {LFW_ZIP}")
@@ -138,9 +139,13 @@ def test_realign_lfw_crops_falls_back_to_the_crop_as_given_and_resumes(tmp_path,
     assert moved_by_aligning_again(before, ARCFACE) > 8.0  # the pack's crops are in the pack's geometry
     code, rep = run(src, out, "--model", templated_model, "--realign", "--json")
     assert code == 0, rep
-    assert rep["written"] == 13 and rep["realign"] and rep["no_face_found_written_as_given"] == 1
-    assert rep["written_as_given"] == ["lfw-deepfunneled-112/Tony_Blair/no_face.png"]
-    assert np.array_equal(images.load(out / "Tony_Blair" / "no_face.png").pixels, blank)
+    assert rep["written"] == 13 and rep["realign"] and rep["no_face_found_warped"] == 1
+    assert rep["warped"] == ["lfw-deepfunneled-112/Tony_Blair/no_face.png"]
+    # no face found: moved from the pack's mean geometry onto the template, as enroll and evaluate do
+    want = warp_geometry(
+        blank, detect.TEMPLATE_112, 112, ARCFACE, 112)
+    got = images.load(out / "Tony_Blair" / "no_face.png").pixels
+    assert np.array_equal(got, want) and not np.array_equal(got, blank)
     mean, n = mean_landmarks(out)
     assert n == 12
     assert moved_by_aligning_again(mean, ARCFACE) < 4.0, mean
