@@ -24,12 +24,29 @@ Run it piecewise (each training fits one 10-minute GPU call), then merge::
 ``--score-model DIR --folds 10`` scores an existing model (e.g. the shipped one, trained without set 10)
 on its honest folds only, using the model's own stored threshold; no training.
 
+``--zero-shot DIR`` scores an unchanged model (e.g. an imported one) by the same scheme, the same folds
+and the same 10-fold thresholds as the trained units, so that a fine-tuned model is compared with its
+start on equal terms (it is honest only as far as the model's own training data allows: an imported
+network's may include LFW people).
+
+Fine-tuning and distillation (``facesearch train`` options of the same names)::
+
+    python benchmarks/lfw_protocol.py --name sface-ft --init-model M --data ALIGNED.zip \
+        --train-last-blocks 1 --augment flip --lr 1e-4 --time-budget 10 --folds 1
+    python benchmarks/lfw_protocol.py --name mnv2-distil --teacher M --teacher-data ALIGNED.zip \
+        --input-size 112 --train-last-blocks 6 --augment flip --time-budget 15 --folds 1
+
+``--data`` is the pack the models train on and are scored on: for an imported network, a copy of the
+pack aligned to its own template (``scripts/realign_pack.py``), what ``facesearch evaluate lfw
+--realign`` scores.
+
 LFW is a research benchmark of news photos with no licence file (University of Massachusetts, Amherst).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -44,10 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from facesearch import distance, metrics  # noqa: E402
+from facesearch.datasets import ImageFolder  # noqa: E402
 from facesearch.model import encoder  # noqa: E402
 from facesearch.model.config import TRAIN_EPOCHS, TRAIN_INPUT_SIZE, TRAIN_LR, ModelConfig  # noqa: E402
-from facesearch.datasets import ImageFolder  # noqa: E402
 from facesearch.training import TrainOptions, read_lfw_people, run  # noqa: E402
+from facesearch.training.freeze import embed_batch_size  # noqa: E402
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -123,28 +141,78 @@ def machine() -> dict:
 
 
 def score_folds(model_dir: Path, folder: ImageFolder, pairs, folds: list[int], device: str,
-                cache: str | None = None) -> dict:
+                cache: str | None = None, flip_average: bool | None = None, cut: int | None = None) -> dict:
     """Embed the pairs of ``folds`` with the model; returns {fold: {"dist": [...], "same": [...]}}.
-    For a model with ``flip_average`` also ``dist_plain``: the same pairs with single-view embeddings."""
+    For a model with ``flip_average`` (or when ``flip_average`` says so) also ``dist_plain``: the same
+    pairs with single-view embeddings (both from the same two views of each image)."""
     model = encoder.load(model_dir, device=encoder.resolve_device(device))
+    flip = model.config.flip_average if flip_average is None else flip_average
     keys = sorted({folder.lfw_key(n, i) for k in folds for a, i1, b, i2, _ in pairs[k - 1]
                    for n, i in ((a, i1), (b, i2))})
     pos = {k: j for j, k in enumerate(keys)}
     pixels = folder.load_prepared(keys, model.config, cache=cache)
-    emb = encoder.embed(model, pixels)
-    emb_plain = None
-    if model.config.flip_average:
-        model.config.flip_average = False
-        emb_plain = encoder.embed(model, pixels)
-        model.config.flip_average = True
+    views = view_embeddings(model, pixels, keys, folder, cache, mirrored=flip, cut=cut)
+    emb_plain = views[0]
+    emb = distance.normalize(views[0] + views[1]) if flip else emb_plain
     out = {}
     for k in folds:
         ia = [pos[folder.lfw_key(a, i1)] for a, i1, _, _, _ in pairs[k - 1]]
         ib = [pos[folder.lfw_key(b, i2)] for _, _, b, i2, _ in pairs[k - 1]]
         d = distance.paired(emb[ia], emb[ib])
         out[k] = {"dist": [float(x) for x in d], "same": [bool(p[4]) for p in pairs[k - 1]]}
-        if emb_plain is not None:
+        if flip:
             out[k]["dist_plain"] = [float(x) for x in distance.paired(emb_plain[ia], emb_plain[ib])]
+    return out
+
+
+def view_embeddings(model, pixels: np.ndarray, keys: list[str], folder: ImageFolder, cache: str | None,
+                    mirrored: bool, cut: int | None = None) -> list[np.ndarray]:
+    """Each image's embedding (eval mode, as ``encoder.embed`` gives it) and, with ``mirrored``, its mirror
+    image's. A model trained with frozen blocks (``training.frozen_blocks``; or the first ``cut`` blocks of
+    any model) runs them through the on-disk cache under ``cache``: their outputs on these images are the
+    same for every model that shares those blocks' weights (hashed), so runs that differ only in the
+    trained blocks (and the unchanged model they started from) compute them once.
+    Checked against ``encoder.embed`` on a few images either way."""
+    import torch
+
+    from facesearch.training.freeze import (
+        cached_outputs,
+        frozen_state_sha256,
+        run_blocks,
+    )
+
+    batch = embed_batch_size(model)  # on a CPU the model's own forward batch (SFace 8)
+    if cut is None:
+        frozen = (model.config.training.get("frozen_blocks") or []) if model.config.training else []
+        cut = len(frozen) if [n for n, _ in model.blocks()][: len(frozen)] == list(frozen) else 0
+    model.eval()
+    if cut and cache is not None:
+        t = torch.from_numpy(pixels)
+        keys_sha = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+        def ident_of(c: int, flip: bool) -> dict:
+            return {"frozen": frozen_state_sha256(model, c), "cut": c, "flip": flip, "format": 1, "keys": keys_sha,
+                    "root": str(Path(folder.root).resolve()), "size": Path(folder.root).stat().st_size,
+                    "prep": model.config.preprocessing()}
+
+        feats, _ = cached_outputs(model, cut, t, mirrored, cache, "score-frozen", ident_of)
+        trained = [b for _, b in model.blocks()[cut:]]
+        out = []
+        with torch.no_grad():
+            for v in range(2 if mirrored else 1):
+                rows = feats[v * len(pixels) : (v + 1) * len(pixels)]
+                out.append(np.concatenate([distance.normalize(run_blocks(trained, torch.from_numpy(rows[i : i + 64])
+                                                                         .to(model.device)).float()).cpu().numpy()
+                                           for i in range(0, len(rows), 64)]))
+    else:
+        model.config.flip_average = False
+        out = [encoder.embed(model, pixels, batch_size=batch)]
+        if mirrored:
+            out.append(encoder.embed(model, np.ascontiguousarray(pixels[..., ::-1]), batch_size=batch))
+    model.config.flip_average = False
+    check = encoder.embed(model, pixels[:8], batch_size=batch)
+    if not np.allclose(check, out[0][:8], atol=1e-4):
+        raise SystemExit("embeddings through the frozen-block cache differ from the model's own: stale cache?")
     return out
 
 
@@ -157,11 +225,33 @@ def units(scheme: str) -> list[tuple[str, list[int]]]:
     raise SystemExit(f"unknown scheme {scheme}")
 
 
+def zero_shot_unit(args, unit: str, scored: list[int], folder, pairs, work: Path) -> dict:
+    """A unit whose model is ``--zero-shot`` unchanged: scored on its folds like a trained unit's."""
+    model_dir = Path(args.zero_shot)
+    t1 = time.time()
+    scores = score_folds(model_dir, folder, pairs, scored, args.device, cache=args.decode_cache,
+                         flip_average=args.flip_average, cut=args.score_cut)
+    cfg = ModelConfig.load(model_dir / "model.json")
+    record = {
+        "unit": unit, "scored_folds": scored, "excluded_sets": None, "zero_shot": str(model_dir),
+        "scores": {str(k): v for k, v in scores.items()}, "own_threshold": cfg.threshold,
+        "model_config": cfg.to_dict(), "train_wall_s": 0.0, "score_wall_s": round(time.time() - t1, 1),
+        "images_per_s": None, "images_seen": 0, "epochs": 0, "steps": 0, "calibration": cfg.calibration.to_dict(),
+        "concurrent_trainings": args.concurrent, "machine": machine(),
+    }
+    (work / f"unit-{unit}.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Path) -> dict:
     excluded = frozenset(n for k in scored for n in sets[k - 1])
     model_dir = work / f"model-{unit}"
     opts = TrainOptions(
         data=args.data, out=model_dir, backbone=args.backbone, pretrained=args.pretrained,
+        init_model=args.init_model, train_last_blocks=args.train_last_blocks, feature_cache=args.feature_cache,
+        augment=args.augment, teacher=args.teacher, teacher_data=args.teacher_data, distill=args.distill,
+        distill_weight=args.distill_weight, teacher_flip_average=args.teacher_flip_average, unlabelled=args.unlabelled, teacher_unlabelled=args.teacher_unlabelled,
+        unlabelled_per_batch=args.unlabelled_per_batch, warmup_fraction=args.warmup,
         embedding_dim=args.embedding_dim, input_size=args.input_size, epochs=args.epochs,
         identities_per_batch=args.pk[0], images_per_identity=args.pk[1], pos_margin=args.pos_margin,
         neg_margin=args.margin, mining=args.mining, lr=args.lr, backbone_lr_factor=args.backbone_lr_factor,
@@ -179,6 +269,7 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
     t1 = time.time()
     scores = score_folds(model_dir, folder, pairs, scored, args.device, cache=args.decode_cache)
     own_thr = ModelConfig.load(model_dir / "model.json").threshold
+    tr = summary["training"]
     record = {
         "unit": unit,
         "scored_folds": scored,
@@ -195,6 +286,16 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         "calibration": summary["calibration"],
         "concurrent_trainings": args.concurrent,
         "machine": machine(),
+        # where the unit's time went: decoding, the frozen blocks' outputs and the teacher's embeddings
+        # (computed once), the training steps themselves, calibration with the whole model
+        "time": {"decode_s": tr.get("decode_seconds"), "train_steps_s": tr.get("train_seconds"),
+                 "calibration_s": summary.get("calibration_seconds"), "total_s": summary.get("total_seconds"),
+                 **({"feature_cache": tr["feature_cache"]} if "feature_cache" in tr else {}),
+                 **({"teacher_embeddings": tr["teacher_embeddings"]} if "teacher_embeddings" in tr else {})},
+        "frozen_blocks": tr.get("frozen_blocks"),
+        "trained_blocks": tr.get("trained_blocks"),
+        "trained_on_cached_features": tr.get("trained_on_cached_features"),
+        "history": summary.get("history"),
     }
     (work / f"unit-{unit}.json").write_text(json.dumps(record, indent=1))
     if not args.keep_models:
@@ -209,6 +310,8 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
 
 def merge(args, work: Path) -> dict | None:
     records = [json.loads(p.read_text()) for p in sorted(work.glob("unit-*.json"))]
+    if args.folds:  # only the units that score these folds (a one-unit comparison)
+        records = [r for r in records if set(r["scored_folds"]) & set(args.folds)]
     fold_dist, fold_same, own_correct, own_n = {}, {}, 0, 0
     for r in records:
         for k, v in r["scores"].items():
@@ -216,12 +319,21 @@ def merge(args, work: Path) -> dict | None:
             fold_dist[int(k)], fold_same[int(k)] = d, s
             own_correct += int((distance.is_match(d, r["own_threshold"]) == s).sum())
             own_n += len(s)
-    if sorted(fold_dist) != list(range(1, 11)):
+    if not fold_dist:
+        print(f"no unit results in {work}", file=sys.stderr)
+        return None
+    partial = sorted(fold_dist) != list(range(1, 11))
+    if partial and not args.folds:
         missing = sorted(set(range(1, 11)) - set(fold_dist))
-        print(f"folds still missing: {missing}; not merging (run them, then --merge)", file=sys.stderr)
+        print(f"folds still missing: {missing}; not merging (run them, then --merge; or merge these with "
+              f"--folds)", file=sys.stderr)
         return None
     res = {"protocol": PROTOCOL, "scheme": records[0].get("scheme", args.scheme),
            "name": args.name, **protocol_metrics(fold_dist, fold_same)}
+    if partial:
+        res["partial"] = (f"folds {sorted(fold_dist)} only (one unit of the scheme): the threshold for each fold is "
+                          f"chosen on the other {len(fold_dist) - 1} of them; compare only with results on the "
+                          f"same folds")
     res["accuracy_with_each_models_own_calibrated_threshold"] = own_correct / own_n
     if all("dist_plain" in v for r in records for v in r["scores"].values()):
         plain = {int(k): np.asarray(v["dist_plain"]) for r in records for k, v in r["scores"].items()}
@@ -231,15 +343,19 @@ def merge(args, work: Path) -> dict | None:
             **{k: pm[k] for k in ("fold_accuracy", "mean_accuracy", "std_accuracy", "auc", "tar_at_far_1e-3")}}
     res["model_config"] = records[0]["model_config"]
     res["units"] = [{k: r.get(k) for k in ("unit", "scored_folds", "own_threshold", "train_wall_s", "score_wall_s",
-                                           "images_per_s", "images_seen", "epochs", "steps",
+                                           "images_per_s", "images_seen", "epochs", "steps", "time", "frozen_blocks",
+                                           "trained_blocks", "trained_on_cached_features", "zero_shot",
                                            "concurrent_trainings")} | {"machine": r["machine"]} for r in records]
     res["timing"] = {"train_wall_s_total": round(sum(r["train_wall_s"] for r in records), 1),
                      "score_wall_s_total": round(sum(r["score_wall_s"] for r in records), 1)}
-    res["images_per_s"] = float(np.mean([r["images_per_s"] for r in records]))
+    rates = [r["images_per_s"] for r in records if r.get("images_per_s") is not None]
+    res["images_per_s"] = float(np.mean(rates)) if rates else None
+    if any(r.get("zero_shot") for r in records):
+        res["zero_shot"] = ("the model scored unchanged by every unit (no training): " + records[0]["zero_shot"])
     conc = max(int(r.get("concurrent_trainings") or 1) for r in records)
-    if conc > 1:  # units that shared one device at the same time: their rates add up
+    if conc > 1 and rates:  # units that shared one device at the same time: their rates add up
         res["concurrent_trainings"] = conc
-        res["aggregate_images_per_s"] = float(sum(r["images_per_s"] for r in records))
+        res["aggregate_images_per_s"] = float(sum(rates))
     res["machine"] = records[-1]["machine"]
     res["command"] = args.command_line
     out = RESULTS / f"lfw-{args.name}.json" if args.output is None else Path(args.output)
@@ -265,7 +381,7 @@ def score_model(args, folder, pairs, sets) -> dict:
                     f"never saw a person of people.txt set(s) {folds} - stated by the caller, see model_config",
         "model": str(model_dir),
         "folds": folds,
-        "pairs": int(len(s)),
+        "pairs": len(s),
         "threshold": cfg.threshold,
         "accuracy_at_model_threshold": metrics.accuracy(d, s, cfg.threshold) if cfg.threshold is not None else None,
         "fold_accuracy_at_model_threshold": [metrics.accuracy(scores[k]["dist"], scores[k]["same"], cfg.threshold)
@@ -308,6 +424,25 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(LFW / "lfw-deepfunneled-112.zip"))
     p.add_argument("--people", default=str(LFW / "people.txt"))
     p.add_argument("--pairs", default=str(LFW / "pairs.txt"))
+    p.add_argument("--zero-shot", default=None, metavar="MODEL_DIR",
+                   help="score this model unchanged by the scheme's units (no training): the baseline of a fine-tune")
+    p.add_argument("--score-cut", type=int, default=None, metavar="K",
+                   help="with --zero-shot and --decode-cache: keep the outputs of the model's first K blocks on the "
+                        "scored images in the cache, for fine-tuned models that froze those blocks (same numbers)")
+    p.add_argument("--init-model", default=None, metavar="MODEL_DIR",
+                   help="fine-tune this model (train --init-model): its backbone, embedding size and input size")
+    p.add_argument("--train-last-blocks", type=int, default=None, help="train --train-last-blocks")
+    p.add_argument("--feature-cache", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--augment", default="full", choices=["full", "flip", "off"])
+    p.add_argument("--teacher", default=None, metavar="MODEL_DIR", help="distil from this model (train --teacher)")
+    p.add_argument("--teacher-data", default=None, help="--data aligned for the teacher (train --teacher-data)")
+    p.add_argument("--distill", default="embedding", choices=["embedding", "relation"])
+    p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument("--teacher-flip-average", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--unlabelled", default=None, help="train --unlabelled (e.g. --data itself: its one-image people)")
+    p.add_argument("--teacher-unlabelled", default=None)
+    p.add_argument("--unlabelled-per-batch", type=int, default=64)
+    p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--pretrained", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
                    help="'imagenet', a checkpoint path, or 'none'")
@@ -333,14 +468,24 @@ def main(argv=None) -> int:
     p.add_argument("--concurrent", type=int, default=1,
                    help="how many trainings shared the device at once (recorded with each unit)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch's intra-op threads (on a CPU shared with other work, 1 ran SFace 3-5x faster than 2)")
     p.add_argument("--amp", default="auto")
     p.add_argument("--cuda-graph", action="store_true", help="train with the CUDA graph step (train --cuda-graph)")
     p.add_argument("--resume", action="store_true", help="resume a unit from its checkpoint if one exists")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     args.command_line = args.record_command or " ".join(shlex.quote(a) for a in [sys.executable and "python", *sys.argv])
     if args.pretrained.lower() == "none":
+        args.pretrained = None
+    if args.init_model is not None:  # the started-from model's architecture; no ImageNet start
+        start = ModelConfig.load(Path(args.init_model) / "model.json")
+        args.backbone, args.embedding_dim, args.input_size = start.backbone, start.embedding_dim, start.input_size
         args.pretrained = None
     work = args.work_dir or RESULTS / f"lfw-{args.name}-units"
     if args.merge:  # the unit files hold everything: no data needed
@@ -360,7 +505,10 @@ def main(argv=None) -> int:
     for unit, scored in units(args.scheme):
         if args.folds and not set(scored) & set(args.folds):
             continue
-        rec = train_unit(args, unit, scored, sets, folder, pairs, work)
+        if args.zero_shot:
+            rec = zero_shot_unit(args, unit, scored, folder, pairs, work)
+        else:
+            rec = train_unit(args, unit, scored, sets, folder, pairs, work)
         rec_path = work / f"unit-{unit}.json"
         data = json.loads(rec_path.read_text())
         data["scheme"] = args.scheme

@@ -33,11 +33,13 @@ from facesearch.model import encoder
 from facesearch.training.options import TrainingError, TrainOptions
 
 
-def embed_batch_size(device: torch.device) -> int:
-    """Images per forward when embedding without gradients: 32 on a CPU, 128 elsewhere. (SFace on 2 idle
-    cores ran 3 times faster at 8 than at 64; on the same cores shared with other work, 8 was the
-    slowest of 8, 32 and 128: 32 is between the two.)"""
-    return 32 if device.type == "cpu" else 128
+def embed_batch_size(model: encoder.Encoder) -> int:
+    """Images per forward pass when embedding without gradients: on the CPU the model's own
+    (:func:`facesearch.model.inference.forward_batch`: SFace 8, MobileNetV2 16: its largest activation
+    stays in cache), else 128."""
+    from facesearch.model.inference import forward_batch
+
+    return forward_batch(model) or 128
 
 
 def block_names(model: encoder.Encoder) -> list[str]:
@@ -109,7 +111,7 @@ def frozen_features(model: encoder.Encoder, cut: int, pixels: torch.Tensor, flip
         b.eval()
     out = None
     n = len(pixels)
-    batch_size = batch_size or embed_batch_size(pixels.device)
+    batch_size = batch_size or embed_batch_size(model)
     views = (False, True) if flip else (False,)
     for v, mirrored in enumerate(views):
         for i in range(0, n, batch_size):

@@ -73,12 +73,12 @@ def _final_calibration(p: Prepared, data: Decoded) -> dict[str, Any]:
     of the training images, the best available, and said to be optimistic."""
     o = p.options
     if len(p.split.calibration) >= 2:
-        return calibrate(encoder.embed(p.model, data.cal_pixels, batch_size=embed_batch_size(p.device)),
+        return calibrate(encoder.embed(p.model, data.cal_pixels, batch_size=embed_batch_size(p.model)),
                          data.cal_labels, o.calibration_pairs, o.seed)
     n = min(data.n_train, 4000)
     sel = np.sort(p.rng.choice(data.n_train, n, replace=False))
     lab = np.searchsorted(data.offsets, sel, side="right") - 1
-    return calibrate(encoder.embed(p.model, data.pixels[sel], batch_size=embed_batch_size(p.device)), lab,
+    return calibrate(encoder.embed(p.model, data.pixels[sel], batch_size=embed_batch_size(p.model)), lab,
                      o.calibration_pairs, o.seed,
                      source="training identities (optimistic: no identities were held out)")
 

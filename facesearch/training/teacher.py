@@ -130,7 +130,7 @@ def teacher_embeddings(teacher: Teacher, options: TrainOptions, device: torch.de
         out = []
         for i in range(0, len(keys), 1024):  # decoded a chunk at a time: the teacher's pixels are not kept
             pixels = folder.load_prepared(keys[i : i + 1024], teacher.config, threads=options.threads)
-            out.append(encoder.embed(model, pixels, batch_size=embed_batch_size(device)))
+            out.append(encoder.embed(model, pixels, batch_size=embed_batch_size(model)))
             if progress is not None:
                 progress(len(pixels))
         emb = np.concatenate(out) if out else np.zeros((0, teacher.config.embedding_dim), np.float32)
