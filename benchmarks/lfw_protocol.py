@@ -263,9 +263,15 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         notes=f"LFW protocol unit {unit}: people of sets {scored} excluded",
     )
     t0 = time.time()
-    summary = run(opts, progress=not args.quiet,
-                  log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
-    train_s = time.time() - t0
+    rescored = args.rescore and (model_dir / "model.json").is_file() and (model_dir / "weights.pt").is_file()
+    if rescored:  # trained before, the scoring cut short: the summary is what model.json kept of it
+        cfg = ModelConfig.load(model_dir / "model.json")
+        summary = {"training": cfg.training.to_dict(), "calibration": cfg.calibration.to_dict(), "history": None}
+        train_s = None
+    else:
+        summary = run(opts, progress=not args.quiet,
+                      log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+        train_s = round(time.time() - t0, 1)
     t1 = time.time()
     scores = score_folds(model_dir, folder, pairs, scored, args.device, cache=args.decode_cache)
     own_thr = ModelConfig.load(model_dir / "model.json").threshold
@@ -277,7 +283,9 @@ def train_unit(args, unit: str, scored: list[int], sets, folder, pairs, work: Pa
         "scores": {str(k): v for k, v in scores.items()},
         "own_threshold": own_thr,
         "model_config": ModelConfig.load(model_dir / "model.json").to_dict(),
-        "train_wall_s": round(train_s, 1),
+        "train_wall_s": train_s,
+        **({"rescored": "scored again from the saved unit model (its first scoring was cut short); "
+                        "train_wall_s unknown, see time"} if rescored else {}),
         "score_wall_s": round(time.time() - t1, 1),
         "images_per_s": summary["training"]["images_per_s"],
         "images_seen": summary["training"]["images_seen"],
@@ -346,7 +354,7 @@ def merge(args, work: Path) -> dict | None:
                                            "images_per_s", "images_seen", "epochs", "steps", "time", "frozen_blocks",
                                            "trained_blocks", "trained_on_cached_features", "zero_shot",
                                            "concurrent_trainings")} | {"machine": r["machine"]} for r in records]
-    res["timing"] = {"train_wall_s_total": round(sum(r["train_wall_s"] for r in records), 1),
+    res["timing"] = {"train_wall_s_total": round(sum(r["train_wall_s"] or 0 for r in records), 1),
                      "score_wall_s_total": round(sum(r["score_wall_s"] for r in records), 1)}
     rates = [r["images_per_s"] for r in records if r.get("images_per_s") is not None]
     res["images_per_s"] = float(np.mean(rates)) if rates else None
@@ -473,6 +481,8 @@ def main(argv=None) -> int:
     p.add_argument("--amp", default="auto")
     p.add_argument("--cuda-graph", action="store_true", help="train with the CUDA graph step (train --cuda-graph)")
     p.add_argument("--resume", action="store_true", help="resume a unit from its checkpoint if one exists")
+    p.add_argument("--rescore", action="store_true",
+                   help="a unit whose trained model is already in --work-dir is scored again, not trained")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -513,7 +523,7 @@ def main(argv=None) -> int:
         data = json.loads(rec_path.read_text())
         data["scheme"] = args.scheme
         rec_path.write_text(json.dumps(data, indent=1))
-        print(f"unit {unit}: trained {rec['train_wall_s']:.0f}s, scored folds {scored}", file=sys.stderr)
+        print(f"unit {unit}: trained {rec['train_wall_s'] or 0:.0f}s, scored folds {scored}", file=sys.stderr)
     res = merge(args, work)
     if res:
         print(f"{args.name}: {res['mean_accuracy']:.4f} +- {res['std_accuracy']:.4f}, AUC {res['auc']:.4f}, "
