@@ -182,8 +182,8 @@ def disk_array(cache_dir: str | os.PathLike | None, what: str, ident: dict, comp
         return compute(), False
     path = disk_path(cache_dir, what, ident)
     if path.is_file():
-        try:
-            return np.load(path, allow_pickle=False), True
+        try:  # mapped copy-on-write: pages come from the file as rows are read, and can be dropped again
+            return np.load(path, mmap_mode="c", allow_pickle=False), True
         except (OSError, ValueError):
             pass  # damaged or cut short: computed again
     arr = compute()
