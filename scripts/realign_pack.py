@@ -6,7 +6,9 @@ MODEL is a model directory (or a built-in name) with its own alignment template 
 (an imported network such as SFace: the ArcFace template). Every image goes through
 :func:`facesearch.detect.align.realign`, exactly as ``facesearch evaluate lfw --realign`` does it
 (the face nearest the crop's centre, found on the crop upscaled twice, resampled once onto the
-template); a crop in which no face is found is kept as given and listed in the manifest. The result is
+template); a crop in which no face is found is warped from the pack's mean geometry and listed in the
+manifest (:func:`facesearch.detect.align.realign_or_warp`, the rule enroll, query and ``facesearch
+align --realign`` share). The result is
 a stored (uncompressed) zip of lossless PNGs with the same layout and file stems
 (``<top>/<Name>/<Name>_0001.png``), so that pairs files, ``people.txt`` and ``facesearch train``
 (``--teacher-data``, ``--exclude-lfw-fold`` with ``--people``) read it like the original. Next to it,
@@ -35,7 +37,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facesearch import images  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
-from facesearch.detect.align import realign  # noqa: E402
+from facesearch.detect.align import realign_or_warp  # noqa: E402
 from facesearch.model.files import resolve  # noqa: E402
 
 
@@ -70,10 +72,10 @@ def main(argv=None) -> int:
     def work(item):
         name, key = item
         pixels = images.decode(folder.read(key), key)
-        out = realign(pixels, template, size)
+        out, found = realign_or_warp(pixels, template, size)
         buf = io.BytesIO()
-        Image.fromarray(pixels if out is None else out).save(buf, format="PNG", compress_level=6)
-        return name, key, out is None, buf.getvalue()
+        Image.fromarray(out).save(buf, format="PNG", compress_level=6)
+        return name, key, not found, buf.getvalue()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
@@ -91,12 +93,12 @@ def main(argv=None) -> int:
         "pack": str(args.out), "source_pack": str(args.images),
         "source_sha256": sha256_of(args.images) if args.images.is_file() else None,
         "model": cfg.name, "template": cfg.alignment, "size": size, "images": len(keys),
-        "no_face_found_kept_as_given": fallbacks, "method": "facesearch.detect.align.realign (upscale 2)",
+        "no_face_found_warped": fallbacks, "method": "facesearch.detect.align.realign_or_warp (upscale 2)",
         "format": "PNG (lossless), stored zip", "seconds": round(time.time() - t0, 1),
         "command": " ".join(["python", *sys.argv]),
     }
     args.out.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in manifest.items() if k != "no_face_found_kept_as_given"}
+    print(json.dumps({k: v for k, v in manifest.items() if k != "no_face_found_warped"}
                      | {"no_face_found": len(fallbacks)}, indent=1))
     return 0
 

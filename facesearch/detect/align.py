@@ -84,6 +84,16 @@ def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 
     crops, which the detector finds more reliably when larger) and the crop resampled once onto the
     template. None when no face is found (the caller decides: the crop as given, or a failure).
     ``detector``: a :class:`~facesearch.detect.base.Detector` (default: yuface)."""
+    face = crop_face(pixels, upscale, detector)
+    if face is None:
+        return None
+    return align(pixels, face, size=size, template=template, template_size=size)
+
+
+def crop_face(pixels: np.ndarray, upscale: int = 2, detector=None) -> Face | None:
+    """The face of an aligned crop: the one nearest its centre, found on the crop upscaled ``upscale``
+    times (faces fill these crops, which the detector finds more reliably when larger), its landmarks in
+    the crop's own pixels; None when no face is found. ``detector``: a Detector (default: yuface)."""
     h, w = pixels.shape[:2]
     big = np.asarray(Image.fromarray(pixels).resize((w * upscale, h * upscale), Image.Resampling.BICUBIC))
     if detector is None:
@@ -98,8 +108,7 @@ def realign(pixels: np.ndarray, template: np.ndarray, size: int, upscale: int = 
     face = min(faces, key=lambda f: float(np.sum((np.asarray(f.box[:2]) + np.asarray(f.box[2:]) / 2 - centre) ** 2)))
     # landmarks of the upscaled crop -> the crop's pixels (pixel centres at k + 0.5 in both)
     pts = (np.asarray(face.landmarks, np.float64) + 0.5) / upscale - 0.5
-    small = Face(box=face.box, score=face.score, landmarks=pts)
-    return align(pixels, small, size=size, template=template, template_size=size)
+    return Face(box=face.box, score=face.score, landmarks=pts)
 
 
 def warp_geometry(pixels: np.ndarray, src: np.ndarray, src_size: int, template: np.ndarray, size: int) -> np.ndarray:

@@ -271,16 +271,14 @@ def _realigner(config, realign: bool | None):
         return None, None
     if config.alignment is None:
         raise ModelFileError(f"model {config.name} has no alignment template of its own to realign to")
-    from facesearch.detect.align import realign as realign_crop
-    from facesearch.gallery.embedding import fixed_warp
+    from facesearch.detect.align import realign_or_warp
 
     template, fallbacks = np.asarray(config.alignment), []
 
     def transform(pixels: np.ndarray) -> np.ndarray:  # what enroll and query do (gallery.embedding.model_crop)
-        out = realign_crop(pixels, template, config.input_size)
-        if out is None:
+        out, found = realign_or_warp(pixels, template, config.input_size)
+        if not found:
             fallbacks.append(1)
-            return fixed_warp(pixels, config)
         return out
 
     return transform, fallbacks
@@ -302,7 +300,7 @@ def evaluate_lfw(
 
     ``realign`` (default: when the model has its own alignment template): each aligned crop is aligned
     again to the model's template (:func:`facesearch.detect.align.realign`; a crop in which no face is
-    found is moved by the pack's mean geometry, :func:`facesearch.gallery.embedding.fixed_warp`, as
+    found is moved by the pack's mean geometry (:func:`facesearch.detect.align.realign_or_warp`), as
     enroll does, and counted in ``realigned``).
     """
     from facesearch.model import encoder

@@ -19,7 +19,7 @@ import numpy as np
 
 from facesearch import detect as fdetect
 from facesearch import images
-from facesearch.detect.align import crop_geometry, realign, warp_geometry
+from facesearch.detect.align import crop_geometry, realign_or_warp, warp_geometry
 from facesearch.detect.folder import one_detector_thread
 from facesearch.errors import ModelFileError, ModelMismatchError
 from facesearch.gallery.index_cache import replaced_in_place
@@ -69,12 +69,10 @@ def model_crop(pixels: np.ndarray, config: ModelConfig, detector: "fdetect.Detec
     if np.allclose(src / src_size, template / size, atol=1e-3):
         return pixels
     det = detector if detector is not None else fdetect.get_detector()
-    if det.available():
-        with one_detector_thread(det):
-            out = realign(pixels, template, size, detector=det)
-        if out is not None:
-            return out
-    return fixed_warp(pixels, config, given)
+    if not det.available():
+        return warp_geometry(pixels, src, src_size, template, size)
+    with one_detector_thread(det):
+        return realign_or_warp(pixels, template, size, det, given=src, given_size=src_size)[0]
 
 
 def fixed_warp(pixels: np.ndarray, config: ModelConfig, given: "Sequence[Sequence[float]] | None" = None

@@ -19,18 +19,12 @@ PEOPLE = {"Bill_Gates": 3, "Colin_Powell": 3, "Tony_Blair": 3}
 
 
 def _landmarks(crop: np.ndarray) -> np.ndarray:
-    """The five landmarks found again on a crop (upscaled as realign does), in its pixels."""
-    from facesearch.detect.align import realign  # noqa: F401  (the same detector path)
-    from facesearch.detect import detect
-    from PIL import Image
+    """The five landmarks found again on a crop, in its pixels (as realign finds them)."""
+    from facesearch.detect.align import crop_face
 
-    h, w = crop.shape[:2]
-    big = np.asarray(Image.fromarray(crop).resize((2 * w, 2 * h), Image.Resampling.BICUBIC))
-    faces = detect(big)
-    assert faces, "no face found on the crop"
-    centre = np.array([w, h], np.float64)
-    f = min(faces, key=lambda f: float(np.sum((np.asarray(f.box[:2]) + np.asarray(f.box[2:]) / 2 - centre) ** 2)))
-    return (np.asarray(f.landmarks, np.float64) + 0.5) / 2 - 0.5
+    face = crop_face(crop)
+    assert face is not None, "no face found on the crop"
+    return np.asarray(face.landmarks, np.float64)
 
 
 def _crop_png(fs, identity: str) -> np.ndarray:
