@@ -39,10 +39,31 @@ def sqlite_path(url: str | URL) -> Path | None:
 
 
 def create_sqlite_file(path: Path) -> None:
-    """Create the folder and an empty database file, owner-only (SQLite gives its WAL files the same mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create an empty database file, owner-only (SQLite gives its WAL files the same mode). Its folder
+    must exist: a mistyped URL must not leave folders behind (the home folder is made by the gallery)."""
+    if not path.parent.is_dir():
+        from facesearch.errors import FaceSearchError
+
+        raise FaceSearchError(f"cannot create database {path}: the folder {path.parent} does not exist "
+                              "(create it first; facesearch only creates its --home folder)")
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def check_driver(url: str | URL, shown: str) -> None:
+    """Refuse a database whose SQLAlchemy driver cannot be loaded, saying which ones facesearch runs on."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    from facesearch.errors import FaceSearchError
+
+    u = make_url(url)
+    try:
+        u.get_dialect().import_dbapi()  # the dialect class's driver module: what create_engine imports
+    except (NoSuchModuleError, ImportError) as e:
+        why = f"its driver is not installed ({e})" if isinstance(e, ImportError) else f"unknown database kind ({e})"
+        raise FaceSearchError(
+            f"cannot use database {shown}: {why}. facesearch runs on SQLite (sqlite:///path/to/file.db) and "
+            "PostgreSQL (postgresql+psycopg://user@host/db, pip install 'facesearch[postgres]')") from None
 
 
 def sqlite_open_hint(path: Path | None) -> str:

@@ -50,6 +50,21 @@ def current_revision(engine: Engine) -> str | None:
     return rows[0] if rows else None
 
 
+def refuse_foreign(conn) -> None:
+    """Refuse to migrate a database that holds tables but no facesearch schema revision: it is some other
+    application's (a new database has no tables; SQLite's own ``sqlite_*`` aside). Run under the
+    migration lock, where another process's half-made schema cannot be seen."""
+    insp = inspect(conn)
+    if insp.has_table("alembic_version") and conn.execute(text("SELECT count(*) FROM alembic_version")).scalar():
+        return
+    foreign = sorted(t for t in insp.get_table_names() if not t.startswith("sqlite_") and t != "alembic_version")
+    if foreign:
+        raise SchemaError(
+            f"the database is not a facesearch database: it holds tables ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}) but no facesearch schema revision (alembic_version) "
+            "stamped. Nothing was changed; give facesearch an empty database or one it created.")
+
+
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
@@ -62,7 +77,7 @@ def check_schema(engine: Engine) -> None:
 
     current = current_revision(engine)
     if current is None:
-        return
+        return  # new, or not facesearch's: upgrade() tells them apart under the migration lock
     script = ScriptDirectory.from_config(alembic_config())
     known = {rev.revision for rev in script.walk_revisions()}
     if current not in known:
@@ -76,6 +91,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     with migration_transaction(engine) as conn:
+        refuse_foreign(conn)
         command.upgrade(alembic_config(conn), revision)
 
 

@@ -42,6 +42,7 @@ class Store(FacesMixin, IdentitiesMixin, ModelsMixin):
             raise FaceSearchError(f"the database URL is not valid ({type(e).__name__}: "
                                   f"{str(e).replace(url, '<url>')[:200]})") from None
         path = dialects.sqlite_path(url)
+        dialects.check_driver(url, shown)
         try:
             if path is not None:
                 dialects.create_sqlite_file(path)

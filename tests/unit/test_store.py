@@ -8,12 +8,13 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
-from facesearch.errors import InvalidIdentityError, SchemaError, UnknownIdentityError
+from facesearch.errors import FaceSearchError, InvalidIdentityError, SchemaError, UnknownIdentityError
 from facesearch.store import Base, Store, alembic_config, validate_identity
 
 
 @pytest.fixture
 def store(tmp_path):
+    (tmp_path / "db").mkdir()
     s = Store.open(f"sqlite:///{tmp_path / 'db' / 'f.db'}")
     yield s
     s.close()
@@ -268,9 +269,35 @@ def test_the_revision_open_takes_for_head_is_alembic_s_head(tmp_path):
 
 
 def test_database_file_is_owner_only(tmp_path):
-    Store.open(f"sqlite:///{tmp_path / 'sub' / 'f.db'}").close()
-    assert stat.S_IMODE(os.stat(tmp_path / "sub" / "f.db").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+    Store.open(f"sqlite:///{tmp_path / 'f.db'}").close()
+    assert stat.S_IMODE(os.stat(tmp_path / "f.db").st_mode) == 0o600
+
+
+def test_a_database_url_in_a_missing_folder_is_refused_and_creates_nothing(tmp_path):
+    with pytest.raises(FaceSearchError, match=r"the folder .*/no/such does not exist"):
+        Store.open(f"sqlite:///{tmp_path / 'no' / 'such' / 'f.db'}")
+    assert not (tmp_path / "no").exists()
+
+
+def test_unknown_database_drivers_are_refused_with_what_works(tmp_path):
+    with pytest.raises(FaceSearchError, match=r"mysql://x: its driver is not installed.*SQLite.*PostgreSQL"):
+        Store.open("mysql://x")
+    with pytest.raises(FaceSearchError, match=r"foo://x: unknown database kind"):
+        Store.open("foo://x")
+
+
+def test_a_database_that_is_not_a_facesearch_one_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE models (id INTEGER)")
+        c.execute("CREATE TABLE people (name TEXT)")
+    with pytest.raises(SchemaError, match=r"not a facesearch database: it holds tables \(models, people\)"):
+        Store.open(f"sqlite:///{path}")
+    with sqlite3.connect(path) as c:
+        tables = sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    assert tables == ["models", "people"]
 
 
 def _open_at_the_barrier(url, barrier, results):
@@ -287,6 +314,7 @@ def _open_at_the_barrier(url, barrier, results):
 def test_processes_creating_one_new_database_at_once_migrate_it_once(tmp_path):
     n = 6
     db = tmp_path / "db" / "f.db"
+    db.parent.mkdir()
     url = f"sqlite:///{db}"
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(n), ctx.Queue()
