@@ -19,6 +19,7 @@ import numpy as np
 
 from facesearch import images
 from facesearch.errors import FaceSearchError
+from facesearch.names import has_surrogates, printable
 
 
 class ImageFolder:
@@ -57,25 +58,7 @@ class ImageFolder:
                     continue
                 self.items.setdefault(rel[0], []).append(name)
         elif self.root.is_dir():
-            for sub in sorted(self.root.iterdir()):
-                if sub.name.startswith("."):
-                    continue
-                if not sub.is_dir():
-                    if images.is_image_name(sub.name):
-                        self.ignored.append((str(sub), "not in an identity folder: not enrolled"))
-                    continue
-                files = []
-                for f in sorted(sub.iterdir()):
-                    if f.name.startswith("."):
-                        continue
-                    if f.is_file():
-                        files.append(str(f))
-                    elif f.is_dir():
-                        self.ignored.append((str(f), "a sub-folder of an identity folder: not enrolled"))
-                    else:
-                        self.ignored.append((str(f), "not a regular file (a link to nothing?)"))
-                if files:
-                    self.items[sub.name] = files
+            self._list_dir()
         elif self.root.suffix.lower() == ".zip":
             raise FaceSearchError(f"{self.root}: not a readable zip file (damaged or cut short?)")
         else:
@@ -83,6 +66,53 @@ class ImageFolder:
         for v in self.items.values():
             v.sort()
         self._by_stem = {PurePosixPath(k).stem: k for v in self.items.values() for k in v}
+
+    def _list_dir(self) -> None:
+        """``root/<identity>/<files>`` on disk. Names are what the OS gives (``os.fsdecode``): one whose
+        bytes are not UTF-8 is reported, not enrolled, and so is a folder or file that cannot be read;
+        neither stops the rest."""
+        try:
+            subs = sorted(self.root.iterdir())
+        except OSError as e:
+            raise FaceSearchError(f"{printable(str(self.root))}: cannot list the folder: {e.strerror or e}") from None
+        for sub in subs:
+            if sub.name.startswith("."):
+                continue
+            shown = printable(str(sub))
+            try:
+                is_dir = sub.is_dir()
+            except OSError as e:
+                self.ignored.append((shown, f"cannot read it: {e.strerror or e}"))
+                continue
+            if not is_dir:
+                if images.is_image_name(sub.name):
+                    self.ignored.append((shown, "not in an identity folder: not enrolled"))
+                continue
+            try:
+                entries = sorted(sub.iterdir())
+            except OSError as e:
+                self.ignored.append((shown, f"cannot read the identity folder: {e.strerror or e}"))
+                continue
+            bad_name = has_surrogates(sub.name)
+            files = []
+            for f in entries:
+                if f.name.startswith("."):
+                    continue
+                if f.is_file():
+                    if bad_name:
+                        self.ignored.append((printable(str(f)), "the identity folder's name is not valid UTF-8 text "
+                                                                "(bytes in another encoding?); rename the folder"))
+                    elif has_surrogates(f.name):
+                        self.ignored.append((printable(str(f)), "the file name is not valid UTF-8 text (bytes in "
+                                                                "another encoding?); rename the file"))
+                    else:
+                        files.append(str(f))
+                elif f.is_dir():
+                    self.ignored.append((printable(str(f)), "a sub-folder of an identity folder: not enrolled"))
+                else:
+                    self.ignored.append((printable(str(f)), "not a regular file (a link to nothing?)"))
+            if files:
+                self.items[sub.name] = files
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.items.values())
@@ -133,7 +163,7 @@ class ImageFolder:
         def work(i: int) -> None:
             with self._lock:  # a ZipFile is not safe across threads; decoding is
                 data = self.read(keys[i])
-            pixels = images.decode(data, keys[i])
+            pixels = images.decode(data, keys[i], check=False)  # a data set is taken as it is
             out[i] = images.prepare(pixels if transform is None else transform(pixels), config)
 
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:

@@ -18,11 +18,20 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from facesearch.errors import InvalidImageError
+from facesearch.names import has_surrogates, printable
 
 #: largest image accepted, in pixels (decompression-bomb guard); 40 MP
 MAX_PIXELS = 40_000_000
 #: largest file accepted, in bytes
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: the shortest side an input may have: below it no face can be seen at the models' 112 px input
+MIN_SIDE = 24
+#: the widest aspect ratio (long side / short side) an input may have (a photo wider than a panorama is not
+#: a face image, and a 40000 x 1 strip would be stretched into one)
+MAX_ASPECT = 10.0
+#: an input whose brightness varies less than this (standard deviation, 0-255) shows nothing: a blank,
+#: black or single-colour image
+MIN_CONTRAST = 2.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
@@ -38,6 +47,9 @@ def is_image_name(path: str | os.PathLike) -> bool:
 
 def read_bytes(path: str | os.PathLike) -> bytes:
     p = Path(path)
+    if has_surrogates(str(p)):  # its bytes are not UTF-8: it could be read, but not stored or shown as given
+        raise InvalidImageError(printable(str(p)), "the file name is not valid UTF-8 text (bytes in another "
+                                                   "encoding?); rename the file")
     if not p.exists():
         raise InvalidImageError(p, "no such file")
     if not p.is_file():
@@ -50,11 +62,18 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return p.read_bytes()
 
 
-def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode image bytes to an H x W x 3 uint8 RGB array, or raise InvalidImageError."""
+def decode(data: bytes, name: str = "<bytes>", check: bool = True) -> np.ndarray:
+    """Decode image bytes to an H x W x 3 uint8 RGB array, or raise InvalidImageError.
+
+    Whatever the decoder raises on a crafted or damaged file (Pillow's plug-ins raise ``TypeError``,
+    ``KeyError``, ``struct.error``... on odd tags) becomes an InvalidImageError for this file only, and its
+    warnings (a broken EXIF block) are not printed. With ``check`` the image must be able to hold a face
+    (:func:`check_usable`)."""
+    name = printable(str(name))
     if not data:
         raise InvalidImageError(name, "empty file (0 bytes)")
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warnings about a file's metadata: not the user's concern
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
@@ -62,19 +81,44 @@ def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
                 raise InvalidImageError(name, f"image too large ({img.width}x{img.height} pixels, limit "
                                               f"{MAX_PIXELS}); possible decompression bomb")
             img.load()
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # a broken EXIF block must not lose the image
+                pass
+            pixels = _to_rgb(img)
         except InvalidImageError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise InvalidImageError(name, f"refused as a possible decompression bomb ({e})") from e
         except Image.UnidentifiedImageError as e:
             raise InvalidImageError(name, "not an image file PIL can read") from e
-        except (OSError, SyntaxError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise InvalidImageError(name, f"truncated or corrupt image ({e})") from e
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose the image
-        pass
-    return _to_rgb(img)
+        except MemoryError as e:
+            raise InvalidImageError(name, "image too large to decode in memory") from e
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this file's, never the caller's
+            raise InvalidImageError(name, f"the image decoder failed on it ({type(e).__name__}: {e})") from e
+    if check:
+        check_usable(pixels, name)
+    return pixels
+
+
+def check_usable(pixels: np.ndarray, name: str = "<image>") -> None:
+    """Refuse an image that cannot hold a recognisable face: a side under :data:`MIN_SIDE` pixels, an
+    aspect ratio over :data:`MAX_ASPECT`, or brightness that hardly varies (:data:`MIN_CONTRAST`)."""
+    h, w = pixels.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InvalidImageError(name, f"image too small to hold a face ({w}x{h} pixels; at least {MIN_SIDE} "
+                                      "on each side)")
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        raise InvalidImageError(name, f"not a face image: {w}x{h} pixels is more than {MAX_ASPECT:g} times as "
+                                      "wide as it is high, or the reverse")
+    step = max(1, int(np.sqrt(h * w / 65536)))  # ~64k pixels are plenty to tell
+    sample = pixels[::step, ::step].astype(np.float32)
+    luma = sample @ np.array([0.299, 0.587, 0.114], np.float32)
+    if float(luma.std()) < MIN_CONTRAST:
+        raise InvalidImageError(name, f"the image is nearly uniform (brightness varies by {luma.std():.1f} of "
+                                      f"255, less than {MIN_CONTRAST:g}): no face can be seen in it")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -14,14 +14,33 @@ from facesearch.errors import InvalidIdentityError
 MAX_IDENTITY_LENGTH = 200
 
 
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds lone surrogates: how Python spells the bytes of a file name, a folder name
+    or a command-line argument that are not valid UTF-8 (``os.fsdecode``'s ``surrogateescape``)."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def printable(text: str) -> str:
+    """``text`` as it can be printed and stored: the bytes that are not UTF-8 written as ``\\xNN``."""
+    if not has_surrogates(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def validate_identity(name: str) -> str:
     """Return ``name`` if it is a safe identity name, else raise InvalidIdentityError."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidIdentityError("identity name is empty")
+    if has_surrogates(name):
+        raise InvalidIdentityError(
+            f"identity name '{printable(name)}' is not valid Unicode text: its bytes are not UTF-8 (a folder "
+            "or argument written in another encoding?); rename it")
     if name != name.strip():
         raise InvalidIdentityError(f"identity name {name!r} has leading or trailing spaces")
-    if len(name) > MAX_IDENTITY_LENGTH:
-        raise InvalidIdentityError(f"identity name longer than {MAX_IDENTITY_LENGTH} characters")
+    if len(name) > MAX_IDENTITY_LENGTH or len(nfc_name(name)) > MAX_IDENTITY_LENGTH:
+        raise InvalidIdentityError(f"identity name longer than {MAX_IDENTITY_LENGTH} characters"
+                                   + ("" if len(name) > MAX_IDENTITY_LENGTH else
+                                      f" once composed (Unicode NFC, as it is stored: {len(nfc_name(name))})"))
     if "/" in name or "\\" in name:
         raise InvalidIdentityError(f"identity name {name!r} contains a path separator")
     if name in (".", "..") or name.startswith("."):

@@ -75,6 +75,11 @@ _register_optional()
 
 
 def main() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # a name whose bytes are not UTF-8 prints escaped, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     cli(prog_name="facesearch")
 
 

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from facesearch.names import printable
+
 
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
@@ -15,7 +17,7 @@ def echo_problems(failures: list[tuple[str, str]], several_faces: int, taken: st
     """After an enroll or align summary: each failed file with its reason, and how many photos held
     several faces (of which the largest was ``taken``)."""
     for source, reason in failures:
-        click.echo(f"  failed: {source}: {reason}", err=True)
+        click.echo(f"  failed: {printable(source)}: {reason}", err=True)
     if several_faces:
         click.echo(f"  {several_faces} photo(s) held several faces; the largest face of each was {taken} "
                    "(--json lists them)", err=True)
@@ -29,7 +31,7 @@ def print_enroll(report) -> None:
         click.echo(f"{len(report.elsewhere)} file(s) are enrolled already as another identity, and were "
                    "not added to the one asked for:")
         for source, asked, has in sorted(report.elsewhere)[:20]:
-            click.echo(f"  {source}: asked {asked}, enrolled as {has}")
+            click.echo(f"  {printable(source)}: asked {asked}, enrolled as {has}")
         if len(report.elsewhere) > 20:
             click.echo(f"  ... and {len(report.elsewhere) - 20} more (--json lists them all)")
 
@@ -39,13 +41,13 @@ def print_result(r, threshold: float) -> None:
     from facesearch.gallery.results import Failure
 
     if isinstance(r, Failure):
-        click.echo(f"{r.source}: error: {r.reason}", err=True)
+        click.echo(f"{printable(r.source)}: error: {r.reason}", err=True)
         return
     if not r.matches:
-        click.echo(f"{r.probe}: unknown (the gallery is empty)")
+        click.echo(f"{printable(r.probe)}: unknown (the gallery is empty)")
         return
     top = r.matches[0]
-    probe = r.probe if r.face is None else f"{r.probe} face at {tuple(r.face['box'])}"
+    probe = printable(r.probe) if r.face is None else f"{printable(r.probe)} face at {tuple(r.face['box'])}"
     rule = f" [{_rule(r.decision)}]" if r.decision else ""
     if r.identity is None:
         click.echo(f"{probe}: unknown (nearest {top.identity} at distance {top.distance:.4f} "

@@ -25,6 +25,7 @@ Without it, ``--detect`` fails with a message that says so; everything else work
 from facesearch.detect.align import ALIGNED_SIZE, TEMPLATE_112, align, similarity_transform
 from facesearch.detect.base import (
     DEFAULT_DETECTOR,
+    MIN_FACE_SIZE,
     MIN_SCORE,
     REGISTRY,
     Detector,
@@ -37,7 +38,7 @@ from facesearch.detect.folder import AlignReport, align_folder
 from facesearch.detect.yuface import DETECT_MAX_SIDE, available, available_or_raise, describe, detect
 
 __all__ = [
-    "ALIGNED_SIZE", "DEFAULT_DETECTOR", "DETECT_MAX_SIDE", "MIN_SCORE", "REGISTRY", "TEMPLATE_112", "AlignReport",
+    "ALIGNED_SIZE", "DEFAULT_DETECTOR", "MIN_FACE_SIZE", "DETECT_MAX_SIDE", "MIN_SCORE", "REGISTRY", "TEMPLATE_112", "AlignReport",
     "Detector", "DetectorUnavailable", "Face", "align", "align_folder", "available", "available_or_raise",
     "describe", "detect", "faces_or_fail", "get_detector", "similarity_transform",
 ]

@@ -16,6 +16,12 @@ from facesearch.errors import DetectorUnavailable, NoFaceError
 
 #: faces scored below this (0-1) are not faces
 MIN_SCORE = 0.5
+#: faces whose box is smaller than this on its shorter side (pixels of the photo) are too small to
+#: recognise: the models see 112 x 112 crops, and a face of a few dozen pixels blown up to that holds
+#: too little of the person. They are reported, not used.
+MIN_FACE_SIZE = 32
+#: a faceless photo is looked at again down to this score, only to say how close it came
+_REPORT_SCORE = 0.2
 #: the detector :func:`get_detector` gives when none is named
 DEFAULT_DETECTOR = "yuface"
 
@@ -85,13 +91,25 @@ def get_detector(name: str = DEFAULT_DETECTOR) -> Detector:
 
 
 def faces_or_fail(pixels: np.ndarray, source: str, detector: Detector | None = None) -> list[Face]:
-    """The faces ``detector`` (default: :func:`get_detector`'s) finds in a photo that must hold one: none is
-    a :class:`NoFaceError` naming ``source``."""
-    faces = (detector or get_detector()).detect(pixels)
-    if not faces:
-        raise NoFaceError(source, f"no face found (detector score >= {MIN_SCORE})")
-    return faces
+    """The faces ``detector`` (default: :func:`get_detector`'s) finds in a photo that must hold one, at
+    least :data:`MIN_FACE_SIZE` pixels on their shorter side and scored at least :data:`MIN_SCORE`, largest
+    first. None is a :class:`NoFaceError` naming ``source`` and saying why: no face at all, faces that
+    were all too small, or the best candidate's score."""
+    detector = detector or get_detector()
+    found = detector.detect(pixels)
+    faces = [f for f in found if min(f.box[2], f.box[3]) >= MIN_FACE_SIZE]
+    if faces:
+        return faces
+    if found:
+        w, h = found[0].box[2], found[0].box[3]
+        raise NoFaceError(source, f"{len(found)} face(s) found, all smaller than {MIN_FACE_SIZE} pixels (the "
+                                  f"largest {w}x{h}): too small to recognise; use a photo where the face is larger")
+    weak = detector.detect(pixels, min_score=_REPORT_SCORE)
+    if weak:
+        best = max(f.score for f in weak)
+        raise NoFaceError(source, f"no face found (the best candidate scored {best:.2f}, below {MIN_SCORE})")
+    raise NoFaceError(source, f"no face found (detector score >= {MIN_SCORE})")
 
 
-__all__ = ["DEFAULT_DETECTOR", "MIN_SCORE", "REGISTRY", "Detector", "DetectorUnavailable", "Face", "faces_or_fail",
+__all__ = ["DEFAULT_DETECTOR", "MIN_FACE_SIZE", "MIN_SCORE", "REGISTRY", "Detector", "DetectorUnavailable", "Face", "faces_or_fail",
            "get_detector"]

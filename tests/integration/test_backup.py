@@ -40,6 +40,7 @@ def test_backup_is_a_gallery_of_its_own(fs, gallery_src, model_dir, tmp_path):
 
 
 def test_backup_never_overwrites(tmp_path):
+    (tmp_path / "db").mkdir()
     store = Store.open(f"sqlite:///{tmp_path / 'db' / 'f.db'}")
     dest = tmp_path / "b.db"
     dest.write_bytes(b"an older backup")
@@ -117,6 +118,7 @@ def test_a_failed_backup_leaves_nothing_and_a_missing_gallery_is_not_created(tmp
     from tests.conftest import REPO
 
     home = tmp_path / "home"
+    home.mkdir()
     store = Store.open(f"sqlite:///{home / DB_FILE}")
     mid = add_model(store)
     rng = np.random.default_rng(0)
