@@ -66,6 +66,22 @@ def check_driver(url: str | URL, shown: str) -> None:
             "PostgreSQL (postgresql+psycopg://user@host/db, pip install 'facesearch[postgres]')") from None
 
 
+def read_only_url(path: Path | None) -> str | None:
+    """A URL that reads the SQLite file at ``path`` without writing anything next to it, for when it
+    cannot be opened normally because the disk is full or the folder is read-only (WAL mode needs its
+    ``-wal`` and ``-shm`` files, even to read). Only where no other connection has changes in a write-ahead
+    log (none there, or empty): ``immutable`` reads the database file alone. None where that does not hold."""
+    if path is None or not path.is_file():
+        return None
+    wal = path.with_name(path.name + "-wal")
+    try:
+        if wal.exists() and wal.stat().st_size > 0:
+            return None
+    except OSError:
+        return None
+    return f"sqlite:///file:{path.resolve()}?mode=ro&immutable=1&uri=true"
+
+
 def sqlite_open_hint(path: Path | None) -> str:
     """Why a SQLite file may fail to open that the driver's message does not say, or ''."""
     if path is not None and path.parent.is_dir() and not os.access(path.parent, os.W_OK):

@@ -26,6 +26,8 @@ class Store(FacesMixin, IdentitiesMixin, ModelsMixin):
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        #: opened read-only because the database could not be written (a full disk, a read-only folder)
+        self.read_only = False
         self.Session = sessionmaker(engine, expire_on_commit=False)
 
     # ---- opening and schema -------------------------------------------------------------
@@ -51,6 +53,24 @@ class Store(FacesMixin, IdentitiesMixin, ModelsMixin):
             raise FaceSearchError(f"cannot use database {shown}: {e}") from None
         except DBAPIError as e:
             why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            ro = dialects.read_only_url(path)
+            if ro is not None:  # a full disk or a read-only folder: what only reads still works
+                try:
+                    store = cls._open(ro, upgrade=False)
+                except (DBAPIError, FaceSearchError):
+                    store = None
+                if store is not None and store.current_revision() == migrate.HEAD_REVISION:
+                    import warnings
+
+                    from facesearch.errors import FaceSearchWarning
+
+                    warnings.warn(f"database {shown} cannot be written ({why}): opened read-only, so "
+                                  "searching works and changes fail until that is fixed", FaceSearchWarning,
+                                  stacklevel=2)
+                    store.read_only = True
+                    return store
+                if store is not None:
+                    store.close()
             raise FaceSearchError(f"cannot open database {shown}: {why}{dialects.sqlite_open_hint(path)}") from None
         except OSError as e:
             raise FaceSearchError(f"cannot open database {shown}: {e.strerror or e}: {e.filename or path}") from None
