@@ -112,8 +112,9 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     else:
         for r in results:
             print_result(r, r.threshold if not isinstance(r, Failure) else decision.threshold)
-    if all(isinstance(r, Failure) for r in results):
-        sys.exit(1)
+    failed = sum(isinstance(r, Failure) for r in results)
+    if failed:  # 1: nothing could be searched; 3: some probes were, the others are reported
+        sys.exit(1 if failed == len(results) else 3)
 
 
 # ---- verify ----------------------------------------------------------------------------------

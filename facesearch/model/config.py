@@ -114,10 +114,15 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ModelConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, found a {type(data).__name__}")
+            return cls.from_dict(data)
         except FileNotFoundError as e:
             raise ModelFileError(f"model config not found: {path}") from e
-        except (json.JSONDecodeError, TypeError) as e:
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"model config {path} is not valid: {e}") from e
+        except ModelFileError as e:
             raise ModelFileError(f"model config {path} is not valid: {e}") from e
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu", confi
     except OSError as e:
         raise ModelFileError(f"cannot read weights {path}: {e.strerror or e}") from None
     try:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file makes the unpickler warn as well as fail: the
+            warnings.simplefilter("ignore")  # error below says it once, in facesearch's words
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own text suggests weights_only=False, which would run code from the file: not said here
         text = str(e)

@@ -43,9 +43,10 @@ LEGACY_LOCATIONS = {BUILTIN_PREFIX + DEFAULT_ALIAS: BUILTIN_PREFIX + LFW_MOBILEN
 def read_model_dir(directory: str | os.PathLike) -> ModelConfig:
     """The config of a model directory, after checking it has both files (no torch needed)."""
     directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise ModelFileError(f"{directory} is not a facesearch model directory "
-                             f"(needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+    if missing:
+        raise ModelFileError(f"{directory} is not a facesearch model directory (needs {CONFIG_FILE} and "
+                             f"{WEIGHTS_FILE}; {' and '.join(missing)} missing)")
     return ModelConfig.load(directory / CONFIG_FILE)
 
 

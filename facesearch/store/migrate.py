@@ -87,9 +87,23 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+def _known(revision: str) -> None:
+    """Refuse a revision the migration scripts do not have, naming the ones they do."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        script.get_revisions(revision)
+    except CommandError:
+        known = sorted(r.revision for r in script.walk_revisions())
+        raise SchemaError(f"unknown schema revision {revision!r} (known: {', '.join(known)}, head, base)") from None
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
+    _known(revision)
     with migration_transaction(engine) as conn:
         refuse_foreign(conn)
         command.upgrade(alembic_config(conn), revision)
@@ -98,5 +112,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
+    _known(revision)
     with migration_transaction(engine) as conn:
         command.downgrade(alembic_config(conn), revision)
