@@ -8,6 +8,8 @@ import logging
 import sys
 import warnings
 
+from pathlib import Path
+
 import click
 
 from facesearch.errors import FaceSearchError, FaceSearchWarning, ThresholdError
@@ -123,9 +125,19 @@ class App:
     def model(self):
         return self.settings.model
 
-    def open(self, strict: bool = True, detect: bool = False):
+    def open(self, strict: bool = True, detect: bool = False, create: bool = False):
+        """The gallery. Commands that only read or change what is enrolled (``create`` False) refuse a home
+        without a gallery rather than make an empty one: a mistyped ``--home`` would answer "unknown"."""
         if self._fs is None:
             from facesearch.gallery import FaceSearch
+            from facesearch.settings import DB_FILE
+
+            from facesearch.gallery.opening import check_device
+
+            check_device(self.device)  # a bad option is the first thing said
+            if not create and self.db is None and not (Path(self.home) / DB_FILE).is_file():
+                raise FaceSearchError(f"no gallery in {self.home} (no {DB_FILE} there): check --home or "
+                                      "FACESEARCH_HOME, or enroll faces first")
 
             self._fs = FaceSearch.open(home=self.home, db_url=self.db, model=self.model, device=self.device,
                                        index=self.index, backend=self.backend, strict=strict, detect=detect)

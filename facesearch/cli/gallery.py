@@ -35,14 +35,14 @@ def enroll(app: App, paths, identity, detect, as_json):
         root = paths[0]
         if not root.exists():
             raise click.BadParameter(f"{root} does not exist", param_hint="DIR")
-        fs = app.open(detect=detect)
+        fs = app.open(detect=detect, create=True)
         with progress(None, "enroll") as bar:
             report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     else:
         for p in paths:
             if p.is_dir():
                 raise click.BadParameter(f"{p} is a folder; with --identity give image files", param_hint="FILE")
-        fs = app.open(detect=detect)
+        fs = app.open(detect=detect, create=True)
         with progress(len(paths), f"enroll {identity}") as bar:
             report = fs.enroll_files(identity, paths, progress=bar.update)
     if as_json:
@@ -130,7 +130,7 @@ def verify(app: App, a, b, threshold, far, detect, as_json):
 
     With --detect, A and B are photos and the largest face of each is compared.
     """
-    fs = app.open(detect=detect)
+    fs = app.open(detect=detect, create=True)  # needs no enrolled faces: the model of the home, else the default
     r = fs.verify(a, b, threshold=fs.threshold_at(far=far, threshold=threshold))
     if as_json:
         echo_json(r.to_dict())
@@ -206,7 +206,7 @@ def identities_remove(app: App, name, yes):
 def info(app: App, as_json):
     """The model, its thresholds (1:1, and 1:N for each FPIR at the gallery's size), the counts, the index
     and the device."""
-    d = app.open().info()
+    d = app.open(create=True).info()  # also what a new home would use: model, device, detector
     if as_json:
         echo_json(d)
         return

@@ -212,7 +212,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("--model other weights than the gallery's", ["--model", f"{B}/model-badweights", "query", P], 1,
      r"embeddings of different models cannot be compared"),
     ("--model weights not a checkpoint (new gallery)", ["--model", f"{B}/model-badweights", "--home",
-                                                        f"{B}/new-home", "query", P], 1, r"weights"),
+                                                        f"{B}/new-home", "verify", P, P], 1, r"cannot load weights"),
+    ("query on a home without a gallery (mistyped --home)", ["--home", f"{B}/no-such-home", "query", P], 1,
+     r"no gallery in .*no-such-home"),
     ("--model unknown built-in name", ["--model", "no-such-builtin", "query", P], 1, r"no-such-builtin"),
     ("reindex --model a missing folder", ["reindex", "--model", f"{B}/no-such-model"], 1, r"no-such-model"),
     # ---- other commands

@@ -130,15 +130,18 @@ def test_batch_query_of_a_folder(run, gallery, gallery_src, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["enroll", "/definitely/not/here"], "does not exist"),
     (["enroll", "--identity", "../etc", "x.jpg"], "path separator"),
-    (["query", "/nope.jpg"], "no such file"),
-    (["verify", "/a.jpg", "/b.jpg"], "no such file"),
-    (["identities", "show", "Nobody"], "no identity named"),
+    (["query", "/nope.jpg"], "no gallery in"),  # a home without a gallery: not made empty and searched
+    (["verify", "/a.jpg", "/b.jpg"], "no such file"),  # verify needs no gallery
+    (["identities", "show", "Nobody"], "no gallery in"),
+    (["reindex"], "no gallery in"),
 ])
-def test_errors_are_messages_not_tracebacks(run, args, message):
+def test_errors_are_messages_not_tracebacks(run, args, message, tmp_path):
     r = run(*args, ok=False)
     assert r.exit_code in (1, 2)
     assert message in r.output
     assert "Traceback" not in r.output
+    if message == "no gallery in":
+        assert not (tmp_path / "home").exists()  # a mistyped --home is not created by a read
 
 
 def test_empty_folder_is_an_error(run, tmp_path):
@@ -224,7 +227,7 @@ def test_a_device_that_is_not_there_is_a_message(tmp_path, model_dir, gallery_sr
     r = CliRunner().invoke(cli, base + ["--device", "bogus", "info"])  # checked before anything is opened
     assert r.exit_code == 1 and "unknown device 'bogus'" in r.output, r.output
     if not torch.backends.mps.is_available():
-        r = CliRunner().invoke(cli, base + ["--device", "mps", "query", probe])
+        r = CliRunner().invoke(cli, base + ["--device", "mps", "verify", probe, probe])
         assert r.exit_code == 1 and "device mps is not usable here" in r.output, r.output
     if not torch.cuda.is_available():
         r = CliRunner().invoke(cli, base + ["--device", "cuda", "verify", probe, probe])
