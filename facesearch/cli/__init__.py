@@ -24,7 +24,7 @@ from facesearch.settings import Settings
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="facesearch")
+@click.version_option(__version__, "-V", "--version", prog_name="facesearch")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the SQLite database and the index [env FACESEARCH_HOME; default ~/.facesearch].")
 @click.option("--db", "db", metavar="URL",

@@ -1,0 +1,78 @@
+"""The package as a user gets it: the wheel builds without setuptools warnings, holds what facesearch
+needs at run time (migrations, the built-in models, py.typed, the licence), and, installed away from the
+checkout, runs ``--help`` and a real enroll and query."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LFW_ZIP, REPO, needs_lfw
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(out)], capture_output=True, text=True, timeout=600, cwd=out)
+    assert r.returncode == 0, r.stderr
+    wheels = list(out.glob("facesearch-*.whl"))
+    assert len(wheels) == 1
+    return wheels[0], r.stdout + r.stderr
+
+
+def test_the_wheel_builds_without_warnings_and_holds_what_runs(wheel):
+    path, log = wheel
+    assert "warn" not in log.lower(), log
+    names = set(zipfile.ZipFile(path).namelist())
+    for needed in ("facesearch/py.typed", "facesearch/model/builtin/sface/weights.pt",
+                   "facesearch/model/builtin/sface/model.json", "facesearch/model/builtin/lfw-mobilenet/weights.pt",
+                   "facesearch/_migrations/env.py", "facesearch/_migrations/versions/0001_initial.py"):
+        assert needed in names, needed
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)
+
+
+@needs_lfw
+def test_installed_away_from_the_checkout_it_enrolls_and_queries(wheel, tmp_path):
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel[0]) as z:  # what pip does with a pure-Python wheel: unpack into site-packages
+        z.extractall(site)
+    deps = sysconfig.get_paths()["purelib"]  # torch, faiss, ... from this environment; facesearch is not there
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), deps]), PYTHONNOUSERSITE="1")
+    run_dir = tmp_path / "elsewhere"
+    run_dir.mkdir()
+
+    def fs(*args):
+        return subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':'); "
+                               "sys.argv = ['facesearch'] + sys.argv[2:]; from facesearch.cli import main; main()",
+                               env["PYTHONPATH"], *args], capture_output=True, text=True, cwd=run_dir, env=env,
+                              timeout=300)
+
+    r = fs("--help")
+    assert r.returncode == 0 and "enroll" in r.stdout and "query" in r.stdout, r.stderr
+    where = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':'); "
+                            "import facesearch; print(facesearch.__file__)", env["PYTHONPATH"]],
+                           capture_output=True, text=True, cwd=run_dir, env=env)
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr  # not the checkout's copy
+    people = tmp_path / "people"
+    with zipfile.ZipFile(LFW_ZIP) as z:
+        for name in ("Colin_Powell", "Tony_Blair"):
+            (people / name).mkdir(parents=True)
+            for i in (1, 2):
+                (people / name / f"{i}.webp").write_bytes(z.read(f"lfw-deepfunneled-112/{name}/{name}_{i:04d}.webp"))
+        (tmp_path / "probe.webp").write_bytes(z.read("lfw-deepfunneled-112/Tony_Blair/Tony_Blair_0005.webp"))
+    home = str(tmp_path / "home")
+    r = fs("--home", home, "--model", "lfw-mobilenet", "--device", "cpu", "enroll", str(people), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["added"] == 4
+    r = fs("--home", home, "--device", "cpu", "query", str(tmp_path / "probe.webp"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["matches"][0]["identity"] == "Tony_Blair"
