@@ -73,11 +73,20 @@ def boundary(f):
         from sqlalchemy.exc import DBAPIError
 
         try:
-            return f(*args, **kwargs)
-        except BrokenPipeError:
-            raise
-        except (FaceSearchError, DBAPIError, OSError) as e:
-            raise to_click(e) from e
+            try:
+                return f(*args, **kwargs)
+            except BrokenPipeError:
+                raise
+            except (FaceSearchError, DBAPIError, OSError) as e:
+                raise to_click(e) from e
+        except click.ClickException as e:
+            if not kwargs.get("as_json"):
+                raise
+            # --json: the error is JSON too (on stderr, with the exit code), so a script reads one format
+            import json
+
+            click.echo(json.dumps({"error": e.format_message(), "exit_code": e.exit_code}), err=True)
+            sys.exit(e.exit_code)
 
     return wrapper
 

@@ -265,3 +265,19 @@ def test_the_errors_the_readme_names_are_importable_and_facesearch_errors():
                  "SchemaError", "ModelFileError", "ThresholdError"):
         assert getattr(facesearch, name) is getattr(errors, name)
         assert issubclass(getattr(facesearch, name), facesearch.FaceSearchError)
+
+
+def test_with_json_an_error_is_a_json_object_on_stderr(run, gallery):
+    """The last line of stderr (notes and warnings may come before it) is the error as JSON."""
+    run("enroll", str(gallery), code=3)
+
+    def error(r):
+        return json.loads(r.stderr.strip().splitlines()[-1])
+
+    r = run("query", "/no/such/probe.jpg", "--json", ok=False)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert error(r) == {"error": "/no/such/probe.jpg: no such file", "exit_code": 1}
+    r = run("identities", "show", "Nobody", "--json", ok=False)
+    assert error(r) == {"error": "no identity named 'Nobody'", "exit_code": 1}
+    r = run("query", "--json", "--fpir", "0.5", "--far", "0.1", str(gallery / "Bill_Gates"), ok=False)
+    assert error(r) == {"error": "give one of --fpir, --far and --threshold", "exit_code": 2}
