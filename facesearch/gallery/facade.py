@@ -121,7 +121,7 @@ class FaceSearch:
 
     def close(self) -> None:
         self.store.close()
-        self.indexes.loaded = None
+        self.indexes.drop()
 
     def __enter__(self):
         return self
@@ -312,8 +312,8 @@ class FaceSearch:
         return self.store.identity_faces(name)
 
     def rename_identity(self, old: str, new: str) -> None:
-        self.store.rename_identity(old, new)  # ids and vectors unchanged; only the revision moves
-        self.indexes.after_change(self.store.revision(), lambda idx: None)
+        rev = self.store.rename_identity(old, new)  # ids and vectors unchanged; only the revision moves
+        self.indexes.after_change(rev, lambda idx: None)
         self.flush()
 
     def remove_identity(self, name: str) -> int:

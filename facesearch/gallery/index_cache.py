@@ -3,11 +3,16 @@
 The index file carries a stamp (model, store revision, face count, change id); a file whose stamp does
 not match the store is rebuilt from the embeddings in the store. A change made through this handle is
 applied to the loaded index in place when the index was in sync just before it.
+
+Threads share one handle's index: one re-entrant lock is held around every load, rebuild, change applied
+in place, save and search, so a search never sees an index half-rebuilt or half-changed, and a save never
+writes one that changes under it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +45,10 @@ class IndexCache:
         self.gallery = gallery
         self.factory = factory
         self.loaded: vindex.VectorIndex | None = None
+        #: the store revision the loaded index reflects; -1: none, or not known (rebuilt while the store changed)
         self.revision = -1
+        #: held around everything that reads or changes ``loaded``/``revision`` (re-entrant: a rebuild saves)
+        self.lock = threading.RLock()
 
     @property
     def path(self) -> Path:
@@ -52,69 +60,105 @@ class IndexCache:
                             g.index_backend, change_id)
 
     def get(self) -> vindex.VectorIndex:
-        """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
-        revision, change_id = self.gallery.store.state()
-        if self.loaded is not None and revision == self.revision:
+        """The index, in sync with the store: loaded from its file, or rebuilt when stale. The object is the
+        handle's live index: another thread's change may be applied to it, so search it with
+        :meth:`search` (under the lock)."""
+        with self.lock:
+            revision, change_id = self.gallery.store.state()
+            if self.loaded is not None and revision == self.revision:
+                return self.loaded
+            try:
+                self.loaded = vindex.load(self.path, self._stamp(revision, change_id), self.gallery.index_backend)
+                self.revision = revision
+            except vindex.StaleIndex as why:
+                log.info("rebuilding the index from the store: %s", why)
+                self.rebuild()
             return self.loaded
-        try:
-            self.loaded = vindex.load(self.path, self._stamp(revision, change_id), self.gallery.index_backend)
-            self.revision = revision
-        except vindex.StaleIndex as why:
-            log.info("rebuilding the index from the store: %s", why)
-            self.rebuild()
-        return self.loaded
+
+    def search(self, queries, k: int):
+        """``(distances, ids, ntotal)``: the ``k`` nearest faces of each query in the index in sync with
+        the store, searched under the lock (no change is applied to it meanwhile)."""
+        with self.lock:
+            idx = self.get()
+            n = idx.ntotal
+            if n == 0:
+                return None, None, 0
+            dist, ids = idx.search(queries, min(k, n))
+            return dist, ids, n
 
     def rebuild(self) -> vindex.VectorIndex:
         """Build the index from the embeddings in the store and save it."""
         g = self.gallery
-        check_one_model(g)
-        revision = g.store.revision()
-        n = g.store.count_faces()
-        dim = g.config.embedding_dim
-        if n == 0:
-            factory = "Flat" if self.factory == "auto" or self.factory.startswith("IVF") else self.factory
-            idx = vindex.create(dim, 0, factory, g.index_backend)
-        else:
-            idx = vindex.build(dim, g.store.iter_embeddings(), n, self.factory, g.index_backend)
-        self.loaded, self.revision = idx, revision
-        self.save()
-        return idx
+        with self.lock:
+            check_one_model(g)
+            for _ in range(3):
+                revision = g.store.revision()
+                n = g.store.count_faces()
+                dim = g.config.embedding_dim
+                if n == 0:
+                    factory = "Flat" if self.factory == "auto" or self.factory.startswith("IVF") else self.factory
+                    idx = vindex.create(dim, 0, factory, g.index_backend)
+                else:
+                    idx = vindex.build(dim, g.store.iter_embeddings(), n, self.factory, g.index_backend)
+                if g.store.revision() == revision:
+                    break
+                # the store changed while it was read (another thread or process): the index may hold some
+                # of that change, so it must not be taken for `revision` (a change applied on top of it
+                # would add faces twice); read it again
+                revision = -1
+            self.loaded, self.revision = idx, revision
+            self.save()
+            return idx
 
     def save(self) -> None:
-        g, idx = self.gallery, self.loaded
-        revision, change_id = g.store.state()
-        if revision != self.revision:
-            change_id = ""  # the store moved on (another process): a file that no loader will take
-        stamp = vindex.Stamp(g.model_key, self.revision, idx.ntotal, g.config.embedding_dim, idx.factory,
-                             idx.backend, change_id)
-        vindex.save(idx, self.path, stamp)
+        g = self.gallery
+        with self.lock:
+            idx = self.loaded
+            if idx is None or self.revision < 0:
+                return  # nothing known to be in sync to save: the next get() rebuilds
+            revision, change_id = g.store.state()
+            if revision != self.revision:
+                change_id = ""  # the store moved on (another process): a file that no loader will take
+            stamp = vindex.Stamp(g.model_key, self.revision, idx.ntotal, g.config.embedding_dim, idx.factory,
+                                 idx.backend, change_id)
+            vindex.save(idx, self.path, stamp)
 
     def after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:
         """Apply a change to the loaded index if it was in sync just before it; else rebuild lazily."""
-        idx = self.loaded
-        if idx is not None and self.revision == new_revision - 1:
-            try:
-                apply(idx)
-                self.revision = new_revision
-                return
-            except RuntimeError as e:  # e.g. an index type that cannot remove ids
-                log.info("index cannot apply the change in place (%s); rebuilding", e)
-        self.loaded, self.revision = None, -1
+        with self.lock:
+            idx = self.loaded
+            if idx is not None and self.revision == new_revision:
+                return  # loaded (by another thread) from the store as it was after this change
+            if idx is not None and self.revision >= 0 and self.revision == new_revision - 1:
+                try:
+                    apply(idx)
+                    self.revision = new_revision
+                    return
+                except RuntimeError as e:  # e.g. an index type that cannot remove ids
+                    log.info("index cannot apply the change in place (%s); rebuilding", e)
+            self.loaded, self.revision = None, -1
+
+    def drop(self) -> None:
+        """Forget the loaded index (the handle is closed)."""
+        with self.lock:
+            self.loaded, self.revision = None, -1
 
     def _retier(self) -> None:
         """Under ``auto``, switch between exact and approximate index as the gallery grows."""
-        idx = self.loaded
-        if self.factory != "auto" or idx is None or idx.backend == "torch-cuda":
-            return
-        if vindex.needs_rebuild(idx.factory, idx.ntotal):
-            self.rebuild()
+        with self.lock:
+            idx = self.loaded
+            if self.factory != "auto" or idx is None or idx.backend == "torch-cuda":
+                return
+            if vindex.needs_rebuild(idx.factory, idx.ntotal):
+                self.rebuild()
 
     def flush(self) -> None:
         """Make sure the index file reflects the store (rebuilding if needed)."""
-        idx = self.get()
-        self._retier()
-        if self.loaded is idx:
-            self.save()
+        with self.lock:
+            idx = self.get()
+            self._retier()
+            if self.loaded is idx:
+                self.save()
 
 
 def check_one_model(g: "FaceSearch") -> None:

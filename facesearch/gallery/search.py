@@ -71,15 +71,15 @@ def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[
     threshold, how = decision.threshold, decision.to_dict()
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
-    idx = gallery.index()
     emb = np.atleast_2d(np.asarray(emb, np.float32))
     names = list(probes) if probes else [""] * len(emb)
-    n = idx.ntotal
-    if n == 0:
-        return [QueryResult([], threshold, p, decision=how) for p in names]
-    k = min(n, max(top_k * 4, top_k + 16))
+    k = max(top_k * 4, top_k + 16)
     while True:
-        dist, ids = idx.search(emb, k)
+        # under the index's lock: another thread of this handle may be changing or rebuilding it
+        dist, ids, n = gallery.indexes.search(emb, k)
+        if n == 0:
+            return [QueryResult([], threshold, p, decision=how) for p in names]
+        k = min(n, k)
         faces = gallery.store.face_info([int(i) for i in np.unique(ids) if i >= 0])
         ranked = rank(dist, ids, faces, top_k, threshold)
         if all(len(m) >= top_k for m in ranked) or k >= n:

@@ -41,7 +41,8 @@ class IdentitiesMixin(StorePart):
                 raise UnknownIdentityError(f"no identity named {name!r}")
             return [FaceInfo(f.id, ident.name, f.source) for f in sorted(ident.faces, key=lambda f: f.id)]
 
-    def rename_identity(self, old: str, new: str) -> None:
+    def rename_identity(self, old: str, new: str) -> int:
+        """Rename an identity; returns the store revision after it."""
         new = nfc_name(validate_identity(new))
         try:
             with self.Session.begin() as s:
@@ -53,7 +54,7 @@ class IdentitiesMixin(StorePart):
                     raise InvalidIdentityError(f"an identity named {new!r} exists already")
                 ident.name = new
                 s.flush()
-                self._bump(s)
+                return self._bump(s)
         except IntegrityError as e:
             raise InvalidIdentityError(f"an identity named {new!r} exists already") from e
 
