@@ -25,7 +25,7 @@ from facesearch.errors import ModelFileError, ModelMismatchError
 from facesearch.gallery.index_cache import replaced_in_place
 from facesearch.model.config import ModelConfig, weights_sha256
 from facesearch.model.files import model_key
-from facesearch.model.inference import ThreadTuner, forward_batch, inference_copy
+from facesearch.model.inference import ThreadTuner, forward_batch, inference_copy, thread_counts
 
 if TYPE_CHECKING:  # the encoder module imports torch
     from facesearch.model import encoder
@@ -114,15 +114,18 @@ class ModelFiles:
 
 
 class GalleryModel:
-    """A gallery handle's encoder: loaded once (threads share it), its fast inference copy, embedding."""
+    """A gallery handle's encoder: loaded once (threads share it, and the first to need it loads it while
+    the others wait), its fast inference copy (made once too), embedding."""
 
     def __init__(self, model: "encoder.Encoder | ModelFiles"):
         self._model = model
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # around loading and replacing the model
+        self._fast_lock = threading.Lock()  # around making the inference copy
         #: (model, its inference copy, the forward batch that suits it: inference.forward_batch)
         self._fast: tuple[encoder.Encoder, encoder.Encoder, int | None] | None = None
-        self.tuner: ThreadTuner | None = None  # set while enrolling on the CPU
-        self.last_tuner: ThreadTuner | None = None  # the one the last enroll used, which the next carries on
+        #: the thread tuner the last enroll call used, which the next carries on (lent to one call at a time:
+        #: :meth:`borrow_tuner`)
+        self.last_tuner: ThreadTuner | None = None
         #: images per forward pass when set; None: the model's own (:func:`~facesearch.model.inference.
         #: forward_batch`: 16 for MobileNetV2 at 112 px, 8 for SFace on the CPU; every call's images at once
         #: on a GPU). Enroll, query and reindex hand over their batches (64 by default), split into these.
@@ -162,6 +165,18 @@ class GalleryModel:
         with self.lock:
             self._model = net
 
+    def borrow_tuner(self, threads: int) -> ThreadTuner:
+        """The enroll thread tuner for one enroll call: the one the last call gave back (it carries on, so a
+        folder enrolled in parts pays for its trials once), unless another call has it or it was made for
+        other thread options; then a new one. Give it back with :meth:`return_tuner`."""
+        with self.lock:
+            kept, self.last_tuner = self.last_tuner, None
+        return kept if kept is not None and kept.options == (1, threads) else ThreadTuner(threads)
+
+    def return_tuner(self, tuner: ThreadTuner) -> None:
+        with self.lock:
+            self.last_tuner = tuner
+
     @property
     def raw(self) -> "encoder.Encoder | ModelFiles":
         return self._model
@@ -182,8 +197,11 @@ class GalleryModel:
         net = self.get(expected_key)
         fast = self._fast
         if fast is None or fast[0] is not net:
-            copy = inference_copy(net)
-            fast = self._fast = (net, copy, forward_batch(copy))  # measured before any other thread uses it
+            with self._fast_lock:  # one copy, made by the first thread that needs it
+                fast = self._fast
+                if fast is None or fast[0] is not net:
+                    copy = inference_copy(net)
+                    fast = self._fast = (net, copy, forward_batch(copy))  # measured before any other thread uses it
         if not len(crops):
             return np.zeros((0, self.config.embedding_dim), np.float32)
         from facesearch.model import encoder
@@ -209,11 +227,7 @@ class GalleryModel:
         import faiss
         import torch
 
-        before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-        torch.set_num_threads(1)
-        faiss.omp_set_num_threads(1)
-        try:
+        with thread_counts():  # back to what they were before any thread changed them
+            torch.set_num_threads(1)
+            faiss.omp_set_num_threads(1)
             yield
-        finally:
-            torch.set_num_threads(before_torch)
-            faiss.omp_set_num_threads(before_faiss)

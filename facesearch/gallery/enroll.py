@@ -28,7 +28,7 @@ from facesearch.detect.folder import one_detector_thread
 from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
 from facesearch.gallery.embedding import align_face, model_crop
 from facesearch.gallery.results import EnrollReport, Failure
-from facesearch.model.inference import ThreadTuner
+from facesearch.model.inference import ThreadTuner, thread_counts
 from facesearch.store import nfc_name, validate_identity
 
 if TYPE_CHECKING:
@@ -105,12 +105,14 @@ def _reason(e: InvalidImageError | OSError, what: str) -> str:
 
 
 class Enroller:
-    """Runs one enroll call on a gallery handle."""
+    """Runs one enroll call on a gallery handle. Everything one call changes is its own (the handle is
+    shared by threads: concurrent enroll calls each have an Enroller)."""
 
     def __init__(self, gallery: "FaceSearch"):
         self.g = gallery
         self.bad_identity: dict[str, str] = {}
         self._start_embedding: Callable[[], None] | None = None  # armed by _embed_threads
+        self.tuner: ThreadTuner | None = None  # this call's, while enrolling on the CPU
 
     def fetch(self, entry: tuple[str, str, ItemData]) -> Item:
         """Read and hash one item. Cheap next to decoding, so content that is enrolled already is found
@@ -185,33 +187,29 @@ class Enroller:
     @contextlib.contextmanager
     def _embed_threads(self):
         """While enrolling on the CPU, pick torch's intra-op thread count by measurement (see
-        :class:`ThreadTuner`); restored afterwards. Set up when the first batch has something to
-        embed: a rerun that finds every file enrolled already loads no model and imports no torch."""
-        restore: list[Callable[[], None]] = []
+        :class:`ThreadTuner`); restored afterwards (once no other call on any handle still sets it). Set
+        up when the first batch has something to embed: a rerun that finds every file enrolled already
+        loads no model and imports no torch."""
         model = self.g.encoder
+        with contextlib.ExitStack() as undo:
 
-        def start() -> None:
-            import torch
+            def start() -> None:
+                threads = undo.enter_context(thread_counts())[0]  # torch's count before any call changed it
+                if self.g.device.type == "cpu" and threads > 1:
+                    # the handle's tuner carries on from its last enroll call: a folder enrolled in parts
+                    # pays for its trials once (every ThreadTuner.every passes), not once per call; a call
+                    # running meanwhile has a tuner of its own
+                    self.tuner = model.borrow_tuner(threads)
+                    undo.callback(model.return_tuner, self.tuner)
+                else:
+                    self.tuner = None
+                self.g.embed_crops([])  # build the inference copy now, outside the timed batches
 
-            before = torch.get_num_threads()
-            restore.append(lambda: torch.set_num_threads(before))
-            if self.g.device.type == "cpu" and before > 1:
-                # the handle's tuner carries on from its last enroll call: a folder enrolled in parts pays
-                # for its trials once (every ThreadTuner.every passes), not once per call
-                kept = model.last_tuner
-                model.tuner = kept if kept is not None and kept.options == (1, before) else ThreadTuner(before)
-                model.last_tuner = model.tuner
-            else:
-                model.tuner = None
-            self.g.embed_crops([])  # build the inference copy now, outside the timed batches
-
-        self._start_embedding = start
-        try:
-            yield
-        finally:
-            self._start_embedding = model.tuner = None
-            for undo in restore:
-                undo()
+            self._start_embedding = start
+            try:
+                yield
+            finally:
+                self._start_embedding = self.tuner = None
 
     def _triage(self, fetched: list[Item], run: _Run) -> list[Item]:
         """Report unreadable items, and skip content enrolled already (the store is asked once per
@@ -254,7 +252,7 @@ class Enroller:
             start, self._start_embedding = self._start_embedding, None
             start()
         g = self.g
-        return g.encoder.embed_crops([i.crop for i in todo], g.model_key, tuner=g.encoder.tuner)
+        return g.encoder.embed_crops([i.crop for i in todo], g.model_key, tuner=self.tuner)
 
     def _store(self, todo: list[Item], report: EnrollReport) -> None:
         """Embed items and store them in one transaction, then index them."""

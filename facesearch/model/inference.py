@@ -4,7 +4,10 @@ inside the functions."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -141,3 +144,36 @@ class ThreadTuner:
         if self._exploring():
             self.times[self.current].append((time.perf_counter() - self.t0) / max(n, 1))
         self.batch += 1
+
+
+_counts_lock = threading.Lock()
+_counts_users = 0
+_counts_saved: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def thread_counts() -> Iterator[tuple[int, int]]:
+    """Hold while changing torch's and FAISS's thread counts for a while (a query's single thread, enroll's
+    tuner); yields ``(torch, faiss)`` as they were before anyone held it, and sets them back to that on the
+    way out. With OpenMP a count set in one thread holds for that thread and for threads started after it,
+    so a thread that restored what it found when it began could find another's setting (a query's single
+    thread while an enroll ran) and leave it behind for good: every holder restores the counts in effect
+    before the first of them began."""
+    global _counts_users, _counts_saved
+    import faiss
+    import torch
+
+    with _counts_lock:
+        if _counts_users == 0:
+            _counts_saved = (torch.get_num_threads(), faiss.omp_get_max_threads())
+        _counts_users += 1
+        saved = _counts_saved
+    try:
+        yield saved
+    finally:
+        with _counts_lock:
+            _counts_users -= 1
+            if _counts_users == 0:
+                _counts_saved = None
+        torch.set_num_threads(saved[0])
+        faiss.omp_set_num_threads(saved[1])
