@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         # the hand-rolled script answers like facesearch does (same model, same gallery)
         _, q = _timed(commands["facesearch query PROBE --json"], env)
         _, b = _timed(commands["baseline: hand-rolled query"], env)
-        ours, theirs = json.loads(q)["matches"][0], b.split()
+        ours, theirs = json.loads(q)[0]["matches"][0], b.split()
         assert ours["identity"] == theirs[0], (ours, theirs)
         assert abs(ours["distance"] - float(theirs[1])) < 0.05, (ours, theirs)
         times: dict[str, list[float]] = {k: [] for k in commands}

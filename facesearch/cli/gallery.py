@@ -75,8 +75,8 @@ def _probe_files(paths) -> list[Path]:
 @threshold_options
 @detect_option
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: one object, or a list for several probes; with --detect always a list, one "
-                   "object per face found.")
+              help="Print JSON: a list with one entry per probe (however many), each with its probe; "
+                   "with --detect each entry lists the faces found under 'faces'.")
 @click.pass_obj
 def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
@@ -88,6 +88,7 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     Several images or a folder are embedded and searched in batches. With --detect, every face found in
     each photo is searched, largest first, and its box (x, y, width, height) is shown.
     """
+    from facesearch.errors import InvalidImageError
     from facesearch.gallery.results import Failure
 
     if sum(x is not None for x in (fpir, far, threshold)) > 1:
@@ -100,21 +101,44 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     if decision.warning:
         click.echo(f"warning: {decision.warning}", err=True)
     if len(files) == 1:
-        results = fs.query_faces(files[0], top_k, threshold=threshold, far=far, fpir=fpir)
+        try:
+            results = fs.query_faces(files[0], top_k, threshold=threshold, far=far, fpir=fpir)
+        except InvalidImageError as e:  # reported like one probe among many: same shape, exit 1
+            results = [Failure(str(files[0]), e.reason)]
     else:
         with progress(len(files), "query") as bar:
             results = fs.query_many(files, top_k, progress=bar.update, threshold=threshold, far=far, fpir=fpir,
                                     every=True)
     if as_json:
-        out = [r.to_dict() if not isinstance(r, Failure) else {"probe": r.source, "error": r.reason}
-               for r in results]
-        echo_json(out if detect or len(out) != 1 else out[0])  # --detect: a list, however many faces
+        echo_json(query_json(files, results, detect))
     else:
         for r in results:
             print_result(r, r.threshold if not isinstance(r, Failure) else decision.threshold)
-    failed = sum(isinstance(r, Failure) for r in results)
+    failed = len({r.source for r in results if isinstance(r, Failure)})
     if failed:  # 1: nothing could be searched; 3: some probes were, the others are reported
-        sys.exit(1 if failed == len(results) else 3)
+        sys.exit(1 if failed == len(files) else 3)
+
+
+def query_json(files: list[Path], results: list, detect: bool) -> list[dict]:
+    """``query --json``: always a list, one entry per probe in the order given, each with its ``probe``.
+    A probe that failed is ``{probe, error}``; otherwise its result (``identity``, ``unknown``, ``threshold``,
+    ``decision``, ``matches``), or with ``--detect`` ``{probe, faces: [result with its face, ...]}``,
+    largest face first."""
+    from facesearch.gallery.results import Failure
+
+    by_probe: dict[str, list] = {str(f): [] for f in files}
+    for r in results:
+        by_probe.setdefault(r.source if isinstance(r, Failure) else r.probe, []).append(r)
+    out = []
+    for probe, rs in by_probe.items():
+        bad = next((r for r in rs if isinstance(r, Failure)), None)
+        if bad is not None or not rs:
+            out.append({"probe": probe, "error": bad.reason if bad is not None else "no result"})
+        elif detect:
+            out.append({"probe": probe, "faces": [r.to_dict() for r in rs]})
+        else:
+            out.append(rs[0].to_dict())
+    return out
 
 
 # ---- verify ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_enroll_query_verify_info_json(run, gallery, gallery_src):
     assert rep["failures"][0]["source"].endswith("broken.jpg") and rep["failures"][0]["reason"]
 
     probe = gallery_src / "Hugo_Chavez" / "Hugo_Chavez_0004.webp"
-    q = json.loads(run("query", str(probe), "--json", "--top-k", "3").stdout)
+    [q] = json.loads(run("query", str(probe), "--json", "--top-k", "3").stdout)  # a list, even for one
     assert set(q) >= {"matches", "threshold", "identity"}
     assert len(q["matches"]) == 3
     for i, m in enumerate(q["matches"]):
@@ -95,10 +95,10 @@ def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_w
     run("enroll", str(gallery), code=3)
     probe = gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp"  # enrolled: distance ~0 to itself
     other = gallery / "Hugo_Chavez" / "Hugo_Chavez_0001.webp"
-    q = json.loads(run("query", str(probe), "--threshold", "0.0001", "--json").stdout)
+    [q] = json.loads(run("query", str(probe), "--threshold", "0.0001", "--json").stdout)
     assert q["threshold"] == 0.0001 and q["identity"] == "Tony_Blair"
     assert [m["match"] for m in q["matches"]] == [True] + [False] * (len(q["matches"]) - 1)
-    assert json.loads(run("query", str(probe), "--json").stdout)["threshold"] == 0.3  # the model's
+    assert json.loads(run("query", str(probe), "--json").stdout)[0]["threshold"] == 0.3  # the model's
     assert json.loads(run("verify", str(probe), str(other), "--threshold", "2", "--json").stdout)["same"] is True
     v = json.loads(run("verify", str(probe), str(other), "--threshold", "0", "--json").stdout)
     assert v["same"] is False and v["threshold"] == 0.0
@@ -274,9 +274,10 @@ def test_with_json_an_error_is_a_json_object_on_stderr(run, gallery):
     def error(r):
         return json.loads(r.stderr.strip().splitlines()[-1])
 
-    r = run("query", "/no/such/probe.jpg", "--json", ok=False)
-    assert r.exit_code == 1 and r.stdout == ""
-    assert error(r) == {"error": "/no/such/probe.jpg: no such file", "exit_code": 1}
+    r = run("query", "/no/such/probe.jpg", "--json", ok=False)  # a probe that fails: an entry, as among many
+    assert r.exit_code == 1 and json.loads(r.stdout) == [{"probe": "/no/such/probe.jpg", "error": "no such file"}]
+    r = run("--home", str(gallery / "nowhere"), "query", "/no/such/probe.jpg", "--json", ok=False)
+    assert r.stdout == "" and error(r)["exit_code"] == 1 and error(r)["error"].startswith("no gallery in")
     r = run("identities", "show", "Nobody", "--json", ok=False)
     assert error(r) == {"error": "no identity named 'Nobody'", "exit_code": 1}
     r = run("query", "--json", "--fpir", "0.5", "--far", "0.1", str(gallery / "Bill_Gates"), ok=False)

@@ -231,10 +231,12 @@ def test_cli_query_detect_json_lists_every_face(tmp_path, photos):
     r = CliRunner().invoke(cli, home + ["query", "--detect", "--json", str(tmp_path / "group.jpg")],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    [entry] = json.loads(r.stdout)  # one probe: one entry, its faces under it
+    out = entry["faces"]
+    assert entry["probe"] == str(tmp_path / "group.jpg")
     assert [o["identity"] for o in out] == [TWO, ONE] and all(len(o["face"]["box"]) == 4 for o in out)
     one = CliRunner().invoke(cli, home + ["query", "--detect", "--json", str(photos / TWO / f"{TWO}_0001.jpg")])
-    assert [o["identity"] for o in json.loads(one.stdout)] == [TWO]  # one face: still a list
+    assert [o["identity"] for o in json.loads(one.stdout)[0]["faces"]] == [TWO]  # one face: still a list
     r = CliRunner().invoke(cli, home + ["query", "--detect", str(tmp_path / "group.jpg")], catch_exceptions=False)
     assert f"face at ({out[0]['face']['box'][0]}, " in r.output and TWO in r.output
 

@@ -111,7 +111,7 @@ def test_cli_fpir_changes_the_rule_and_info_shows_the_thresholds(run, fpir_model
     out = {}
     for f in ("0.1", "0.01", "0.001"):
         r = run(fpir_model, "query", probe, "--fpir", f, "--json")
-        q = json.loads(r.stdout)
+        [q] = json.loads(r.stdout)
         t, status = fpir_threshold(ident, float(f), 6)
         assert q["decision"] == {"rule": "fpir", "fpir": float(f), "gallery_identities": 6, "threshold": t,
                                  "status": status, **({"warning": q["decision"]["warning"]}
@@ -124,7 +124,7 @@ def test_cli_fpir_changes_the_rule_and_info_shows_the_thresholds(run, fpir_model
     r = run(fpir_model, "query", probe, "--fpir", "0.001")
     assert "warning: FPIR 0.001 at 6 identities is beyond what the identification calibration measures" in r.stderr
     assert "[FPIR 0.001 at 6 identities, not measurable]" in r.stdout
-    assert json.loads(run(fpir_model, "query", probe, "--json").stdout)["decision"]["fpir"] == 0.01  # the default
+    assert json.loads(run(fpir_model, "query", probe, "--json").stdout)[0]["decision"]["fpir"] == 0.01  # the default
     r = run(fpir_model, "query", probe, "--fpir", "0.05", code=2)
     assert "thresholds for FPIR 0.1, 0.01, 0.001, not 0.05" in r.output
     assert "give one of --fpir, --far and --threshold" in run(fpir_model, "query", probe, "--fpir", "0.1",
@@ -140,12 +140,12 @@ def test_an_old_model_json_without_a_curve_decides_1to1_and_says_so(run, model_d
     run(model_dir, "enroll", str(_gallery(gallery_src, tmp_path / "g")))
     probe = str(gallery_src / "Colin_Powell" / "Colin_Powell_0004.webp")
     r = run(model_dir, "query", probe, "--json")
-    q = json.loads(r.stdout)
+    [q] = json.loads(r.stdout)
     assert q["threshold"] == 0.3 and q["decision"]["rule"] == "verification"
     assert "no identification calibration" in q["decision"]["warning"]
     assert r.stderr.count("warning: model test-mobilenet_v2 has no identification calibration") == 1
     assert "no identification thresholds" in run(model_dir, "query", probe, "--fpir", "0.01", code=2).output
-    assert json.loads(run(model_dir, "query", probe, "--threshold", "0.2", "--json").stdout)["decision"] == {
+    assert json.loads(run(model_dir, "query", probe, "--threshold", "0.2", "--json").stdout)[0]["decision"] == {
         "rule": "threshold", "threshold": 0.2}
     info = json.loads(run(model_dir, "info", "--json").stdout)["model"]["identification"]
     assert info["available"] is False and "1:1 threshold 0.3000" in info["warning"]

@@ -75,4 +75,4 @@ def test_installed_away_from_the_checkout_it_enrolls_and_queries(wheel, tmp_path
     assert json.loads(r.stdout)["added"] == 4
     r = fs("--home", home, "--device", "cpu", "query", str(tmp_path / "probe.webp"), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["matches"][0]["identity"] == "Tony_Blair"
+    assert json.loads(r.stdout)[0]["matches"][0]["identity"] == "Tony_Blair"

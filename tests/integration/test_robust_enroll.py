@@ -133,7 +133,7 @@ def test_read_commands_work_on_a_full_disk_and_nothing_is_lost(small_disk, tmp_p
     assert shutil.disk_usage(small_disk).free < 8192
     q = run("query", str(probe), "--json")
     assert q.exit_code == 0, q.output
-    assert json.loads(q.stdout)["identity"] == "Tony_Blair"
+    assert json.loads(q.stdout)[0]["identity"] == "Tony_Blair"
     assert "opened read-only" in q.stderr
     info = run("info", "--json")
     assert info.exit_code == 0, info.output
