@@ -15,7 +15,8 @@ from facesearch.cli.format import echo_json, print_enroll, print_info, print_res
 # ---- enroll ----------------------------------------------------------------------------------
 @click.command(cls=Command)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--identity", "-i", metavar="NAME", help="Enroll the given image FILES as this identity.")
+@click.option("--identity", "-i", metavar="NAME",
+              help="Enroll the given image files, or the images in the given folders, as this identity.")
 @detect_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
@@ -25,6 +26,7 @@ def enroll(app: App, paths, identity, detect, as_json):
     \b
     facesearch enroll DIR                   DIR/<identity>/<image files> (or a zip of that)
     facesearch enroll -i NAME FILE...       files of one identity
+    facesearch enroll -i NAME FOLDER        the images in one person's folder (not its sub-folders)
     facesearch enroll --detect DIR          photos: the largest face of each is found and enrolled
 
     Content enrolled before is skipped; a bad file is reported and never stops the rest.
@@ -39,9 +41,17 @@ def enroll(app: App, paths, identity, detect, as_json):
         with progress(None, "enroll") as bar:
             report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     else:
-        for p in paths:
+        files = []
+        for p in paths:  # a folder holds one person's photos: its image files, in name order
             if p.is_dir():
-                raise click.BadParameter(f"{p} is a folder; with --identity give image files", param_hint="FILE")
+                found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                               and images.is_image_name(f))
+                if not found:
+                    raise click.BadParameter(f"{p} holds no image files", param_hint="FILE|FOLDER")
+                files.extend(found)
+            else:
+                files.append(p)
+        paths = files
         fs = app.open(detect=detect, create=True)
         with progress(len(paths), f"enroll {identity}") as bar:
             report = fs.enroll_files(identity, paths, progress=bar.update)

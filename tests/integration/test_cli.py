@@ -282,3 +282,19 @@ def test_with_json_an_error_is_a_json_object_on_stderr(run, gallery):
     assert error(r) == {"error": "no identity named 'Nobody'", "exit_code": 1}
     r = run("query", "--json", "--fpir", "0.5", "--far", "0.1", str(gallery / "Bill_Gates"), ok=False)
     assert error(r) == {"error": "give one of --fpir, --far and --threshold", "exit_code": 2}
+
+
+def test_enroll_one_persons_folder_with_identity(run, gallery_src, tmp_path):
+    folder = tmp_path / "holiday photos of ann"
+    folder.mkdir()
+    for i in (1, 2, 3):
+        shutil.copy(gallery_src / "Serena_Williams" / f"Serena_Williams_{i:04d}.webp", folder)
+    (folder / "notes.txt").write_text("not an image: passed over")
+    (folder / "sub").mkdir()
+    shutil.copy(gallery_src / "Bill_Gates" / "Bill_Gates_0001.webp", folder / "sub")  # sub-folders are not read
+    rep = json.loads(run("enroll", "--identity", "Ann", str(folder), "--json").stdout)
+    assert rep["added"] == 3 and rep["identities"] == ["Ann"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("enroll", "-i", "Ann", str(empty), ok=False)
+    assert r.exit_code == 2 and "holds no image files" in r.output
