@@ -148,32 +148,32 @@ class ThreadTuner:
 
 _counts_lock = threading.Lock()
 _counts_users = 0
-_counts_saved: tuple[int, int] | None = None
+#: torch's and FAISS's thread counts as facesearch found them (read again whenever the main thread holds
+#: :func:`thread_counts` first: a thread started while a count was lowered inherits it, the main thread not)
+_counts_baseline: tuple[int, int] | None = None
 
 
 @contextlib.contextmanager
 def thread_counts() -> Iterator[tuple[int, int]]:
     """Hold while changing torch's and FAISS's thread counts for a while (a query's single thread, enroll's
-    tuner); yields ``(torch, faiss)`` as they were before anyone held it, and sets them back to that on the
-    way out. With OpenMP a count set in one thread holds for that thread and for threads started after it,
-    so a thread that restored what it found when it began could find another's setting (a query's single
-    thread while an enroll ran) and leave it behind for good: every holder restores the counts in effect
-    before the first of them began."""
-    global _counts_users, _counts_saved
+    tuner); yields ``(torch, faiss)`` as they were before facesearch changed them, and sets them back to
+    that on the way out. With OpenMP a count set in one thread holds for that thread and for every thread
+    started after it: a thread that restored what it found when it began could find a query's single
+    thread (it was started while a query ran) and leave it behind for the whole process. So the counts
+    restored are the ones read when no holder had changed them, by the main thread when it can be."""
+    global _counts_users, _counts_baseline
     import faiss
     import torch
 
     with _counts_lock:
-        if _counts_users == 0:
-            _counts_saved = (torch.get_num_threads(), faiss.omp_get_max_threads())
+        if _counts_users == 0 and (_counts_baseline is None or threading.current_thread() is threading.main_thread()):
+            _counts_baseline = (torch.get_num_threads(), faiss.omp_get_max_threads())
         _counts_users += 1
-        saved = _counts_saved
+        saved = _counts_baseline
     try:
         yield saved
     finally:
         with _counts_lock:
             _counts_users -= 1
-            if _counts_users == 0:
-                _counts_saved = None
         torch.set_num_threads(saved[0])
         faiss.omp_set_num_threads(saved[1])
