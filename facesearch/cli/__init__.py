@@ -19,7 +19,7 @@ from facesearch.cli import align as _align
 from facesearch.cli import db as _db
 from facesearch.cli import gallery as _gallery
 from facesearch.cli import model as _model
-from facesearch.cli.app import CONTEXT, App, Group, show_notes
+from facesearch.cli.app import CONTEXT, App, Group, Output, show_notes
 from facesearch.settings import Settings
 
 
@@ -48,6 +48,9 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
     two faces match when distance <= the model's calibrated threshold.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)  # (basicConfig sets it once)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are tracebacks of CPU probing
+    Output.quiet = False  # a command's own -q sets it, after this
     show_notes()
     settings = Settings.from_env().override(home=home, db_url=db, model=model)
     ctx.obj = App(settings, device, index, backend)

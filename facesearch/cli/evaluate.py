@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from facesearch.cli.app import Group
 from facesearch.errors import FaceSearchError
 
 
@@ -218,7 +219,7 @@ _images_opt = click.option("--images", "images", required=True, type=click.Path(
                            help="folder of identities (ROOT/<name>/<image>) or a zip of one, e.g. the LFW zip")
 
 
-@click.group("evaluate")
+@click.group("evaluate", cls=Group)
 def evaluate():
     """Measure a model: LFW verification (10-fold) and open-set identification."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from facesearch import images
-from facesearch.cli.app import App, Command, Group, detect_option, progress, threshold_options
+from facesearch.cli.app import App, Command, Group, Output, detect_option, progress, threshold_options
 from facesearch.cli.format import echo_json, print_enroll, print_info, print_result
 
 
@@ -108,7 +108,7 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
         raise click.BadParameter("no image files found", param_hint="IMAGE")
     fs = app.open(detect=detect)
     decision = fs.decision(fpir=fpir, far=far, threshold=threshold)  # a rule the model lacks fails before embedding
-    if decision.warning:
+    if decision.warning and not Output.quiet:
         click.echo(f"warning: {decision.warning}", err=True)
     if len(files) == 1:
         try:
@@ -157,7 +157,7 @@ def query_json(files: list[Path], results: list, detect: bool) -> list[dict]:
 @click.argument("b", type=click.Path(path_type=Path))
 @threshold_options
 @detect_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def verify(app: App, a, b, threshold, far, detect, as_json):
     """Are A and B the same person? same = distance <= the model's threshold.
@@ -181,7 +181,7 @@ def identities():
 
 
 @identities.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def identities_list(app: App, as_json):
     """List the enrolled identities and their face counts."""
@@ -196,7 +196,7 @@ def identities_list(app: App, as_json):
 
 @identities.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def identities_show(app: App, name, as_json):
     """Show the faces of identity NAME: face id and source."""
@@ -235,7 +235,7 @@ def identities_remove(app: App, name, yes):
 
 # ---- info, reindex ---------------------------------------------------------------------------
 @click.command(cls=Command)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def info(app: App, as_json):
     """The model, its thresholds (1:1, and 1:N for each FPIR at the gallery's size), the counts, the index
@@ -251,7 +251,7 @@ def info(app: App, as_json):
 @click.option("--model", "new_model", metavar="NAME|DIR",
               help="Re-embed every face with this model (a built-in one: sface, lfw-mobilenet, default; or a "
                    "model directory) and make it the gallery's model.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def reindex(app: App, new_model, as_json):
     """Rebuild the index from the store (or re-embed the gallery with --model)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from facesearch.cli.app import Command
 from facesearch.errors import FaceSearchError
 from facesearch.training.options import TrainOptions
 
@@ -36,7 +37,7 @@ def _names_file(path: Path) -> frozenset[str]:
     return frozenset(n for n in names if n and not n.startswith("#"))
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Model directory to write (model.json + weights.pt).")
@@ -49,7 +50,8 @@ def _names_file(path: Path) -> frozenset[str]:
               help="Fine-tune: start from this facesearch model's weights (embedding head included; "
                    "'default': the built-in model) instead of --pretrained. Its backbone, embedding size "
                    "and input size are used; its training data is recorded in the new model.")
-@click.option("--embedding-dim", type=click.IntRange(min=2), default=DEFAULTS.embedding_dim, show_default=True)
+@click.option("--embedding-dim", type=click.IntRange(min=2), default=DEFAULTS.embedding_dim, show_default=True,
+              help="Size of the embedding (the encoder's last layer).")
 @click.option("--input-size", type=click.IntRange(min=32), default=DEFAULTS.input_size, show_default=True,
               help="Side of the square input, in pixels (aligned crops are 112 px; the default upsamples them).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True,
@@ -60,22 +62,26 @@ def _names_file(path: Path) -> frozenset[str]:
 @click.option("--pk", type=(click.IntRange(min=2), click.IntRange(min=2)), default=None, metavar="P K",
               help="Batch shape: P identities x K images each (same as the two options below).")
 @click.option("--identities-per-batch", "-P", type=click.IntRange(min=2),
-              default=DEFAULTS.identities_per_batch, show_default=True)
+              default=DEFAULTS.identities_per_batch, show_default=True,
+              help="P: identities in each batch (P x K faces).")
 @click.option("--images-per-identity", "-K", type=click.IntRange(min=2),
-              default=DEFAULTS.images_per_identity, show_default=True)
+              default=DEFAULTS.images_per_identity, show_default=True,
+              help="K: faces of each identity in a batch.")
 @click.option("--pos-margin", type=click.FloatRange(0, 2), default=DEFAULTS.pos_margin, show_default=True,
               help="Positive pairs are pulled within this cosine distance.")
 @click.option("--margin", "--neg-margin", "neg_margin", type=click.FloatRange(0, 2), default=DEFAULTS.neg_margin,
               show_default=True, help="Negative pairs are pushed beyond this cosine distance.")
 @click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default=DEFAULTS.mining,
-              show_default=True)
+              show_default=True, help="Which pairs of a batch the contrastive loss uses: all, the hardest, or semi-hard.")
 @click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--backbone-lr-factor", type=click.FloatRange(min=0), default=DEFAULTS.backbone_lr_factor,
-              show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay, show_default=True)
+              show_default=True, help="The backbone's learning rate is --lr times this (the head's is --lr).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay, show_default=True,
+              help="AdamW weight decay.")
 @click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.warmup_fraction,
               show_default=True, help="Share of the schedule spent in linear warmup.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+              help="Random seed (batches, augmentation, the head's initial weights).")
 @click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=DEFAULTS.amp,
               show_default=True, help="Mixed precision on CUDA (ignored on the CPU).")
@@ -256,7 +262,7 @@ def _epoch_line(line: str) -> str:
             f"{r['threshold']:.3f}, {r['images_per_s']:.0f} images/s, {r['elapsed_s'] / 60:.1f} min")
 
 
-@click.command("calibrate")
+@click.command("calibrate", cls=Command)
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option("--flip-average/--no-flip-average", default=None,
@@ -269,7 +275,7 @@ def _epoch_line(line: str) -> str:
               help="As given to `facesearch train`.")
 @click.option("--include-people", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="As given to `facesearch train`.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def calibrate(model_dir, data, flip_average, exclude_folds, people_file, exclude_people, include_people, device,
               as_json):

@@ -1,0 +1,62 @@
+"""What every command shares: help on each command and option, -q and -v after any command's name,
+progress that shows up in a log (a line now and then) and vanishes with -q, and `python -m facesearch`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from facesearch.cli import cli
+from facesearch.cli.app import Output
+from tests.conftest import PEOPLE, REPO
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, cmd in sorted(group.commands.items()):
+        yield prefix + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+
+
+COMMANDS = list(_commands(cli))
+
+
+@pytest.mark.parametrize("path, cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_and_option_has_help_and_takes_q_and_v(path, cmd):
+    assert (cmd.help or "").strip(), f"{' '.join(path)} has no help text"
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.hidden:
+            assert (p.help or "").strip(), f"{' '.join(path)} {p.opts[0]} has no help text"
+    r = CliRunner().invoke(cli, [*path, "--help"])
+    assert r.exit_code == 0, r.output
+    if not isinstance(cmd, click.Group):
+        assert "-q, --quiet" in r.output and "-v, --verbose" in r.output, r.output
+
+
+def test_python_dash_m_and_version():
+    r = subprocess.run([sys.executable, "-m", "facesearch", "-V"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("facesearch, version ")
+
+
+def test_progress_is_a_periodic_line_in_a_log_and_nothing_with_q(tmp_path, model_dir, gallery_src, monkeypatch):
+    g = tmp_path / "g"
+    for p in PEOPLE[:3]:
+        (g / p).mkdir(parents=True)
+        for i in (1, 2):
+            shutil.copy(gallery_src / p / f"{p}_{i:04d}.webp", g / p)
+    monkeypatch.setattr(Output, "heartbeat_s", 0.0)  # a line on every update (default: every 30 s)
+    base = ["--home", str(tmp_path / "home"), "--device", "cpu", "--model", str(model_dir)]
+    r = CliRunner().invoke(cli, base + ["enroll", str(g)], catch_exceptions=False)
+    assert r.exit_code == 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("enroll: ")]
+    assert lines and lines[-1].startswith("enroll: 6/6 img (100%), "), r.stderr  # stderr is not a terminal here
+    r = CliRunner().invoke(cli, base + ["enroll", str(g), "-q", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["skipped"] == 6
+    r = CliRunner().invoke(cli, base + ["query", str(g / PEOPLE[0]), "-q"], catch_exceptions=False)
+    assert r.stderr == ""  # no progress, and the model's note is not printed either
