@@ -16,6 +16,7 @@ import click
 
 from facesearch import __version__
 from facesearch.cli import align as _align
+from facesearch.cli import cluster as _cluster
 from facesearch.cli import db as _db
 from facesearch.cli import gallery as _gallery
 from facesearch.cli import model as _model
@@ -58,7 +59,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
 
 
 for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities,
-                 _gallery.info, _gallery.reindex, _db.db, _model.model):
+                 _gallery.info, _gallery.reindex, _cluster.cluster, _db.db, _model.model):
     cli.add_command(_command)
 
 

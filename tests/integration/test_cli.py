@@ -298,3 +298,33 @@ def test_enroll_one_persons_folder_with_identity(run, gallery_src, tmp_path):
     empty.mkdir()
     r = run("enroll", "-i", "Ann", str(empty), ok=False)
     assert r.exit_code == 2 and "holds no image files" in r.output
+
+
+def test_cluster_unenrolled_photos_then_enroll_a_cluster_by_name(tmp_path, gallery_src):
+    """Three people never enrolled, three photos each and one stranger: grouped by person with the
+    built-in model, written as folders, and one folder enrolled under a name in one command."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in PEOPLE[3:6]:
+        for i in (1, 2, 3):
+            shutil.copy(gallery_src / p / f"{p}_{i:04d}.webp", photos / f"{p}_{i}.webp")
+    shutil.copy(gallery_src / PEOPLE[0] / f"{PEOPLE[0]}_0001.webp", photos / "stranger.webp")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    base = ["--home", str(tmp_path / "home"), "--device", "cpu"]
+    r = CliRunner().invoke(cli, base + ["cluster", str(photos), "--out", str(tmp_path / "groups"), "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 3, r.output  # broken.jpg failed, the rest was grouped
+    d = json.loads(r.stdout)
+    got = sorted(sorted({s.split("/")[-1].rsplit("_", 1)[0] for s in g["sources"]}) for g in d["groups"])
+    assert got == [[p] for p in sorted(PEOPLE[3:6])] and all(g["size"] == 3 for g in d["groups"])
+    assert [s.split("/")[-1] for s in d["singletons"]] == ["stranger.webp"]
+    assert d["failures"][0]["source"].endswith("broken.jpg") and len(d["written"]) == 3
+    first = d["written"][0]
+    who = d["groups"][0]["sources"][0].split("/")[-1].rsplit("_", 1)[0]
+    r = CliRunner().invoke(cli, base + ["enroll", "--identity", "Named_Later", first, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout)["added"] == 3
+    probe = gallery_src / who / f"{who}_0004.webp"  # a photo of that person not among the clustered ones
+    [q] = json.loads(CliRunner().invoke(cli, base + ["query", str(probe), "--json"]).stdout)
+    assert q["identity"] == "Named_Later"
+    r = CliRunner().invoke(cli, base + ["cluster", str(photos), "--out", str(tmp_path / "groups")])
+    assert r.exit_code == 1 and "exists" in r.output  # never over an earlier result
