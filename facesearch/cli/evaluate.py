@@ -126,9 +126,14 @@ def format_identify(r) -> str:
     ]
     if r.detect:
         out.append(f"left out, no face found: {r.no_face['gallery']} gallery photo(s), {r.no_face['probes']} probe(s)")
-    if "lfw" in str(r.images).lower() and any(ln.startswith("warning:") for ln in _training_note(m)):
+    if r.trained_people_left_out:
+        out.append(f"left out: {r.trained_people_left_out} people the model was trained on (its training record "
+                   "names them for this folder); the people kept are ones it never trained on")
+    elif (r.trained_people_left_out is None and "lfw" in str(r.images).lower()
+          and any(ln.startswith("warning:") for ln in _training_note(m))):
         out.append("warning: these are LFW images, and this model was trained on LFW people: these rates say "
                    "nothing about people it never saw")
+    out += [f"warning: {w}" for w in r.warnings]
     if m.get("identification_source"):
         out.append(f"the model's FPIR thresholds were calibrated on {m['identification_source']}: honest only if "
                    "none of those people is in this run")

@@ -123,6 +123,11 @@ class IdentifyResult:
     detect: bool = False
     #: with detect: photos left out because the detector found no face in them
     no_face: dict[str, int] = field(default_factory=lambda: {"gallery": 0, "probes": 0})
+    #: people of the folder left out because the model was trained on them (its training record names them
+    #: for this folder), and whether its record could say (None: unknown, the run may include them)
+    trained_people_left_out: int | None = None
+    #: what the reader must know about the honesty of these numbers, one sentence each
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +186,33 @@ def select_identification(
     return gallery, known, unknown
 
 
+def model_people(config, folder: ImageFolder) -> tuple[set[str], set[str]] | None:
+    """The people of ``folder`` a trained model was trained on and calibrated on, when its training record
+    can rebuild them from this folder (the same split, checked against the stored hashes of both); None
+    when it cannot say (no record, another folder, an imported model)."""
+    from facesearch.training.data import split_identities
+    from facesearch.training.options import TrainOptions, people_hash
+
+    t = config.training
+    o = (t.options or {}) if t is not None else {}
+    if not o or not t.people_sha256:
+        return None
+    try:
+        opts = TrainOptions(data=folder.root, out=Path(tempfile.gettempdir()), seed=o["seed"],
+                            calibration_fraction=o.get("calibration_fraction", 0.0), min_images=o["min_images"],
+                            identities_per_batch=2, calibration_pairs=o.get("calibration_pairs", 3000),
+                            exclude_people=frozenset(o.get("exclude_people") or ()),
+                            include_people=frozenset(o["include_people"]) if o.get("include_people") else None)
+        split = split_identities(folder, opts)
+    except (KeyError, TypeError, ValueError, FaceSearchError):
+        return None
+    if people_hash(split.train) != t.people_sha256:
+        return None
+    if t.calibration_people_sha256 and people_hash(split.calibration) != t.calibration_people_sha256:
+        return None
+    return set(split.train), set(split.calibration)
+
+
 def evaluate_identify(
     images: str | os.PathLike,
     model: str | os.PathLike | None = None,
@@ -219,11 +251,39 @@ def evaluate_identify(
     if people is not None:
         names = read_people(people)
         people_keys(folder, names, str(people))  # every person listed must be there
+    model_dir = None if model is None else resolve_model_dir(model)
+    config = resolve(model_dir).config
+    realigned = config.alignment is not None and not detect
+    warnings: list[str] = []
+    known_people = model_people(config, folder)
+    left_out = None
+    if known_people is not None:  # the model's record names its people here: keep only the others
+        trained, calibrated = known_people
+        candidates = names if names is not None else folder.identities()
+        names = [n for n in candidates if n not in trained]
+        left_out = len(candidates) - len(names)
+        if not [n for n in names if len(folder.items.get(n, ())) >= 2]:
+            raise FaceSearchError(
+                f"this model was trained on every person of {folder.root} with 2 or more images: an "
+                "identification run on people it never saw is not possible with this folder")
+        if calibrated & set(names):
+            warnings.append(
+                f"the people kept ({len(names)}, none trained on) include the {len(calibrated & set(names))} the "
+                "model's thresholds were calibrated on: the rows at the model's own FPIR thresholds and its 1:1 "
+                "threshold are optimistic; the DIR at FPIR rows (thresholds chosen on this run) are not")
+    else:
+        src = config.source or {}
+        if src:
+            warnings.append(
+                f"this model was imported ({src.get('package') or 'from elsewhere'}) and the people it was trained "
+                "on are not published: it may have seen the people of this folder")
+        elif config.training is not None and config.training.people is not None:
+            warnings.append(
+                "this model's training record does not say which people of this folder it was trained on "
+                "(trained on other data, or the folder differs): these rates may include people it saw")
     gallery, known, unknown = select_identification(
         folder, gallery_per_identity, probes_per_identity, enrolled_fraction, max_identities, seed, names, singletons
     )
-    model_dir = None if model is None else resolve_model_dir(model)
-    realigned = resolve(model_dir).config.alignment is not None and not detect
     with tempfile.TemporaryDirectory(prefix="facesearch-eval-") as home:
         # an explicit database URL: a FACESEARCH_DB in the environment must never receive this gallery
         fs = FaceSearch.open(home=home, db_url=f"sqlite:///{Path(home) / DB_FILE}", model=model_dir,
@@ -272,6 +332,8 @@ def evaluate_identify(
         realigned=realigned,
         detect=detect,
         no_face=no_face,
+        trained_people_left_out=left_out,
+        warnings=warnings,
         seconds={"setup": t1 - t0, "enroll": t2 - t1, "search": t3 - t2, "metrics": t4 - t3, "total": t4 - t0},
         **numbers,
     )
