@@ -113,6 +113,11 @@ def format_lfw(r) -> str:
     return "\n".join(out)
 
 
+def _warning_lines(model: dict) -> list[str]:
+    """The honesty warnings of the text output about the model, for the HTML report."""
+    return [ln[len("warning: "):] for ln in _training_note(model) if ln.startswith("warning:")]
+
+
 def format_identify(r) -> str:
     m = r.model
     out = [
@@ -254,7 +259,8 @@ def lfw(pairs, images, model, device, batch_size, realign, as_json, report_dir, 
     try:
         result = ev.evaluate_lfw(pairs, images, model=_model_or_global(model), device=device, batch_size=batch_size,
                                  progress=_progress(quiet), realign=realign)
-        paths = report.write_lfw_report(result, report_dir) if report_dir is not None else None
+        paths = (report.write_lfw_report(result, report_dir, warnings=_warning_lines(result.model))
+                 if report_dir is not None else None)
     except FaceSearchError as e:
         raise click.ClickException(str(e)) from e
     _emit(result, paths, as_json, format_lfw)
@@ -305,7 +311,8 @@ def identify(images, model, device, gallery_per_identity, probes_per_identity, e
             max_identities=max_identities, seed=seed, batch_size=batch_size, progress=_progress(quiet),
             detect=detect, people=people, singletons=singletons,
         )
-        paths = report.write_identify_report(result, report_dir) if report_dir is not None else None
+        paths = (report.write_identify_report(result, report_dir, warnings=_warning_lines(result.model))
+                 if report_dir is not None else None)
     except FaceSearchError as e:
         raise click.ClickException(str(e)) from e
     _emit(result, paths, as_json, format_identify)

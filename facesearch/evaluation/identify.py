@@ -128,6 +128,12 @@ class IdentifyResult:
     trained_people_left_out: int | None = None
     #: what the reader must know about the honesty of these numbers, one sentence each
     warnings: list[str] = field(default_factory=list)
+    #: DIR against FPIR over thresholds chosen on this run (41 quantiles of the strangers' best distances):
+    #: [{"threshold", "fpir", "dir"}, ...]
+    dir_curve: list[dict[str, float]] = field(default_factory=list)
+    #: the probes of enrolled people whose closest identity was someone else, closest first (at most 8):
+    #: [{"probe", "person", "matched", "matched_source", "distance"}, ...]
+    hardest: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -426,6 +432,14 @@ def _identification_numbers(results: list, known: list[tuple[str, str]], unknown
         t = float(op["threshold"])
         fp, d = open_set_rates(kd, correct, ud, t)
         at_ops[far_key(op["far"])] = {"far": op["far"], "threshold": t, "unknown_rejected": 1.0 - fp, "dir": d}
+    curve = []
+    if nu:
+        for t in np.unique(np.quantile(ud, np.linspace(0.0, 1.0, 41))):
+            fp_t, d_t = open_set_rates(kd, correct, ud, float(t))
+            curve.append({"threshold": float(t), "fpir": fp_t, "dir": d_t})
+    wrong = [i for i in np.argsort(kd, kind="stable") if not correct[i] and results[i].matches][:8]
+    hardest = [{"probe": known[i][1], "person": truth[i], "matched": top1_id[i],
+                "matched_source": results[i].matches[0].source, "distance": float(kd[i])} for i in wrong]
     if model_threshold is not None:
         fp, d_model = open_set_rates(kd, correct, ud, float(model_threshold))
     else:
@@ -440,4 +454,6 @@ def _identification_numbers(results: list, known: list[tuple[str, str]], unknown
         "unknown_rejected_by_default": float(np.mean(~top1_match[nk:])),
         "dir_by_default": float(np.mean(correct & top1_match[:nk])),
         "at_operating_points": at_ops,
+        "dir_curve": curve,
+        "hardest": hardest,
     }

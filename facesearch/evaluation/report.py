@@ -1,8 +1,9 @@
 """Evaluation reports: ``report.json``, ``roc.png``, ``hist.png`` and a self-contained ``report.html``.
 
 matplotlib (the ``report`` extra) is imported lazily, with the Agg backend, only when a report is
-written. The HTML page references the two plots relatively (keep the folder together) and embeds the
-face crops of the hardest errors, so it opens in any browser from the report folder.
+written. The HTML page is self-contained: its plots and the face crops of the hardest errors are embedded
+in it (the PNG files are written beside it too), so it can be moved or mailed alone. It carries the same
+honesty warnings as the command's text output.
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def plot_roc(result, path: Path) -> Path:
     ax.plot(xs, xs, ":", color="grey", lw=1, label="chance")
     ax.set_xscale("log")
     ax.set_xlim(floor, 1.0)
-    ax.set_ylim(0.0, 1.01)
+    # the TAR axis is zoomed on where the curve lives (a good model's spans 0.9-1.0: on 0-1 it is a flat line)
+    left = tar[far <= floor]  # the curve's height at the left edge of the plot: its lowest visible point
+    low = float(left.max()) if left.size else (float(tar.min()) if len(tar) else 0.0)
+    ax.set_ylim(max(0.0, low - 0.02 * max(1.0 - low, 0.05)), 1.0 + 0.01 * max(1.0 - low, 0.05))
     ax.set_xlabel("false accept rate (FAR), log scale")
-    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_ylabel("true accept rate (TAR), axis zoomed to the curve")
     ax.set_title(f"ROC: {result.n_genuine} genuine / {result.n_impostor} impostor pairs")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -139,6 +143,35 @@ def _thumb(folder, name: str, number: int, size: int = 112) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _data_uri(path: Path) -> str:
+    """A PNG file as a data: URI, so the page holds its plots."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _thumb_key(folder, key: str, size: int = 112) -> str:
+    """A data: URI (JPEG) of image ``key`` of ``folder``, or "" when it cannot be read."""
+    from PIL import Image
+
+    from facesearch import images
+
+    try:
+        px = images.decode(folder.read(key), key, check=False)
+    except (FaceSearchError, OSError, KeyError):
+        return ""
+    img = Image.fromarray(px)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _warnings_html(warnings) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f"<div class='warn'><strong>Read these numbers with care:</strong><ul>{items}</ul></div>"
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -146,6 +179,11 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3}td.l,th.l{text-align:left}.plots img{max-width:49%;vertical-align:top}
 .pairs{display:flex;flex-wrap:wrap;gap:12px}.pair{border:1px solid #ccc;padding:6px;font-size:.8em;width:240px}
 .pair img{width:112px;height:112px;image-rendering:auto}.note{color:#555;font-size:.9em}
+body{padding:0 1em;box-sizing:border-box}img{max-width:100%;height:auto}table{max-width:100%}
+td,th{overflow-wrap:anywhere}pre{white-space:pre-wrap;overflow-wrap:anywhere;max-height:28em;overflow:auto;
+background:#f7f7f7;padding:.6em;border:1px solid #ddd}
+.warn{border:1px solid #d9a400;background:#fff8e1;padding:.4em 1em;margin:1em 0}
+@media (max-width:800px){.plots img{max-width:100%}}
 """
 
 
@@ -184,8 +222,9 @@ def _esc_caption(cap: str) -> str:
     return "<br>".join(html.escape(p) for p in cap.split("<br>"))
 
 
-def lfw_html(result, folder, n_examples: int = N_EXAMPLES) -> str:
+def lfw_html(result, folder, n_examples: int = N_EXAMPLES, warnings=(), plots: dict | None = None) -> str:
     m = result.model
+    plots = plots or {}
     rows = [
         _row("pairs file", result.pairs_file),
         _row("images", result.images),
@@ -236,10 +275,11 @@ def lfw_html(result, folder, n_examples: int = N_EXAMPLES) -> str:
 distance &lt;= threshold. LFW (Labeled Faces in the Wild, UMass Amherst) is a research benchmark of news
 photos without a licence file. A model must not be scored on LFW people it was trained on: check the
 training summary below.</p>
+{_warnings_html(warnings)}
 <h2>Numbers</h2><table>{''.join(rows)}</table>
 {folds}
-<h2>Plots</h2><div class="plots"><img src="roc.png" alt="ROC curve, log-scale FAR">
-<img src="hist.png" alt="histogram of genuine and impostor distances with the threshold"></div>
+<h2>Plots</h2><div class="plots"><img src="{plots.get('roc', 'roc.png')}" alt="ROC curve, log-scale FAR">
+<img src="{plots.get('hist', 'hist.png')}" alt="histogram of genuine and impostor distances with the threshold"></div>
 <h2>Errors</h2>{fm}{fnm}
 <h2>Model</h2><p class="note">weights sha256 {html.escape(str(m.get('weights_sha256')))}</p>
 <p>training summary:</p><pre>{training}</pre>
@@ -247,7 +287,8 @@ training summary below.</p>
 """
 
 
-def write_lfw_report(result, out_dir: str | os.PathLike, folder=None, n_examples: int = N_EXAMPLES) -> dict[str, Path]:
+def write_lfw_report(result, out_dir: str | os.PathLike, folder=None, n_examples: int = N_EXAMPLES,
+                     warnings=()) -> dict[str, Path]:
     """Write ``report.json`` (summary and per-pair distances), ``roc.png``, ``hist.png`` and
     ``report.html`` into ``out_dir`` (created). ``folder`` is the :class:`ImageFolder` of the images
     (opened from ``result.images`` when None). Returns the paths written."""
@@ -273,11 +314,49 @@ def write_lfw_report(result, out_dir: str | os.PathLike, folder=None, n_examples
     paths["json"].write_text(dumps(data) + "\n")
     plot_roc(result, paths["roc"])
     plot_hist(result, paths["hist"])
-    paths["html"].write_text(lfw_html(result, folder, n_examples), encoding="utf-8")
+    plots = {k: _data_uri(paths[k]) for k in ("roc", "hist")}
+    paths["html"].write_text(lfw_html(result, folder, n_examples, warnings, plots), encoding="utf-8")
     return paths
 
 
-def identify_html(result) -> str:
+def plot_dir_fpir(result, path: Path) -> Path | None:
+    """DIR against FPIR over thresholds chosen on this run, with the model's own FPIR thresholds marked."""
+    curve = [c for c in getattr(result, "dir_curve", []) if c["fpir"] > 0]
+    if not curve:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ax.plot([c["fpir"] for c in curve], [c["dir"] for c in curve], color="tab:blue", lw=1.8,
+            label="thresholds chosen on this run")
+    for key, v in getattr(result, "at_model_fpir", {}).items():
+        if v["measured_fpir"] > 0:
+            ax.plot([v["measured_fpir"]], [v["dir"]], "o", ms=6, label=f"model's FPIR {key} threshold")
+    ax.set_xscale("log")
+    ax.set_xlabel("FPIR: never-enrolled people's probes accepted (log scale)")
+    ax.set_ylabel("DIR: enrolled people found, right and accepted")
+    ax.set_title(f"{result.n_enrolled_identities} enrolled, {result.n_unknown_probes} stranger probes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _hardest_html(result, folder) -> str:
+    rows = getattr(result, "hardest", [])
+    if not rows:
+        return "<p>none: every probe of an enrolled person had the right identity first</p>"
+    parts = ["<div class='pairs'>"]
+    for h in rows:
+        imgs = "".join(f"<img alt='{html.escape(k)}' src='{_thumb_key(folder, k) if folder is not None else ''}'>"
+                       for k in (h["probe"], h["matched_source"]))
+        cap = f"{h['person']} (probe)<br>found {h['matched']}<br>distance {h['distance']:.4f}"
+        parts.append(f"<div class='pair'>{imgs}<br>{_esc_caption(cap)}</div>")
+    return "".join(parts) + "</div>"
+
+
+def identify_html(result, folder=None, warnings=(), plot: str | None = None) -> str:
     rows = [
         _row("images", result.images + (" (photos: faces detected and aligned, --detect)" if result.detect else "")),
         _row("model", f"{result.model.get('name')} at {result.model.get('path')}"),
@@ -320,15 +399,31 @@ def identify_html(result) -> str:
 <p class="note">Cosine distance, lower is more similar; a probe is accepted when its best gallery distance
 is &lt;= threshold. DIR: enrolled people's probes accepted with the right identity at rank 1; FPIR:
 never-enrolled people's probes accepted.</p>
-<table>{''.join(rows)}</table></body></html>
+{_warnings_html(list(warnings) + list(getattr(result, "warnings", [])))}
+<table>{''.join(rows)}</table>
+{f'<h2>DIR against FPIR</h2><div class="plots"><img src="{plot}" alt="DIR against FPIR"></div>' if plot else ''}
+<h2>Hardest misidentifications</h2><p class="note">Probes of enrolled people whose closest identity was
+someone else, closest first: the probe, then the gallery face it came nearest.</p>
+{_hardest_html(result, folder)}
+</body></html>
 """
 
 
-def write_identify_report(result, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.html`` for an identification run."""
+def write_identify_report(result, out_dir: str | os.PathLike, warnings=()) -> dict[str, Path]:
+    """Write ``report.json``, ``dir_fpir.png`` and a self-contained ``report.html`` for an identification run."""
+    from facesearch.datasets import ImageFolder
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "html": out / "report.html"}
     paths["json"].write_text(dumps(result.summary()) + "\n")
-    paths["html"].write_text(identify_html(result), encoding="utf-8")
+    plot = plot_dir_fpir(result, out / "dir_fpir.png")
+    if plot is not None:
+        paths["dir_fpir"] = plot
+    try:
+        folder = ImageFolder(result.images)
+    except FaceSearchError:
+        folder = None
+    paths["html"].write_text(identify_html(result, folder, warnings, _data_uri(plot) if plot else None),
+                             encoding="utf-8")
     return paths

@@ -159,8 +159,11 @@ def test_report_files(lfw_result, tmp_path):
     assert len(data["folds"]) == 10 and len(data["pairs"]) == r.n_pairs
     assert data["auc"] == pytest.approx(r.auc)
     page = paths["html"].read_text()
-    assert 'src="roc.png"' in page and 'src="hist.png"' in page
+    # self-contained: both plots are in the page itself (it can be moved or mailed alone)
+    assert 'src="roc.png"' not in page and page.count('src="data:image/png;base64,') == 2
     assert f"{100 * r.mean_accuracy:.2f}%" in page
+    with_warning = report.write_lfw_report(r, tmp_path / "rep2", warnings=["trained on these people"])["html"]
+    assert "Read these numbers with care" in with_warning.read_text() and "trained on these people" in with_warning.read_text()
     assert "Hardest false matches" in page and "Hardest false non-matches" in page
     n_errors = len(r.errors("false_match", 99)) + len(r.errors("false_non_match", 99))
     assert n_errors > 0 and page.count("data:image/jpeg;base64,") == 2 * (

@@ -51,3 +51,17 @@ def test_a_folder_of_only_trained_people_is_refused_plainly(tmp_path):
 
     with pytest.raises(FaceSearchError, match="trained on every person"):
         evaluate_identify(LFW_ZIP, model="lfw-mobilenet", device="cpu", people=people)
+
+
+def test_the_identify_report_is_one_page_with_its_warnings_plot_and_hardest_errors(tmp_path):
+    from facesearch.evaluation import report
+
+    r = evaluate_identify(LFW_ZIP, model="lfw-mobilenet", device="cpu", max_identities=60)
+    assert r.dir_curve and r.dir_curve[0]["fpir"] <= r.dir_curve[-1]["fpir"]
+    assert r.hardest and all(h["person"] != h["matched"] for h in r.hardest)
+    assert [h["distance"] for h in r.hardest] == sorted(h["distance"] for h in r.hardest)
+    paths = report.write_identify_report(r, tmp_path / "rep", warnings=["a warning from the record"])
+    page = paths["html"].read_text()
+    assert "a warning from the record" in page and "calibrated on" in page  # the run's own warnings too
+    assert page.count('src="data:image/png;base64,') == 1  # DIR against FPIR, embedded
+    assert page.count("data:image/jpeg;base64,") == 2 * len(r.hardest)  # probe and the face it was taken for
