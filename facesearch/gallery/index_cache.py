@@ -4,16 +4,18 @@ The index file carries a stamp (model, store revision, face count, change id); a
 not match the store is rebuilt from the embeddings in the store. A change made through this handle is
 applied to the loaded index in place when the index was in sync just before it.
 
-Threads share one handle's index: one re-entrant lock is held around every load, rebuild, change applied
-in place, save and search, so a search never sees an index half-rebuilt or half-changed, and a save never
-writes one that changes under it.
+Threads share one handle's index under one lock (:class:`IndexLock`): a load, a rebuild or a change
+applied in place holds it alone; searches and saves, which only read the index, hold it together. A search
+never sees an index half-rebuilt or half-changed, a save never writes one that changes under it, and
+queries go on while the index is saved (1.6 s at 1M faces).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,65 @@ def replaced_in_place(gallery_key: str, location: str, now_key: str) -> str:
             "re-embed the gallery with them.")
 
 
+class IndexLock:
+    """Many threads reading (searching, saving) or one changing (loading, rebuilding, applying a change).
+    Re-entrant for the thread that changes, which may also read (a rebuild saves); a thread that reads may
+    read again but not start changing (that would wait for itself: RuntimeError). A thread waiting to
+    change goes before threads that start reading after it, so a stream of queries cannot hold off an
+    enroll's change for good."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting = 0
+        self._mine = threading.local()  # how many times this thread holds it to read
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        me, held = threading.get_ident(), getattr(self._mine, "n", 0)
+        with self._cond:
+            if self._writer != me and held == 0:
+                while self._writer is not None or self._waiting:
+                    self._cond.wait()
+            self._readers += 1
+            self._mine.n = held + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._mine.n -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                if getattr(self._mine, "n", 0):
+                    raise RuntimeError("the index lock is held to read by this thread: it cannot change the index")
+                self._waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
 class IndexCache:
     """One gallery handle's index: loaded lazily, applied changes in place, saved atomically."""
 
@@ -47,8 +108,8 @@ class IndexCache:
         self.loaded: vindex.VectorIndex | None = None
         #: the store revision the loaded index reflects; -1: none, or not known (rebuilt while the store changed)
         self.revision = -1
-        #: held around everything that reads or changes ``loaded``/``revision`` (re-entrant: a rebuild saves)
-        self.lock = threading.RLock()
+        #: held around everything that reads or changes ``loaded``/``revision``
+        self.lock = IndexLock()
 
     @property
     def path(self) -> Path:
@@ -63,7 +124,7 @@ class IndexCache:
         """The index, in sync with the store: loaded from its file, or rebuilt when stale. The object is the
         handle's live index: another thread's change may be applied to it, so search it with
         :meth:`search` (under the lock)."""
-        with self.lock:
+        with self.lock.exclusive():
             revision, change_id = self.gallery.store.state()
             if self.loaded is not None and revision == self.revision:
                 return self.loaded
@@ -77,19 +138,34 @@ class IndexCache:
 
     def search(self, queries, k: int):
         """``(distances, ids, ntotal)``: the ``k`` nearest faces of each query in the index in sync with
-        the store, searched under the lock (no change is applied to it meanwhile)."""
-        with self.lock:
-            idx = self.get()
-            n = idx.ntotal
-            if n == 0:
-                return None, None, 0
-            dist, ids = idx.search(queries, min(k, n))
-            return dist, ids, n
+        the store, searched under the lock (no change is applied to it meanwhile; other searches and saves
+        go on)."""
+        revision = self.gallery.store.revision()
+        for _ in range(2):
+            with self.lock.shared():
+                idx = self.loaded
+                if idx is not None and self.revision == revision:
+                    return self._search(idx, queries, k)
+            with self.lock.exclusive():  # rarely: load or rebuild it first
+                idx = self.get()
+                if self.loaded is idx and self.revision >= revision:  # no later change got in first
+                    return self._search(idx, queries, k)
+            revision = self.gallery.store.revision()
+        with self.lock.exclusive():  # the store keeps changing: search what is there now, alone
+            return self._search(self.get(), queries, k)
+
+    @staticmethod
+    def _search(idx: vindex.VectorIndex, queries, k: int):
+        n = idx.ntotal
+        if n == 0:
+            return None, None, 0
+        dist, ids = idx.search(queries, min(k, n))
+        return dist, ids, n
 
     def rebuild(self) -> vindex.VectorIndex:
         """Build the index from the embeddings in the store and save it."""
         g = self.gallery
-        with self.lock:
+        with self.lock.exclusive():
             check_one_model(g)
             for _ in range(3):
                 revision = g.store.revision()
@@ -111,8 +187,9 @@ class IndexCache:
             return idx
 
     def save(self) -> None:
+        """Write the loaded index to its file (searches go on meanwhile; changes wait)."""
         g = self.gallery
-        with self.lock:
+        with self.lock.shared():
             idx = self.loaded
             if idx is None or self.revision < 0:
                 return  # nothing known to be in sync to save: the next get() rebuilds
@@ -125,7 +202,7 @@ class IndexCache:
 
     def after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:
         """Apply a change to the loaded index if it was in sync just before it; else rebuild lazily."""
-        with self.lock:
+        with self.lock.exclusive():
             idx = self.loaded
             if idx is not None and self.revision == new_revision:
                 return  # loaded (by another thread) from the store as it was after this change
@@ -140,12 +217,12 @@ class IndexCache:
 
     def drop(self) -> None:
         """Forget the loaded index (the handle is closed)."""
-        with self.lock:
+        with self.lock.exclusive():
             self.loaded, self.revision = None, -1
 
     def _retier(self) -> None:
         """Under ``auto``, switch between exact and approximate index as the gallery grows."""
-        with self.lock:
+        with self.lock.exclusive():
             idx = self.loaded
             if self.factory != "auto" or idx is None or idx.backend == "torch-cuda":
                 return
@@ -154,11 +231,12 @@ class IndexCache:
 
     def flush(self) -> None:
         """Make sure the index file reflects the store (rebuilding if needed)."""
-        with self.lock:
+        with self.lock.exclusive():
             idx = self.get()
             self._retier()
-            if self.loaded is idx:
-                self.save()
+            saved = self.loaded is not idx  # a re-tier rebuilt and saved it
+        if not saved:
+            self.save()  # of whatever is loaded by then (searches go on meanwhile)
 
 
 def check_one_model(g: "FaceSearch") -> None:

@@ -255,6 +255,68 @@ def test_thread_counts_come_back_after_a_thread_started_during_a_query(tmp_path,
         assert seen == [before] and torch.get_num_threads() == before
 
 
+def test_the_index_lock_lets_searches_and_saves_share_and_changes_wait():
+    """The handle's index lock: threads reading (searches, saves) hold it together; a change waits for
+    them and holds it alone, and readers that come after a waiting change go after it; the changing thread
+    may read (a rebuild saves) and change again; a reading thread cannot start changing (it would wait for
+    itself)."""
+    from facesearch.gallery.index_cache import IndexLock
+
+    lock = IndexLock()
+    together = threading.Barrier(2)
+    assert not run_threads(2, lambda i: _shared_then(lock, lambda: together.wait(10)))
+
+    reading, release, changed, read_after = (threading.Event() for _ in range(4))
+    order = []
+
+    def reader():
+        with lock.shared():
+            reading.set()
+            assert release.wait(10)
+            order.append("first read")
+
+    def changer():
+        with lock.exclusive():
+            order.append("change")
+            changed.set()
+
+    def late_reader():
+        with lock.shared():
+            order.append("late read")
+            read_after.set()
+
+    r = threading.Thread(target=reader)
+    r.start()
+    assert reading.wait(10)
+    c = threading.Thread(target=changer)
+    c.start()
+    while not lock._waiting:  # the change is queued (a state of the lock, not a time)
+        threading.Event().wait(0.001)
+    late = threading.Thread(target=late_reader)
+    late.start()
+    assert not changed.wait(0.2) and not read_after.is_set()  # both wait for the first reader
+    release.set()
+    for t in (r, c, late):
+        t.join(10)
+    assert order == ["first read", "change", "late read"]
+
+    with lock.exclusive():
+        with lock.shared():
+            with lock.exclusive():
+                pass
+    with lock.shared():
+        with lock.shared():
+            pass
+        with pytest.raises(RuntimeError):
+            with lock.exclusive():
+                pass
+
+
+def _shared_then(lock, fn):
+    with lock.shared():
+        fn()
+
+
 READER = textwrap.dedent("""
     # a reader process: two threads on one handle query a face that is always there until told to stop
     import json, sys, threading
