@@ -39,6 +39,8 @@ SEED = int(os.environ.get("FACESEARCH_FAULT_SEED") or 17)
 #: the store is looked at this often while waiting for a kill moment (the writer is another process: there
 #: is no event to wait on but what it commits)
 POLL_S = 0.02
+#: when an enroll is killed: the first three runs one of each, then drawn
+KINDS = ("start-up", "after a batch", "end")
 
 
 def cli_env() -> dict[str, str]:
@@ -168,12 +170,12 @@ def open_files(pid: int, folder: Path) -> list[Path]:
 
 
 def test_kill_9_during_enroll_loses_and_duplicates_nothing(tmp_path):
-    """``facesearch enroll`` of 192 faces (3 batches of 64) killed with SIGKILL at seeded random moments:
-    each once the store holds a random number of the faces (from none: at start-up, model loading,
-    decoding, embedding) plus a random delay (into the next batch's transaction, the index save). After each
-    kill, every face the store held just before it is still there, none twice, the database is sound and
-    the index agrees with the store; the enroll is then run again (and killed again) on what is left, and a
-    last run completes the folder."""
+    """``facesearch enroll`` of 192 faces (3 batches of 64) killed with SIGKILL at seeded random moments of
+    three kinds: during start-up (imports, model loading, the first batch's decoding and embedding), just
+    after a batch's transaction (into the next one's), and after the last (into the index save at the end).
+    After each kill, every face the store held just before it is still there, none twice, the database is
+    sound and the index agrees with the store; the enroll is then run again (and killed again) on what is
+    left, and a last run completes the folder and leaves no temp file."""
     from facesearch.gallery.facade import FaceSearch
 
     folder = extract_people(tmp_path / "people", {p: 8 for p in people_with(8, 24)})
@@ -190,15 +192,20 @@ def test_kill_9_during_enroll_loses_and_duplicates_nothing(tmp_path):
             with FaceSearch.open(home=home, model=MODEL, device="cpu"):
                 pass
             before = set()
-        target, delay = rng.randrange(len(before), total), rng.uniform(0, 0.5)
+        kind = KINDS[run] if run < len(KINDS) else rng.choice(KINDS)
         proc = subprocess.Popen(cli(home, "enroll", str(folder), "--json"), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=cli_env())
-        wait_until(proc, lambda: len(stored_hashes(home)) >= target)
-        run_for(proc, delay)
+        if kind == "start-up":  # importing, opening, loading the model, reading and decoding the first batch
+            run_for(proc, rng.uniform(0.1, 2.5))
+        else:  # just after a batch's transaction (into the next one's embedding), or after the last one
+            # (into the index save at the end)
+            target = total if kind == "end" else min(total, (len(before) // 64 + 1) * 64)
+            wait_until(proc, lambda: len(stored_hashes(home)) >= target)
+            run_for(proc, rng.uniform(0, 0.15))
         seen = set(stored_hashes(home))  # what the store held just before the kill
         killed = kill9(proc)
         kills += killed
-        moments.append(f"{len(seen)}/{total}" if killed else "finished")
+        moments.append(f"{kind}: {len(seen)}/{total}" if killed else f"{kind}: finished")
         after = stored_hashes(home)
         lost += len(seen - set(after))
         assert seen <= set(after), f"run {run}: {len(seen - set(after))} faces lost"
@@ -233,19 +240,18 @@ def test_kill_9_during_reindex_leaves_the_gallery_as_it_was(tmp_path):
     hashes = sorted(stored_hashes(home))
     rng = random.Random(SEED + 1)
     kills, t0, moments = 0, time.monotonic(), []
+    took = reindex_time(home)  # an unkilled run says how long one takes here, and that it works
     for run in range(RUNS):
         proc = subprocess.Popen(cli(home, "reindex", "--model", MODEL, "--json"), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=cli_env())
-        # a moment from start-up to the end of a run (about 2-6 s here): a third of them once it has staged
-        # something, where the switch and the index save are
-        if run % 3 == 2:
-            wait_until(proc, lambda: staged(home) > 0)
-        else:
-            run_for(proc, rng.uniform(0.5, 4.0))
+        # a moment as a share of a run's time: start-up and re-embedding, or (every other run) its last
+        # part, where the embeddings are staged, the model switched and the index rebuilt and saved
+        at = rng.uniform(0.1, 0.7) if run % 2 == 0 else rng.uniform(0.7, 0.95)
+        run_for(proc, at * took)
         was_staged = staged(home)
         killed = kill9(proc)
         kills += killed
-        moments.append(f"{was_staged} staged" if killed else "finished")
+        moments.append(f"{at:.0%} ({was_staged} staged)" if killed else f"{at:.0%}: finished")
         assert killed or proc.returncode == 0
         assert sorted(stored_hashes(home)) == hashes
         assert check_consistent(home, expect=64) == ids
@@ -255,8 +261,16 @@ def test_kill_9_during_reindex_leaves_the_gallery_as_it_was(tmp_path):
     assert json.loads(done.stdout)["reembedded"] == 64
     assert check_consistent(home, expect=64) == ids
     assert temp_files(home) == []
-    print(f"\nreindex: {RUNS} runs, {kills} kills ({', '.join(moments)}), 0 faces lost, "
+    print(f"\nreindex: {RUNS} runs of {took:.1f} s, {kills} kills at ({', '.join(moments)}), 0 faces lost, "
           f"{time.monotonic() - t0:.1f} s (seed {SEED + 1})")
+
+
+def reindex_time(home: Path) -> float:
+    t = time.monotonic()
+    done = subprocess.run(cli(home, "reindex", "--model", MODEL, "--json"), capture_output=True, text=True,
+                          env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - t
 
 
 WRITER = textwrap.dedent("""
