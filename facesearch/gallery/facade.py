@@ -22,6 +22,19 @@ positive identification rate (FPIR, default 1e-2: one search in a hundred by a n
 returns someone) at the gallery's number of identities (:mod:`~facesearch.gallery.thresholds`); ``verify``
 (1:1) uses the model's 1:1 threshold.
 
+Threads: one handle may be shared by any number of threads. ``query``, ``query_faces``, ``query_many``,
+``verify``, ``embed*``, ``enroll_folder``/``enroll_files``/``enroll_items``, ``reindex()`` (without
+``model``), ``rebuild_index``, ``flush``, ``remove_identity``, ``remove_faces``, ``rename_identity``,
+``identities``, ``info`` and the threshold and decision methods may run at the same time: each raises only
+what it would raise alone, a search never sees a half-rebuilt or half-changed index (searches and index
+saves share the index lock, loads, rebuilds and changes hold it alone), the encoder is loaded once, and
+concurrent enrolls of the same content store it once. Not with other calls on the same handle:
+``reindex(model=...)`` (it switches the handle's model; other handles and processes may go on: a batch
+embedded by the old model is refused, not mixed in) and ``close``. :meth:`index` returns the live index,
+which another thread's change may be applied to: search through the methods above. Processes may share a
+gallery as well (the store is the source of truth; each index file is written under a temp name of its
+own and renamed whole). Tests: tests/integration/test_concurrency.py and test_faults.py.
+
 The facade holds the handle's state and delegates: :mod:`~facesearch.gallery.opening` (which model),
 :mod:`~facesearch.gallery.embedding` (images to embeddings), :mod:`~facesearch.gallery.index_cache`
 (the index in step with the store), :mod:`~facesearch.gallery.enroll`, :mod:`~facesearch.gallery.search`
@@ -209,7 +222,9 @@ class FaceSearch:
         return self.indexes.path
 
     def index(self) -> vindex.VectorIndex:
-        """The index, in sync with the store: loaded from its file, or rebuilt when stale."""
+        """The index, in sync with the store: loaded from its file, or rebuilt when stale. It is the handle's
+        live index: while other threads use the handle, search with :meth:`query` and the like, which hold
+        the index lock."""
         return self.indexes.get()
 
     def rebuild_index(self) -> vindex.VectorIndex:
