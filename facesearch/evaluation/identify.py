@@ -136,7 +136,17 @@ class IdentifyResult:
     hardest: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result for ``--json`` and ``report.json``: the rates first, then how they were obtained; the
+        model's training record cut to what identifies it (its full record is in its model.json)."""
+        d = asdict(self)
+        first = ["rank1", "rank5", "dir_at_fpir", "at_model_fpir", "default_decision", "unknown_rejected_by_default",
+                 "dir_by_default", "warnings"]
+        out = {k: d.pop(k) for k in first if k in d}
+        model = dict(d.pop("model"))
+        t = model.get("training") or {}
+        model["training"] = {k: t[k] for k in ("data", "people", "images", "recipe", "people_sha256", "notes")
+                             if t.get(k) is not None} or None
+        return {**out, **d, "model": model}
 
 
 def select_identification(
