@@ -9,6 +9,26 @@ import click
 from facesearch.names import printable
 
 
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide and full-width characters take two, combining
+    marks none."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def fit(text: str, columns: int) -> str:
+    """``text`` padded to ``columns`` terminal columns, or cut to fit with a visible ``…`` at the end."""
+    if _width(text) <= columns:
+        return text + " " * (columns - _width(text))
+    out = ""
+    for c in text:
+        if _width(out + c) > columns - 1:
+            break
+        out += c
+    return out + "…" + " " * (columns - 1 - _width(out))
+
+
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -56,7 +76,7 @@ def print_result(r, threshold: float) -> None:
         click.echo(f"{probe}: {r.identity} (distance {top.distance:.4f} <= threshold {threshold:.4f}){rule}")
     click.echo(f"  {'rank':>4}  {'identity':<32} {'distance':>8}  match  face")
     for i, m in enumerate(r.matches, 1):
-        click.echo(f"  {i:>4}  {m.identity[:32]:<32} {m.distance:>8.4f}  {'yes' if m.match else 'no ':<5}  {m.face_id}")
+        click.echo(f"  {i:>4}  {fit(m.identity, 32)} {m.distance:>8.4f}  {'yes' if m.match else 'no ':<5}  {m.face_id}")
 
 
 def _rule(decision: dict) -> str:
