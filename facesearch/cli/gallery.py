@@ -194,8 +194,32 @@ def identities_list(app: App, as_json):
     click.echo(f"{len(rows)} identities, {sum(r.faces for r in rows)} faces", err=True)
 
 
+def complete_identity(ctx, param, incomplete: str) -> list:
+    """Shell completion of identity names from the gallery the command line points at (never created)."""
+    from click.shell_completion import CompletionItem
+
+    from facesearch.settings import DB_FILE, Settings
+
+    root = ctx.find_root().params
+    settings = Settings.from_env().override(home=root.get("home"), db_url=root.get("db"))
+    url = settings.db_url or f"sqlite:///{settings.home / DB_FILE}"
+    if settings.db_url is None and not (settings.home / DB_FILE).is_file():
+        return []
+    try:
+        from facesearch.store import Store
+
+        store = Store.open(url, upgrade=False)
+        try:
+            names = [row.name for row in store.identities()]
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
+        return []
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
 @identities.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_identity)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def identities_show(app: App, name, as_json):
@@ -210,7 +234,7 @@ def identities_show(app: App, name, as_json):
 
 
 @identities.command("rename")
-@click.argument("old")
+@click.argument("old", shell_complete=complete_identity)
 @click.argument("new")
 @click.pass_obj
 def identities_rename(app: App, old, new):
@@ -220,7 +244,7 @@ def identities_rename(app: App, old, new):
 
 
 @identities.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_identity)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def identities_remove(app: App, name, yes):

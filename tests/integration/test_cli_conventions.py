@@ -60,3 +60,23 @@ def test_progress_is_a_periodic_line_in_a_log_and_nothing_with_q(tmp_path, model
     assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["skipped"] == 6
     r = CliRunner().invoke(cli, base + ["query", str(g / PEOPLE[0]), "-q"], catch_exceptions=False)
     assert r.stderr == ""  # no progress, and the model's note is not printed either
+
+
+def test_shell_completion_offers_the_gallery_identity_names(tmp_path, model_dir, gallery_src):
+    import os
+
+    home = tmp_path / "home"
+    r = CliRunner().invoke(cli, ["--home", str(home), "--device", "cpu", "--model", str(model_dir), "enroll", "-i",
+                                 "Zoe_Example", str(gallery_src / PEOPLE[0] / f"{PEOPLE[0]}_0001.webp")])
+    assert r.exit_code == 0, r.output
+
+    def complete(words: str) -> str:
+        env = dict(os.environ, COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+                   _FACESEARCH_COMPLETE="bash_complete")
+        return subprocess.run([sys.executable, "-c", "from facesearch.cli import main; main()"], env=env,
+                              capture_output=True, text=True, cwd=REPO, timeout=60).stdout
+
+    assert complete(f"facesearch --home {home} identities show Zo") == "plain,Zoe_Example\n"
+    assert complete(f"facesearch --home {home} identities remove X").strip() == ""
+    assert complete(f"facesearch --home {tmp_path / 'nowhere'} identities show Z").strip() == ""  # nothing created
+    assert not (tmp_path / "nowhere").exists()
