@@ -227,9 +227,10 @@ def test_kill_9_during_enroll_loses_and_duplicates_nothing(tmp_path):
 
 def test_kill_9_during_reindex_leaves_the_gallery_as_it_was(tmp_path):
     """``facesearch reindex --model lfw-mobilenet`` (every face embedded again, staged, then switched in one
-    transaction, and the index rebuilt and saved) killed at seeded random moments: the faces, their ids and
-    their content are as before, one model embeds them all, the database is sound, the index agrees with
-    the store, and a rerun re-embeds every face and completes."""
+    transaction, and the index rebuilt and saved) killed at seeded random moments, and once with every new
+    embedding staged but not switched to: the faces, their ids and their content are as before, one model
+    embeds them all, the database is sound, the index agrees with the store, and a rerun re-embeds every
+    face and completes, leaving nothing staged and no temp file."""
     from facesearch.gallery.facade import FaceSearch
 
     folder = extract_people(tmp_path / "people", {p: 8 for p in people_with(8, 8)})
@@ -255,14 +256,38 @@ def test_kill_9_during_reindex_leaves_the_gallery_as_it_was(tmp_path):
         assert killed or proc.returncode == 0
         assert sorted(stored_hashes(home)) == hashes
         assert check_consistent(home, expect=64) == ids
+    # and once exactly between staging every new embedding and the switch (a moment too short to hit by
+    # time): the API's progress callback, called once a chunk is staged, waits there for the kill
+    proc = subprocess.Popen([sys.executable, "-c", STAGED_THEN_WAIT, str(home), MODEL], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    assert proc.stdout.readline().strip() == "staged 64", proc.stderr.read()
+    assert staged(home) == 64 and kill9(proc)
+    kills += 1
+    moments.append("staged, not switched (64 staged)")
+    assert sorted(stored_hashes(home)) == hashes
+    assert check_consistent(home, expect=64) == ids
     done = subprocess.run(cli(home, "reindex", "--model", MODEL, "--json"), capture_output=True, text=True,
                           env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["reembedded"] == 64
+    assert staged(home) == 0
     assert check_consistent(home, expect=64) == ids
     assert temp_files(home) == []
-    print(f"\nreindex: {RUNS} runs of {took:.1f} s, {kills} kills at ({', '.join(moments)}), 0 faces lost, "
+    print(f"\nreindex: {RUNS + 1} runs of {took:.1f} s, {kills} kills at ({', '.join(moments)}), 0 faces lost, "
           f"{time.monotonic() - t0:.1f} s (seed {SEED + 1})")
+
+
+STAGED_THEN_WAIT = textwrap.dedent("""
+    import sys
+    from facesearch.gallery.facade import FaceSearch
+
+    def staged(n):
+        print("staged", n, flush=True)
+        sys.stdin.read()  # until killed
+
+    with FaceSearch.open(home=sys.argv[1], device="cpu") as fs:
+        fs.reindex(model=sys.argv[2], progress=staged)
+""")
 
 
 def reindex_time(home: Path) -> float:
