@@ -200,6 +200,7 @@ def test_threads_mixing_every_call_on_one_handle(tmp_path, people):
         errors = run_threads(7, work)
         assert not errors, errors
         assert queries[0] > 0 and queries[1] > 0
+        print(f"\nthreads on one handle: {queries[0]} query+verify and {queries[1]} query_many rounds, 0 errors")
         expect = {p: 3 for p in base_people + new_a + new_b} | {shrunk: 2}
         del expect[gone]
         listed = {i.name: i.faces for i in fs.identities()}
@@ -390,6 +391,7 @@ def test_two_writer_processes_and_a_reader_process(tmp_path, people):
     assert reader.returncode == 0, err
     seen = json.loads(out.strip().splitlines()[-1])
     assert seen["errors"] == [] and min(seen["queries"]) > 0, seen
+    print(f"\nreader process: {sum(seen['queries'])} queries while two writers enrolled, 0 errors")
     added = [json.loads(o)["added"] for o, _ in outs]
     total = 6 * (2 + 2 * n + 1)
     assert sum(added) == total - 12  # the shared identity's 6 faces were enrolled by one of them
