@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LFW_ZIP, REPO, extract_people, needs_lfw
+from tests.conftest import LFW_ZIP, extract_people, needs_lfw
 from tests.integration.test_faults import check_consistent, cli_env, stored_hashes
 
 pytestmark = needs_lfw
