@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facesearch import FaceSearch  # noqa: E402
-from facesearch.cluster import embed_images, group, pairwise_scores  # noqa: E402
+from facesearch.gallery.cluster import embed_images, group, pairwise_scores  # noqa: E402
 from facesearch.datasets import ImageFolder  # noqa: E402
 from facesearch.model.config import ModelConfig  # noqa: E402
 from facesearch.model.files import builtin_model_dir  # noqa: E402

@@ -33,7 +33,7 @@ def cluster(app: App, paths, threshold, out, min_size, detect, as_json):
     two groups are merged while their faces would still match on average. A face alone in its group
     was seen once. With --out, each group is copied into a folder to enroll under a name.
     """
-    from facesearch import cluster as _cluster
+    from facesearch.gallery import cluster as _cluster
     from facesearch.cli.gallery import _probe_files
 
     files = _probe_files(paths)

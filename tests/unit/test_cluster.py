@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facesearch.cluster import group, pairwise_scores
+from facesearch.gallery.cluster import group, pairwise_scores
 
 
 def _people(n_people=4, per=5, spread=0.15, seed=0, dim=32):

@@ -92,7 +92,7 @@ def test_what_is_missing_is_said(tmp_path, monkeypatch):
         files.resolve(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match=r"empty is not a facesearch model directory \(needs model.json "
-                                             r"and weights.pt\)"):
+                                             r"and weights.pt; model.json and weights.pt missing\)"):
         files.resolve(tmp_path / "empty")
     bad = _model(tmp_path / "bad")
     (bad / files.CONFIG_FILE).write_text("{not json")
