@@ -19,6 +19,7 @@ import numpy as np
 
 from facesearch import images
 from facesearch.errors import FaceSearchError
+from facesearch.files import write_private_atomic
 from facesearch.names import has_surrogates, printable
 
 
@@ -211,15 +212,8 @@ class ImageFolder:
             if progress is not None and whole is None:
                 progress(len(keys))
             cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, pixels, allow_pickle=False)
-                os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            # atomic, owner-only, a temp name per writer: readers see the old file or the whole new one
+            write_private_atomic(path, lambda f: np.save(f, pixels, allow_pickle=False))
             return pixels[rows]
         out = np.asarray(arr[rows])
         if progress is not None:

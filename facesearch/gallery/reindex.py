@@ -75,7 +75,9 @@ def _crop_of(g: "FaceSearch", source: str, png: bytes | None, found: dict | None
     LFW pack's for a crop the user gave; from ``given``, the 5 x 2 template of the model that aligned
     it, for a detected face); else the face aligned again from its source."""
     if png:
-        pixels = model_crop(images.decode(png, source), g.config, g.detector, given if found else None)
+        # a crop the gallery holds already is re-embedded as it is: the input checks are for new images (a
+        # gallery enrolled before them may hold a crop they would refuse, and must not lose it here)
+        pixels = model_crop(images.decode(png, source, check=False), g.config, g.detector, given if found else None)
     elif found:  # a face detected in a photo: align it again from the recorded landmarks
         pixels = align_face(images.load(source).pixels, fdetect.Face.from_dict(found), g.config)
     else:  # the aligned crop the user gave, still on disk

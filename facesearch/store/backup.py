@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from facesearch.errors import FaceSearchError
+from facesearch.files import remove_orphans, temp_path
 from facesearch.store.migrate import current_revision
 
 
@@ -32,7 +33,8 @@ def backup(engine: Engine, dest: str | os.PathLike) -> dict:
         raise FaceSearchError(f"{dest.parent}: no such directory")
     if current_revision(engine) is None:
         raise FaceSearchError(f"{engine.url.database} holds no facesearch gallery: nothing to back up")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    remove_orphans(dest)  # the temp copies of backups that were killed half-way
+    tmp = temp_path(dest)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         counts = _backup_to(engine, tmp, dest)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facesearch.files import write_private_atomic
 from facesearch.training.data import Split
 from facesearch.training.optim import load_optimizer_state
 from facesearch.training.options import TrainingError, TrainOptions, people_hash
@@ -137,9 +137,8 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, state: TrainState) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state.to_checkpoint(), tmp)
-    os.replace(tmp, path)
+    # atomic and owner-only (weights trained on faces), a temp name per writer, orphans of killed runs removed
+    write_private_atomic(path, lambda f: torch.save(state.to_checkpoint(), f))
 
 
 def load_checkpoint(path: Path, run_id: dict[str, Any]) -> TrainState:

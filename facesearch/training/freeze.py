@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from facesearch import distance
+from facesearch.files import write_private_atomic
 from facesearch.model import encoder
 from facesearch.training.options import TrainingError, TrainOptions
 
@@ -190,15 +191,7 @@ def disk_array(cache_dir: str | os.PathLike | None, what: str, ident: dict, comp
     if arr is None:  # asked for what is stored only
         return None, False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private_atomic(path, lambda f: np.save(f, arr, allow_pickle=False))  # a temp name per writer
     return arr, False
 
 
