@@ -136,6 +136,34 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def from_array(image, name: str = "<array>") -> np.ndarray:
+    """Pixels given in memory, as H x W x 3 uint8 RGB: a numpy array (H x W x 3 uint8 RGB, e.g. a video frame
+    converted from BGR; or H x W uint8 grayscale) or a ``PIL.Image`` (any mode PIL reads). Anything else is
+    an InvalidImageError, as is an image that cannot hold a face (:func:`check_usable`)."""
+    if isinstance(image, Image.Image):
+        try:
+            pixels = _to_rgb(image)
+        except Exception as e:  # noqa: BLE001 - a PIL image in an odd mode is this input's problem
+            raise InvalidImageError(name, f"cannot use this PIL image ({image.mode}: {e})") from e
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise InvalidImageError(name, f"an array must be H x W x 3 uint8 RGB (or H x W uint8 gray); got shape "
+                                          f"{image.shape}, dtype {image.dtype}")
+        pixels = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else np.ascontiguousarray(image)
+    else:
+        raise InvalidImageError(name, f"not an image input: {type(image).__name__} (give a path, bytes, an H x W x 3 "
+                                      "uint8 RGB numpy array or a PIL.Image)")
+    check_usable(pixels, name)
+    return pixels
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """H x W x 3 uint8 pixels as PNG bytes (what an image given in memory is stored and hashed as)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def load(path: str | os.PathLike) -> LoadedImage:
     """Read and decode one image file; its SHA-256 identifies the content."""
     data = read_bytes(path)

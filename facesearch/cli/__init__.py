@@ -58,7 +58,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
     ctx.call_on_close(ctx.obj.close)
 
 
-for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities,
+for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities, _gallery.faces,
                  _gallery.info, _gallery.reindex, _cluster.cluster, _db.db, _model.model):
     cli.add_command(_command)
 

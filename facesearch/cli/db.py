@@ -40,12 +40,17 @@ def db_upgrade(app: App, revision):
 
 
 @db.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def db_current(app: App):
+def db_current(app: App, as_json):
     """Print the schema revision of the database and the newest one this facesearch knows."""
     store = _store(app, upgrade=False, must_exist=True)
     try:
-        click.echo(f"current: {store.current_revision()}  head: {store.head_revision()}")
+        current, head = store.current_revision(), store.head_revision()
+        if as_json:
+            echo_json({"current": current, "head": head, "up_to_date": current == head})
+        else:
+            click.echo(f"current: {current}  head: {head}")
     finally:
         store.close()
 

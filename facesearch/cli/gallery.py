@@ -10,6 +10,7 @@ import click
 from facesearch import images
 from facesearch.cli.app import App, Command, Group, Output, detect_option, progress, threshold_options
 from facesearch.cli.format import echo_json, print_enroll, print_info, print_result
+from facesearch.names import printable
 
 
 # ---- enroll ----------------------------------------------------------------------------------
@@ -236,25 +237,89 @@ def identities_show(app: App, name, as_json):
 @identities.command("rename")
 @click.argument("old", shell_complete=complete_identity)
 @click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def identities_rename(app: App, old, new):
-    """Rename identity OLD to NEW (face ids and embeddings are kept)."""
+def identities_rename(app: App, old, new, as_json):
+    """Rename identity OLD to NEW (face ids and embeddings are kept; to join two identities, use merge)."""
     app.open().rename_identity(old, new)
-    click.echo(f"renamed {old} -> {new}")
+    if as_json:
+        echo_json({"renamed": old, "to": new})
+    else:
+        click.echo(f"renamed {old} -> {new}")
 
 
 @identities.command("remove")
 @click.argument("name", shell_complete=complete_identity)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (needs --yes: nothing is asked).")
 @click.pass_obj
-def identities_remove(app: App, name, yes):
+def identities_remove(app: App, name, yes, as_json):
     """Remove identity NAME and all its faces, from the store and the index."""
     fs = app.open()
     n = len(fs.identity_faces(name))
+    if as_json and not yes:
+        raise click.UsageError("--json asks nothing: add --yes")
     if not yes:
         click.confirm(f"remove {name} and its {n} faces?", abort=True)
     removed = fs.remove_identity(name)
-    click.echo(f"removed {name} ({removed} faces)")
+    if as_json:
+        echo_json({"removed": name, "faces": removed})
+    else:
+        click.echo(f"removed {name} ({removed} faces)")
+
+
+@identities.command("merge")
+@click.argument("source", shell_complete=complete_identity)
+@click.argument("into", shell_complete=complete_identity)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def identities_merge(app: App, source, into, as_json):
+    """Merge identity SOURCE into INTO: its faces become INTO's, and SOURCE is removed (two names that
+    turned out to be one person; face ids and embeddings are kept)."""
+    moved = app.open().merge_identities(source, into)
+    if as_json:
+        echo_json({"merged": source, "into": into, "faces": moved})
+    else:
+        click.echo(f"merged {source} into {into} ({moved} faces)")
+
+
+# ---- faces -----------------------------------------------------------------------------------
+@click.group(cls=Group)
+def faces():
+    """List and remove single enrolled faces (a wrong photo in an identity)."""
+
+
+@faces.command("list")
+@click.option("--identity", "-i", metavar="NAME", shell_complete=complete_identity,
+              help="Only the faces of this identity.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def faces_list(app: App, identity, as_json):
+    """List the enrolled faces: face id, identity and source."""
+    rows = app.open().faces(identity)
+    if as_json:
+        echo_json([{"face_id": f.face_id, "identity": f.identity, "source": f.source} for f in rows])
+        return
+    for f in rows:
+        click.echo(f"{f.face_id}\t{f.identity}\t{printable(f.source)}")
+
+
+@faces.command("remove")
+@click.argument("face_ids", metavar="FACE_ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def faces_remove(app: App, face_ids, as_json):
+    """Remove faces by id (from `faces list`, `identities show` or a query's face column), from the store
+    and the index. An id that is not enrolled is reported; exit code 3 when some were and others not."""
+    wanted = sorted(set(face_ids))
+    removed = app.open().remove_faces(wanted)
+    if as_json:
+        echo_json({"removed": removed, "not_enrolled": len(wanted) - removed})
+    else:
+        click.echo(f"removed {removed} face(s)")
+    if removed < len(wanted):
+        click.echo(f"not enrolled: {len(wanted) - removed} of the {len(wanted)} face ids given", err=True)
+        sys.exit(1 if removed == 0 else 3)
 
 
 # ---- info, reindex ---------------------------------------------------------------------------

@@ -30,18 +30,39 @@ from facesearch.model.inference import ThreadTuner, forward_batch, inference_cop
 if TYPE_CHECKING:  # the encoder module imports torch
     from facesearch.model import encoder
 
-ImageInput = str | os.PathLike | bytes
+#: what the API takes as an image: a path, the bytes of an image file, an H x W x 3 uint8 RGB numpy array
+#: (a video frame; H x W uint8 grayscale too) or a ``PIL.Image``
+ImageInput = "str | os.PathLike | bytes | np.ndarray | PIL.Image.Image"
 
 
-def input_name(image: ImageInput) -> str:
-    """How an image is named in results and errors: its path, or ``<N bytes>``."""
-    return f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray)) else str(image)
+def _in_memory(image) -> bool:
+    from PIL import Image
+
+    return isinstance(image, (np.ndarray, Image.Image))
 
 
-def read_pixels(image: ImageInput) -> tuple[np.ndarray, str]:
-    """Read one image -> (H x W x 3 uint8 RGB, sha256 of its bytes)."""
+def input_name(image) -> str:
+    """How an image is named in results and errors: its path, ``<N bytes>``, ``<array HxW>`` or
+    ``<PIL image WxH>``."""
+    if isinstance(image, (bytes, bytearray)):
+        return f"<{len(image)} bytes>"
+    if isinstance(image, np.ndarray):
+        return f"<array {'x'.join(map(str, image.shape[:2]))}>"
+    if _in_memory(image):
+        return f"<PIL image {image.width}x{image.height}>"
+    return str(image)
+
+
+def read_pixels(image) -> tuple[np.ndarray, str]:
+    """Read one image -> (H x W x 3 uint8 RGB, sha256 of its bytes; for pixels given in memory, of their PNG
+    encoding). Anything that is not an image input is an InvalidImageError."""
     if isinstance(image, (bytes, bytearray)):
         return images.decode(bytes(image)), hashlib.sha256(image).hexdigest()
+    if _in_memory(image):
+        pixels = images.from_array(image, input_name(image))
+        return pixels, hashlib.sha256(images.png_bytes(pixels)).hexdigest()
+    if not isinstance(image, (str, os.PathLike)):
+        images.from_array(image, input_name(image))  # raises, saying what is accepted
     loaded = images.load(image)
     return loaded.pixels, loaded.sha256
 

@@ -132,8 +132,10 @@ class Enroller:
                 item.raw = data()
             elif isinstance(data, (bytes, bytearray)):
                 item.raw = bytes(data)
-            else:
+            elif isinstance(data, (str, os.PathLike)):
                 item.raw = images.read_bytes(data)
+            else:  # pixels in memory (a numpy array, a PIL image): stored and hashed as their PNG
+                item.raw = images.png_bytes(images.from_array(data, item.source))
         except (InvalidImageError, OSError) as e:
             item.error = _reason(e, "read")
             return item

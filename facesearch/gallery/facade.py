@@ -331,6 +331,20 @@ class FaceSearch:
         self.indexes.after_change(rev, lambda idx: None)
         self.flush()
 
+    def merge_identities(self, source: str, into: str) -> int:
+        """Move every face of ``source`` to ``into`` and remove ``source``; returns the faces moved. Face ids
+        and embeddings are kept: the index only follows the store's revision."""
+        moved, rev = self.store.merge_identities(source, into)
+        self.indexes.after_change(rev, lambda idx: None)
+        self.flush()
+        return moved
+
+    def faces(self, identity: str | None = None) -> list:
+        """The enrolled faces (``FaceInfo``: face id, identity, source), of one identity or of all."""
+        if identity is not None:
+            return self.store.identity_faces(identity)
+        return self.store.list_faces()
+
     def remove_identity(self, name: str) -> int:
         """Delete an identity and all its faces (store and index). Returns the number of faces removed."""
         self.index()

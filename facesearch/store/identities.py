@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,6 +57,31 @@ class IdentitiesMixin(StorePart):
                 return self._bump(s)
         except IntegrityError as e:
             raise InvalidIdentityError(f"an identity named {new!r} exists already") from e
+
+    def list_faces(self, limit: int | None = None, after: int = 0) -> list[FaceInfo]:
+        """Enrolled faces in face-id order, ``limit`` at a time from the first id above ``after`` (one query)."""
+        with self.Session() as s:
+            q = (select(Face.id, Identity.name, Face.source).join(Identity, Face.identity_id == Identity.id)
+                 .where(Face.id > after).order_by(Face.id))
+            if limit is not None:
+                q = q.limit(limit)
+            return [FaceInfo(i, n, src) for i, n, src in s.execute(q)]
+
+    def merge_identities(self, source: str, into: str) -> tuple[int, int]:
+        """Move every face of identity ``source`` to identity ``into`` and remove ``source`` (two names that
+        turned out to be one person); returns the number of faces moved and the new revision. Face ids and
+        embeddings are unchanged."""
+        with self.Session.begin() as s:
+            src, dst = find_identity(s, source), find_identity(s, into)
+            for name, ident in ((source, src), (into, dst)):
+                if ident is None:
+                    raise UnknownIdentityError(f"no identity named {name!r}")
+            if src.id == dst.id:
+                raise InvalidIdentityError(f"{source!r} and {into!r} are the same identity")
+            moved = s.execute(update(Face).where(Face.identity_id == src.id).values(identity_id=dst.id)).rowcount
+            s.delete(src)
+            s.flush()
+            return int(moved), self._bump(s)
 
     def remove_identity(self, name: str) -> tuple[list[int], int]:
         """Delete an identity and its faces; returns the removed face ids and the new revision."""

@@ -328,3 +328,36 @@ def test_cluster_unenrolled_photos_then_enroll_a_cluster_by_name(tmp_path, galle
     assert q["identity"] == "Named_Later"
     r = CliRunner().invoke(cli, base + ["cluster", str(photos), "--out", str(tmp_path / "groups")])
     assert r.exit_code == 1 and "exists" in r.output  # never over an earlier result
+
+
+def test_merge_identities_and_remove_one_face(run, gallery, gallery_src):
+    run("enroll", str(gallery), code=3)
+    run("enroll", "-i", "Bill_G", str(gallery_src / "Bill_Gates" / "Bill_Gates_0004.webp"))  # a second name
+    out = json.loads(run("identities", "merge", "Bill_G", "Bill_Gates", "--json", model=False).stdout)
+    assert out == {"merged": "Bill_G", "into": "Bill_Gates", "faces": 1}
+    listing = json.loads(run("identities", "list", "--json", model=False).stdout)
+    assert "Bill_G" not in [i["identity"] for i in listing]
+    assert next(i["faces"] for i in listing if i["identity"] == "Bill_Gates") == 4
+    [q] = json.loads(run("query", str(gallery_src / "Bill_Gates" / "Bill_Gates_0004.webp"), "--json").stdout)
+    assert q["identity"] == "Bill_Gates" and q["matches"][0]["distance"] < 1e-4  # the moved face, same id
+    faces = json.loads(run("faces", "list", "-i", "Bill_Gates", "--json", model=False).stdout)
+    wrong = next(f for f in faces if f["source"].endswith("Bill_Gates_0004.webp"))
+    r = run("faces", "remove", str(wrong["face_id"]), "999999", "--json", ok=False, model=False)
+    assert r.exit_code == 3 and json.loads(r.stdout) == {"removed": 1, "not_enrolled": 1}
+    everyone = json.loads(run("faces", "list", "--json", model=False).stdout)
+    assert wrong["face_id"] not in [f["face_id"] for f in everyone] and len(everyone) == 3 * len(PEOPLE)
+    assert json.loads(run("info", "--json", model=False).stdout)["index"]["size"] == 3 * len(PEOPLE)
+    r = run("identities", "merge", "Nobody", "Bill_Gates", ok=False, model=False)
+    assert r.exit_code == 1 and "no identity named 'Nobody'" in r.output
+
+
+def test_every_reporting_command_speaks_json(run, gallery):
+    run("enroll", str(gallery), code=3)
+    assert json.loads(run("identities", "rename", "Bill_Gates", "William", "--json", model=False).stdout) == {
+        "renamed": "Bill_Gates", "to": "William"}
+    assert json.loads(run("identities", "remove", "William", "--yes", "--json", model=False).stdout) == {
+        "removed": "William", "faces": 3}
+    r = run("identities", "remove", "Tony_Blair", "--json", ok=False, model=False)
+    assert r.exit_code == 2  # --json asks nothing: it needs --yes
+    d = json.loads(run("db", "current", "--json", model=False).stdout)
+    assert d["current"] == d["head"] and d["up_to_date"] is True
