@@ -291,7 +291,9 @@ def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None
     root = Path(root)
     if not root.exists():
         raise FaceSearchError(f"{root}: no such file or directory")
-    folder = ImageFolder(root)
+    # sources are stored as absolute paths (a zip's as its members' names): a path relative to the
+    # directory enroll ran in would mean nothing from any other
+    folder = ImageFolder(root.absolute())
     if not folder.items:
         left = (f"; {len(folder.ignored)} file(s) left out, e.g. {folder.ignored[0][0]}: {folder.ignored[0][1]}"
                 if folder.ignored else "")

@@ -270,7 +270,7 @@ class FaceSearch:
         validate_identity(identity)
         if not paths:
             raise FaceSearchError("no files given")
-        return self.enroll_items(((identity, str(p), Path(p)) for p in paths), progress)
+        return self.enroll_items(((identity, str(Path(p).absolute()), Path(p)) for p in paths), progress)
 
     def enroll_items(self, items: Iterable[tuple[str, str, _enroll.ItemData]],
                      progress: Progress | None = None, batch_size: int = 64) -> EnrollReport:

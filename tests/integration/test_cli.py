@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -361,3 +362,12 @@ def test_every_reporting_command_speaks_json(run, gallery):
     assert r.exit_code == 2  # --json asks nothing: it needs --yes
     d = json.loads(run("db", "current", "--json", model=False).stdout)
     assert d["current"] == d["head"] and d["up_to_date"] is True
+
+
+def test_sources_are_stored_as_absolute_paths(run, gallery, monkeypatch):
+    monkeypatch.chdir(gallery.parent)
+    rep = json.loads(run("enroll", gallery.name, "--json", code=3).stdout)  # a relative folder
+    assert all(Path(f["source"]).is_absolute() for f in rep["failures"])
+    run("enroll", "-i", "Solo", f"{gallery.name}/Bill_Gates/Bill_Gates_0001.webp", code=0)
+    faces = json.loads(run("faces", "list", "--json", model=False).stdout)
+    assert faces and all(Path(f["source"]).is_absolute() and Path(f["source"]).exists() for f in faces)
