@@ -157,6 +157,17 @@ def from_array(image, name: str = "<array>") -> np.ndarray:
     return pixels
 
 
+def unlike_a_crop(pixels: np.ndarray, input_size: int) -> str | None:
+    """Why an image given as an aligned face crop does not look like one, or None: much larger than the
+    model's input (a photo), or far from square (a crop is square or nearly: LFW's 1:1, ORL's 92 x 112)."""
+    h, w = pixels.shape[:2]
+    if max(h, w) > 3 * input_size:
+        return f"{w}x{h} pixels: much larger than a face crop (the model sees {input_size} x {input_size})"
+    if not 0.6 <= w / h <= 1.6:
+        return f"{w}x{h} pixels: far from square, unlike an aligned face crop"
+    return None
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     """H x W x 3 uint8 pixels as PNG bytes (what an image given in memory is stored and hashed as)."""
     buf = io.BytesIO()

@@ -54,6 +54,11 @@ def print_enroll(report) -> None:
             click.echo(f"  {printable(source)}: asked {asked}, enrolled as {has}")
         if len(report.elsewhere) > 20:
             click.echo(f"  ... and {len(report.elsewhere) - 20} more (--json lists them all)")
+    if report.unlike_crops:
+        source, why = sorted(report.unlike_crops)[0]
+        click.echo(f"warning: {len(report.unlike_crops)} image(s) do not look like aligned face crops, e.g. "
+                   f"{printable(source)}: {why}. They were enrolled as crops; for ordinary photos remove those faces "
+                   "(`facesearch faces remove ID...`) and enroll them again with --detect", err=True)
 
 
 def print_result(r, threshold: float) -> None:

@@ -51,6 +51,7 @@ class Item:
     crop: np.ndarray | None = None  # the model's input, 3 x S x S uint8
     png: bytes | None = None  # the crop as kept in the store (None: crops are not kept)
     detection: dict | None = None  # with detect: the face found (box, score, landmarks, faces_in_photo)
+    unlike_crop: str | None = None  # without detect: why the image does not look like an aligned face crop
 
 
 class _Run:
@@ -155,6 +156,7 @@ class Enroller:
             else:
                 # the store keeps the crop as given (the LFW pack's geometry, at the model's size), which
                 # reindex moves into any model's geometry; the model embeds it in its own
+                item.unlike_crop = images.unlike_a_crop(pixels, g.config.input_size)
                 kept = images.prepare(pixels, g.config)
                 moved = model_crop(pixels, g.config, g.detector)
                 item.crop = kept if moved is pixels else images.prepare(moved, g.config)
@@ -282,6 +284,7 @@ class Enroller:
         report.identities.update(i.identity for i in todo)
         report.several_faces.extend((i.source, i.detection["faces_in_photo"]) for i in todo
                                     if i.detection and i.detection["faces_in_photo"] > 1)
+        report.unlike_crops.extend((i.source, i.unlike_crop) for i in todo if i.unlike_crop)
 
 
 def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None

@@ -116,6 +116,9 @@ class EnrollReport:
     #: skipped files whose content is enrolled as another identity than the one asked for (a mislabelled
     #: or duplicated photo): ``(source, identity asked for, identity that has it)``
     elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
+    #: without detect: files enrolled as aligned crops that do not look like ones (a photo given without
+    #: ``--detect``): ``(source, why)``
+    unlike_crops: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
@@ -124,7 +127,8 @@ class EnrollReport:
                 "failures": [asdict(f) for f in self.failures_sorted()],
                 "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)],
                 "enrolled_as_another_identity": [{"source": s, "asked": a, "identity": i}
-                                                 for s, a, i in sorted(self.elsewhere)]}
+                                                 for s, a, i in sorted(self.elsewhere)],
+                "unlike_aligned_crops": [{"source": s, "why": w} for s, w in sorted(self.unlike_crops)]}
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)

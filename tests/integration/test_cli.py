@@ -371,3 +371,24 @@ def test_sources_are_stored_as_absolute_paths(run, gallery, monkeypatch):
     run("enroll", "-i", "Solo", f"{gallery.name}/Bill_Gates/Bill_Gates_0001.webp", code=0)
     faces = json.loads(run("faces", "list", "--json", model=False).stdout)
     assert faces and all(Path(f["source"]).is_absolute() and Path(f["source"]).exists() for f in faces)
+
+
+def test_enrolling_photos_without_detect_warns_that_they_are_not_crops(run, gallery_src, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "Someone"
+    folder.mkdir(parents=True)
+    face = Image.open(gallery_src / "Tony_Blair" / "Tony_Blair_0001.webp").convert("RGB")
+    canvas = Image.new("RGB", (1200, 900), (90, 120, 150))
+    canvas.paste(face.resize((200, 200)), (500, 300))  # a photo: the face is a small part of it
+    canvas.save(folder / "holiday.jpg")
+    shutil.copy(gallery_src / "Tony_Blair" / "Tony_Blair_0002.webp", folder)  # a real crop: no warning
+    r = run("enroll", str(tmp_path / "photos"), "--json")
+    rep = json.loads(r.stdout)
+    assert [u["source"].endswith("holiday.jpg") for u in rep["unlike_aligned_crops"]] == [True]
+    assert "1200x900 pixels: much larger than a face crop" in rep["unlike_aligned_crops"][0]["why"]
+    canvas.paste(face.resize((260, 260)), (100, 100))  # another photo, enrolled for the human-readable warning
+    canvas.save(folder / "beach.jpg")
+    human = run("enroll", str(tmp_path / "photos"))
+    assert "added: 1" in human.stdout
+    assert "warning: 1 image(s) do not look like aligned face crops" in human.stderr and "--detect" in human.stderr
