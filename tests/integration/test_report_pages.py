@@ -1,7 +1,7 @@
 """The HTML reports as a reader sees them: rendered by headless Chromium (installed by .ci/run), at a
 desktop and at a phone width. A page that needs its folder, or whose plots or thumbnails are missing,
-renders without them: the screenshots are checked for the plot and the thumbnails, and written next to the
-report for a person to look at (tests/README notes what they showed)."""
+renders without them: the screenshots are checked for the plot and the thumbnails (and kept in the test's
+temporary folder for a person to look at)."""
 
 from __future__ import annotations
 
@@ -44,4 +44,3 @@ def test_the_identify_report_renders_alone_with_its_plot_and_faces(tmp_path):
         assert rows.size > 200, "no plot or thumbnails rendered"
         # nothing is drawn past the right edge: the page fits the window (the right margin stays empty)
         assert not colourful[:, -4:].any()
-    shutil.copy(tmp_path / "shot-1200.png", tmp_path / "moved" / "screenshot.png")
