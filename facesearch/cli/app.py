@@ -164,9 +164,11 @@ class App:
     def model(self):
         return self.settings.model
 
-    def open(self, strict: bool = True, detect: bool = False, create: bool = False):
+    def open(self, strict: bool = True, detect: bool = False, create: bool = False, fallback: bool = False):
         """The gallery. Commands that only read or change what is enrolled (``create`` False) refuse a home
         without a gallery rather than make an empty one: a mistyped ``--home`` would answer "unknown"."""
+        if fallback and not detect:
+            raise click.UsageError("--detect-fallback goes with --detect")
         if self._fs is None:
             from facesearch.gallery import FaceSearch
             from facesearch.settings import DB_FILE
@@ -179,7 +181,8 @@ class App:
                                       "FACESEARCH_HOME, or enroll faces first")
 
             self._fs = FaceSearch.open(home=self.home, db_url=self.db, model=self.model, device=self.device,
-                                       index=self.index, backend=self.backend, strict=strict, detect=detect)
+                                       index=self.index, backend=self.backend, strict=strict, detect=detect,
+                                       detect_fallback=fallback)
         return self._fs
 
     def close(self):
@@ -235,6 +238,9 @@ def progress(total: int | None, desc: str, unit: str = "img", disable: bool | No
 
 
 def detect_option(f):
+    f = click.option("--detect-fallback", "detect_fallback", is_flag=True,
+                     help="With --detect: a photo in which no face is found is taken whole as an aligned face "
+                          "crop (and said so) instead of failing.")(f)
     return click.option("--detect", is_flag=True,
                         help="The images are photos: find the faces and align them first (needs "
                              "facesearch[detect]). Without it, images must be aligned face crops.")(f)

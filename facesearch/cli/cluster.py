@@ -25,7 +25,7 @@ from facesearch.names import printable
 @detect_option
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.pass_obj
-def cluster(app: App, paths, threshold, out, min_size, detect, as_json):
+def cluster(app: App, paths, threshold, out, min_size, detect, detect_fallback, as_json):
     """Group the faces in IMAGES (files, or folders searched recursively) by person, without enrolling.
 
     Faces are embedded by the gallery's model (the default one on a new home) and grouped by
@@ -39,7 +39,7 @@ def cluster(app: App, paths, threshold, out, min_size, detect, as_json):
     files = _probe_files(paths)
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGE|FOLDER")
-    fs = app.open(detect=detect, create=True)
+    fs = app.open(detect=detect, create=True, fallback=detect_fallback)
     with progress(len(files), "embed") as bar:
         result = _cluster.cluster_images(fs, files, threshold, progress=bar.update)
     written = _cluster.write_groups(result, out, min_size) if out is not None else []

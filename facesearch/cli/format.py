@@ -54,6 +54,9 @@ def print_enroll(report) -> None:
             click.echo(f"  {printable(source)}: asked {asked}, enrolled as {has}")
         if len(report.elsewhere) > 20:
             click.echo(f"  ... and {len(report.elsewhere) - 20} more (--json lists them all)")
+    if report.fell_back:
+        click.echo(f"note: {len(report.fell_back)} photo(s) had no face found and were enrolled whole as aligned "
+                   "crops (--detect-fallback; --json lists them)", err=True)
     if report.unlike_crops:
         source, why = sorted(report.unlike_crops)[0]
         click.echo(f"warning: {len(report.unlike_crops)} image(s) do not look like aligned face crops, e.g. "

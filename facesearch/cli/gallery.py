@@ -21,7 +21,7 @@ from facesearch.names import printable
 @detect_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def enroll(app: App, paths, identity, detect, as_json):
+def enroll(app: App, paths, identity, detect, detect_fallback, as_json):
     """Enroll faces.
 
     \b
@@ -38,7 +38,7 @@ def enroll(app: App, paths, identity, detect, as_json):
         root = paths[0]
         if not root.exists():
             raise click.BadParameter(f"{root} does not exist", param_hint="DIR")
-        fs = app.open(detect=detect, create=True)
+        fs = app.open(detect=detect, create=True, fallback=detect_fallback)
         with progress(None, "enroll") as bar:
             report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     else:
@@ -53,7 +53,7 @@ def enroll(app: App, paths, identity, detect, as_json):
             else:
                 files.append(p)
         paths = files
-        fs = app.open(detect=detect, create=True)
+        fs = app.open(detect=detect, create=True, fallback=detect_fallback)
         with progress(len(paths), f"enroll {identity}") as bar:
             report = fs.enroll_files(identity, paths, progress=bar.update)
     if as_json:
@@ -89,7 +89,7 @@ def _probe_files(paths) -> list[Path]:
               help="Print JSON: a list with one entry per probe (however many), each with its probe; "
                    "with --detect each entry lists the faces found under 'faces'.")
 @click.pass_obj
-def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
+def query(app: App, images_, top_k, fpir, threshold, far, detect, detect_fallback, as_json):
     """Who is in IMAGE? Ranked identities (best face each), with distance and match decision.
 
     The closest identity is accepted ("match") when its distance is within the model's identification
@@ -107,7 +107,7 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, as_json):
     files = _probe_files(images_)
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGE")
-    fs = app.open(detect=detect)
+    fs = app.open(detect=detect, fallback=detect_fallback)
     decision = fs.decision(fpir=fpir, far=far, threshold=threshold)  # a rule the model lacks fails before embedding
     if decision.warning and not Output.quiet:
         click.echo(f"warning: {decision.warning}", err=True)
@@ -160,12 +160,12 @@ def query_json(files: list[Path], results: list, detect: bool) -> list[dict]:
 @detect_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def verify(app: App, a, b, threshold, far, detect, as_json):
+def verify(app: App, a, b, threshold, far, detect, detect_fallback, as_json):
     """Are A and B the same person? same = distance <= the model's threshold.
 
     With --detect, A and B are photos and the largest face of each is compared.
     """
-    fs = app.open(detect=detect, create=True)  # needs no enrolled faces: the model of the home, else the default
+    fs = app.open(detect=detect, create=True, fallback=detect_fallback)  # needs no enrolled faces: the model of the home, else the default
     r = fs.verify(a, b, threshold=fs.threshold_at(far=far, threshold=threshold))
     if as_json:
         echo_json(r.to_dict())

@@ -21,7 +21,7 @@ from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.detect.align import crop_geometry, realign_or_warp, warp_geometry
 from facesearch.detect.folder import one_detector_thread
-from facesearch.errors import ModelFileError, ModelMismatchError
+from facesearch.errors import ModelFileError, ModelMismatchError, NoFaceError
 from facesearch.gallery.index_cache import replaced_in_place
 from facesearch.model.config import ModelConfig, weights_sha256
 from facesearch.model.files import model_key
@@ -106,16 +106,38 @@ def fixed_warp(pixels: np.ndarray, config: ModelConfig, given: "Sequence[Sequenc
     return warp_geometry(pixels, src, src_size, template, size)
 
 
+@dataclass(frozen=True)
+class WholeImage:
+    """Where a face result came from when ``--detect-fallback`` used the whole photo as an aligned crop
+    because the detector found no face in it (in place of a :class:`facesearch.detect.Face`)."""
+
+    width: int
+    height: int
+    why: str
+
+    def to_dict(self) -> dict:
+        return {"fallback": f"the whole image, as an aligned face crop ({self.why})",
+                "box": [0, 0, int(self.width), int(self.height)]}
+
+
 def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: bool, every: bool = False,
-               detector: "fdetect.Detector | None" = None) -> list[tuple[np.ndarray, fdetect.Face | None]]:
+               detector: "fdetect.Detector | None" = None, fallback: bool = False
+               ) -> list[tuple[np.ndarray, "fdetect.Face | WholeImage | None"]]:
     """The model's inputs (3 x S x S uint8) for an image: the image itself when it is an aligned crop (in
     the model's geometry: :func:`model_crop`);
     with ``detect``, its largest face aligned (``every``: all its faces, largest first). A photo in which
-    the detector finds no face raises InvalidImageError."""
+    the detector finds no face raises InvalidImageError, unless ``fallback``: then the whole image is taken
+    as an aligned crop, and its face is a :class:`WholeImage` saying so."""
     if not detect:
         return [(images.prepare(model_crop(pixels, config, detector), config), None)]
-    with one_detector_thread(detector):
-        faces = fdetect.faces_or_fail(pixels, source, detector)
+    try:
+        with one_detector_thread(detector):
+            faces = fdetect.faces_or_fail(pixels, source, detector)
+    except NoFaceError as e:
+        if not fallback:
+            raise
+        crop = images.prepare(model_crop(pixels, config, detector), config)
+        return [(crop, WholeImage(pixels.shape[1], pixels.shape[0], e.reason))]
     return [(images.prepare(align_face(pixels, f, config), config), f) for f in (faces if every else faces[:1])]
 
 

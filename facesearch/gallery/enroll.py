@@ -25,7 +25,7 @@ from facesearch import detect as fdetect
 from facesearch import images
 from facesearch.datasets import ImageFolder
 from facesearch.detect.folder import one_detector_thread
-from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError
+from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError, NoFaceError
 from facesearch.gallery.embedding import align_face, model_crop
 from facesearch.gallery.results import EnrollReport, Failure
 from facesearch.model.inference import ThreadTuner, thread_counts
@@ -52,6 +52,7 @@ class Item:
     png: bytes | None = None  # the crop as kept in the store (None: crops are not kept)
     detection: dict | None = None  # with detect: the face found (box, score, landmarks, faces_in_photo)
     unlike_crop: str | None = None  # without detect: why the image does not look like an aligned face crop
+    fell_back: str | None = None  # with detect and its fallback: why no face was found (taken whole)
 
 
 class _Run:
@@ -148,15 +149,23 @@ class Enroller:
         g = self.g
         try:
             pixels = images.decode(item.raw, item.source)
+            faces = None
             if g.detect:
-                with one_detector_thread(g.detector):  # one core each: the embedding runs meanwhile
-                    faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
+                try:
+                    with one_detector_thread(g.detector):  # one core each: the embedding runs meanwhile
+                        faces = fdetect.faces_or_fail(pixels, item.source, g.detector)
+                except NoFaceError as e:
+                    if not g.detect_fallback:
+                        raise
+                    item.fell_back = e.reason  # enrolled below as the aligned crop it may be
+            if faces:
                 item.crop = kept = images.prepare(align_face(pixels, faces[0], g.config), g.config)
                 item.detection = dict(faces[0].to_dict(), faces_in_photo=len(faces))
             else:
                 # the store keeps the crop as given (the LFW pack's geometry, at the model's size), which
                 # reindex moves into any model's geometry; the model embeds it in its own
-                item.unlike_crop = images.unlike_a_crop(pixels, g.config.input_size)
+                if not g.detect:
+                    item.unlike_crop = images.unlike_a_crop(pixels, g.config.input_size)
                 kept = images.prepare(pixels, g.config)
                 moved = model_crop(pixels, g.config, g.detector)
                 item.crop = kept if moved is pixels else images.prepare(moved, g.config)
@@ -285,6 +294,7 @@ class Enroller:
         report.several_faces.extend((i.source, i.detection["faces_in_photo"]) for i in todo
                                     if i.detection and i.detection["faces_in_photo"] > 1)
         report.unlike_crops.extend((i.source, i.unlike_crop) for i in todo if i.unlike_crop)
+        report.fell_back.extend((i.source, i.fell_back) for i in todo if i.fell_back)
 
 
 def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None

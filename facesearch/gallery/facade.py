@@ -96,13 +96,17 @@ class FaceSearch:
         self.detector = fdetect.get_detector(detector) if isinstance(detector, str) else detector
         if detect:
             self.detector.require()
+        #: with ``detect``: a photo in which no face is found is taken whole as an aligned crop (its result's
+        #: ``face`` says so) instead of failing
+        self.detect_fallback = False
         self.indexes = IndexCache(self, index_factory)
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, db_url: str | None = None,
              model: str | os.PathLike | None = None, device: str | None = "auto", index: str = "auto",
              backend: str = "auto", strict: bool = True, keep_crops: bool = True,
-             detect: bool = False, detector: "str | fdetect.Detector" = "yuface") -> "FaceSearch":
+             detect: bool = False, detector: "str | fdetect.Detector" = "yuface",
+             detect_fallback: bool = False) -> "FaceSearch":
         """Open (creating if needed) a gallery.
 
         ``home``: folder for the SQLite database and the index file (default ``~/.facesearch``; the CLI
@@ -127,7 +131,9 @@ class FaceSearch:
         store = Store.open(db_url or f"sqlite:///{home / DB_FILE}")
         try:
             net, key, model_id = opening.choose_model(store, model, device, strict, index)
-            return cls(store, net, key, model_id, home, index, backend, keep_crops, detect, detector)
+            fs = cls(store, net, key, model_id, home, index, backend, keep_crops, detect, detector)
+            fs.detect_fallback = detect_fallback
+            return fs
         except BaseException:
             store.close()
             raise
@@ -237,7 +243,8 @@ class FaceSearch:
 
     # ---- embedding ------------------------------------------------------------------------
     def _face_crops(self, image: ImageInput, every: bool = False) -> list[tuple[np.ndarray, "fdetect.Face | None"]]:
-        return face_crops(read_pixels(image)[0], input_name(image), self.config, self.detect, every, self.detector)
+        return face_crops(read_pixels(image)[0], input_name(image), self.config, self.detect, every, self.detector,
+                          self.detect_fallback)
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed model inputs (3 x S x S uint8 each, as :func:`facesearch.images.prepare` makes them)."""
@@ -252,7 +259,7 @@ class FaceSearch:
         from facesearch import images
 
         return self.embed_crops([face_crops(images.decode(data, src), src, self.config, self.detect, False,
-                                            self.detector)[0][0]
+                                            self.detector, self.detect_fallback)[0][0]
                                  for src, data in items])
 
     # ---- enrolling ------------------------------------------------------------------------

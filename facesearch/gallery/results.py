@@ -119,6 +119,8 @@ class EnrollReport:
     #: without detect: files enrolled as aligned crops that do not look like ones (a photo given without
     #: ``--detect``): ``(source, why)``
     unlike_crops: list[tuple[str, str]] = field(default_factory=list)
+    #: with ``detect_fallback``: photos without a face found, enrolled whole as aligned crops: ``(source, why)``
+    fell_back: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"identities": sorted(self.identities), "added": self.added, "skipped": len(self.skipped),
@@ -128,7 +130,8 @@ class EnrollReport:
                 "several_faces": [{"source": s, "faces": n} for s, n in sorted(self.several_faces)],
                 "enrolled_as_another_identity": [{"source": s, "asked": a, "identity": i}
                                                  for s, a, i in sorted(self.elsewhere)],
-                "unlike_aligned_crops": [{"source": s, "why": w} for s, w in sorted(self.unlike_crops)]}
+                "unlike_aligned_crops": [{"source": s, "why": w} for s, w in sorted(self.unlike_crops)],
+                "detect_fallback": [{"source": s, "why": w} for s, w in sorted(self.fell_back)]}
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)

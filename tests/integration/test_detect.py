@@ -318,3 +318,24 @@ def test_align_writes_owner_only_crops_like_the_training_pack(tmp_path, photos):
     assert np.abs(marks - detect.TEMPLATE_112).mean() < 4.0
     again = json.loads(CliRunner().invoke(cli, ["align", str(src), str(out), "--json"]).stdout)
     assert again["written"] == 0 and again["existing"] == 8
+
+
+def test_detect_fallback_takes_a_faceless_photo_whole_and_says_so(tmp_path, photos):
+    """With --detect-fallback a photo the detector finds no face in is used whole as an aligned crop (a
+    tight crop the detector misses, say) instead of failing; the result and the report say which."""
+    from click.testing import CliRunner
+
+    from facesearch.cli import cli
+
+    home = ["--home", str(tmp_path / "home"), "--device", "cpu", "--model", "lfw-mobilenet"]
+    r = CliRunner().invoke(cli, home + ["enroll", "--detect", "--detect-fallback", "--json", str(photos)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output  # the faceless wall.png no longer fails
+    rep = json.loads(r.stdout)
+    assert [f["source"].endswith("wall.png") for f in rep["detect_fallback"]] == [True] and rep["failed"] == 0
+    assert "no face found" in rep["detect_fallback"][0]["why"]
+    [q] = json.loads(CliRunner().invoke(cli, home + ["query", "--detect", "--detect-fallback", "--json",
+                                                     str(photos / ONE / "wall.png")]).stdout)
+    assert q["faces"][0]["face"]["fallback"].startswith("the whole image") and q["faces"][0]["face"]["box"][:2] == [0, 0]
+    r = CliRunner().invoke(cli, home + ["query", "--detect-fallback", str(photos / ONE / "wall.png")])
+    assert r.exit_code == 2 and "--detect-fallback goes with --detect" in r.output
