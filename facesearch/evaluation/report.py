@@ -128,19 +128,11 @@ def plot_hist(result, path: Path) -> Path:
 
 def _thumb(folder, name: str, number: int, size: int = 112) -> str:
     """A data: URI (JPEG) of LFW image ``name`` #``number``, or "" when it cannot be read."""
-    from PIL import Image
-
-    from facesearch import images
-
     try:
-        px = images.decode(folder.read(folder.lfw_key(name, number)), name)
+        key = folder.lfw_key(name, number)
     except FaceSearchError:
         return ""
-    img = Image.fromarray(px)
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=88)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _thumb_key(folder, key, size)
 
 
 def _data_uri(path: Path) -> str:
