@@ -60,8 +60,8 @@ def print_enroll(report) -> None:
     if report.unlike_crops:
         source, why = sorted(report.unlike_crops)[0]
         click.echo(f"warning: {len(report.unlike_crops)} image(s) do not look like aligned face crops, e.g. "
-                   f"{printable(source)}: {why}. They were enrolled as crops; for ordinary photos remove those faces "
-                   "(`facesearch faces remove ID...`) and enroll them again with --detect", err=True)
+                   f"{printable(source)}: {why}. They were enrolled as crops; for ordinary photos enroll them again with "
+                   "--detect and remove these faces (`facesearch faces remove ID...`)", err=True)
 
 
 def print_result(r, threshold: float) -> None:

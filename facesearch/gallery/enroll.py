@@ -46,7 +46,10 @@ class Item:
     identity: str
     source: str
     raw: bytes | None = None
+    #: the face's key in the store: the file's SHA-256 for an aligned crop, :func:`detected_key` of it for a
+    #: face found by the detector (the same file enrolled both ways is two different faces)
     sha256: str | None = None
+    file_sha256: str | None = None
     error: str | None = None
     crop: np.ndarray | None = None  # the model's input, 3 x S x S uint8
     png: bytes | None = None  # the crop as kept in the store (None: crops are not kept)
@@ -141,7 +144,8 @@ class Enroller:
         except (InvalidImageError, OSError) as e:
             item.error = _reason(e, "read")
             return item
-        item.sha256 = hashlib.sha256(item.raw).hexdigest()
+        item.file_sha256 = hashlib.sha256(item.raw).hexdigest()
+        item.sha256 = detected_key(item.file_sha256) if self.g.detect else item.file_sha256
         return item
 
     def prepare(self, item: Item) -> Item:
@@ -238,6 +242,9 @@ class Enroller:
                 run.first[item.sha256] = item.identity
                 fresh.append(item)
         known = self.g.store.known_hashes([i.sha256 for i in fresh]) if fresh else {}
+        if fresh and self.g.detect:  # faces detected before they had keys of their own hold the file's hash
+            legacy = self.g.store.known_hashes([i.file_sha256 for i in fresh], detected_only=True)
+            known.update({i.sha256: legacy[i.file_sha256] for i in fresh if i.file_sha256 in legacy})
         for item in fresh:
             if item.sha256 in known:
                 run.settle(item.sha256, ("enrolled", known[item.sha256]))
@@ -295,6 +302,13 @@ class Enroller:
                                     if i.detection and i.detection["faces_in_photo"] > 1)
         report.unlike_crops.extend((i.source, i.unlike_crop) for i in todo if i.unlike_crop)
         report.fell_back.extend((i.source, i.fell_back) for i in todo if i.fell_back)
+
+
+def detected_key(file_sha256: str) -> str:
+    """The store key of a face the detector found in a photo whose bytes hash to ``file_sha256``: not the
+    file's hash itself, which is the key of the same file enrolled as an aligned crop (``enroll`` without
+    ``--detect``), so that enrolling it again with ``--detect`` is not skipped as "enrolled already"."""
+    return hashlib.sha256(b"facesearch-detected-face:" + file_sha256.encode()).hexdigest()
 
 
 def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None

@@ -17,17 +17,19 @@ from facesearch.store.schema import Face, FaceCrop, FaceInfo, Identity, ModelRec
 class FacesMixin(StorePart):
     """:class:`~facesearch.store.Store`'s methods on faces."""
 
-    def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
-        """Which of these content hashes are enrolled already: sha256 -> identity name."""
+    def known_hashes(self, hashes: Sequence[str], detected_only: bool = False) -> dict[str, str]:
+        """Which of these face keys are enrolled already: key -> identity name. ``detected_only``: only the
+        faces that were found by the detector (a gallery enrolled before detected faces had keys of their
+        own stored their photos' plain content hashes)."""
         out: dict[str, str] = {}
         hashes = list(set(hashes))
         with self.Session() as s:
             for i in range(0, len(hashes), 500):
-                rows = s.execute(
-                    select(Face.content_sha256, Identity.name).join(Identity)
-                    .where(Face.content_sha256.in_(hashes[i : i + 500]))
-                )
-                out.update({h: n for h, n in rows})
+                q = (select(Face.content_sha256, Identity.name).join(Identity)
+                     .where(Face.content_sha256.in_(hashes[i : i + 500])))
+                if detected_only:
+                    q = q.where(Face.detection.is_not(None))
+                out.update({h: n for h, n in s.execute(q)})
         return out
 
     def add_faces(self, model_id: int, faces: Sequence[tuple[str, str, str, np.ndarray, bytes | None]],

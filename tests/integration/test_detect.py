@@ -339,3 +339,32 @@ def test_detect_fallback_takes_a_faceless_photo_whole_and_says_so(tmp_path, phot
     assert q["faces"][0]["face"]["fallback"].startswith("the whole image") and q["faces"][0]["face"]["box"][:2] == [0, 0]
     r = CliRunner().invoke(cli, home + ["query", "--detect-fallback", str(photos / ONE / "wall.png")])
     assert r.exit_code == 2 and "--detect-fallback goes with --detect" in r.output
+
+
+def test_a_photo_enrolled_as_a_crop_can_be_enrolled_again_with_detect(tmp_path, photos):
+    """How a face was cropped is part of its key: `enroll --detect` of a photo enrolled before without it
+    enrolls its detected face (it was skipped as "enrolled already"), and a rerun skips it; a face detected
+    by an earlier facesearch (stored under the photo's own hash) is still recognised as enrolled."""
+    import hashlib
+
+    from facesearch.gallery.enroll import detected_key
+    from facesearch.gallery.facade import FaceSearch
+
+    photo = photos / TWO / f"{TWO}_0001.jpg"
+    with FaceSearch.open(home=tmp_path / "home", model="lfw-mobilenet", device="cpu") as fs:
+        assert fs.enroll_files("As_Crop", [photo]).added == 1
+    with FaceSearch.open(home=tmp_path / "home", device="cpu", detect=True) as fs:
+        first = fs.enroll_files("As_Detected", [photo])
+        assert first.added == 1 and not first.skipped
+        again = fs.enroll_files("As_Detected", [photo])
+        assert again.added == 0 and again.skipped == [(str(photo.absolute()), "As_Detected")]
+        sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+        assert set(fs.store.known_hashes([sha, detected_key(sha)])) == {sha, detected_key(sha)}
+    # an earlier facesearch stored a detected face under the photo's plain hash, with its detection
+    other = photos / ONE / f"{ONE}_0001.jpg"
+    plain = hashlib.sha256(other.read_bytes()).hexdigest()
+    with FaceSearch.open(home=tmp_path / "old", model="lfw-mobilenet", device="cpu", detect=True) as fs:
+        fs.store.add_faces(fs.model_id, [("Old", str(other), plain, np.zeros(128, np.float32), None)],
+                           [{"box": [0, 0, 10, 10], "score": 0.9, "landmarks": [[0, 0]] * 5, "faces_in_photo": 1}])
+        rep = fs.enroll_files("Old", [other])
+        assert rep.added == 0 and rep.skipped == [(str(other.absolute()), "Old")]
