@@ -76,3 +76,42 @@ def test_installed_away_from_the_checkout_it_enrolls_and_queries(wheel, tmp_path
     r = fs("--home", home, "--device", "cpu", "query", str(tmp_path / "probe.webp"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["matches"][0]["identity"] == "Tony_Blair"
+
+
+@needs_lfw
+def test_pip_install_into_a_fresh_venv_gives_a_working_facesearch_command(wheel, tmp_path):
+    """`pip install` of the wheel into a new virtual environment: pip writes the `facesearch` script and the
+    package data, and that script enrolls and queries. The dependencies (torch, FAISS, ...) are this
+    environment's, seen through a .pth file, so nothing is downloaded; facesearch itself is the wheel's."""
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    deps = sysconfig.get_paths()["purelib"]
+    # the borrowed packages, without this checkout's editable facesearch
+    (Path(site) / "borrowed.pth").write_text(deps + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
+                        str(wheel[0])], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    exe = env_dir / "bin" / "facesearch"
+    assert exe.exists()
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where = subprocess.run([str(py), "-c", "import facesearch; print(facesearch.__file__)"], capture_output=True,
+                           text=True, cwd=tmp_path, env=clean)
+    assert where.stdout.startswith(site), where.stdout + where.stderr  # the installed copy, not the checkout
+    people = tmp_path / "people"
+    with zipfile.ZipFile(LFW_ZIP) as z:
+        for name in ("Colin_Powell", "Tony_Blair"):
+            (people / name).mkdir(parents=True)
+            (people / name / "1.webp").write_bytes(z.read(f"lfw-deepfunneled-112/{name}/{name}_0001.webp"))
+        (tmp_path / "probe.webp").write_bytes(z.read("lfw-deepfunneled-112/Colin_Powell/Colin_Powell_0002.webp"))
+    run = dict(capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=300)
+    r = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "--model", "lfw-mobilenet", "--device", "cpu",
+                        "enroll", str(people), "-q"], **run)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "query", str(tmp_path / "probe.webp"), "--json",
+                        "-q"], **run)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["identity"] == "Colin_Powell", r.stderr
