@@ -97,7 +97,7 @@ def main() -> None:
            "command": "python benchmarks/cluster_lfw.py"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"| model | linkage | threshold | pairwise precision | recall | F1 | groups | alone |")
+    print("| model | linkage | threshold | pairwise precision | recall | F1 | groups | alone |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = "" if r["threshold"] is None else f"{r['threshold']:.3f} ({r['factor']:g}x)"

@@ -33,6 +33,11 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def echo_outcome(as_json: bool, obj: dict, line: str) -> None:
+    """What a command that changes the gallery did: ``obj`` as JSON with ``--json``, else ``line``."""
+    echo_json(obj) if as_json else click.echo(line)
+
+
 def echo_problems(failures: list[tuple[str, str]], several_faces: int, taken: str) -> None:
     """After an enroll or align summary: each failed file with its reason, and how many photos held
     several faces (of which the largest was ``taken``)."""

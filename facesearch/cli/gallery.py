@@ -9,7 +9,7 @@ import click
 
 from facesearch import images
 from facesearch.cli.app import App, Command, Group, Output, detect_option, progress, threshold_options
-from facesearch.cli.format import echo_json, print_enroll, print_info, print_result
+from facesearch.cli.format import echo_json, echo_outcome, print_enroll, print_info, print_result
 from facesearch.names import printable
 
 
@@ -242,10 +242,7 @@ def identities_show(app: App, name, as_json):
 def identities_rename(app: App, old, new, as_json):
     """Rename identity OLD to NEW (face ids and embeddings are kept; to join two identities, use merge)."""
     app.open().rename_identity(old, new)
-    if as_json:
-        echo_json({"renamed": old, "to": new})
-    else:
-        click.echo(f"renamed {old} -> {new}")
+    echo_outcome(as_json, {"renamed": old, "to": new}, f"renamed {old} -> {new}")
 
 
 @identities.command("remove")
@@ -255,17 +252,13 @@ def identities_rename(app: App, old, new, as_json):
 @click.pass_obj
 def identities_remove(app: App, name, yes, as_json):
     """Remove identity NAME and all its faces, from the store and the index."""
-    fs = app.open()
-    n = len(fs.identity_faces(name))
     if as_json and not yes:
         raise click.UsageError("--json asks nothing: add --yes")
+    fs = app.open()
     if not yes:
-        click.confirm(f"remove {name} and its {n} faces?", abort=True)
+        click.confirm(f"remove {name} and its {len(fs.identity_faces(name))} faces?", abort=True)
     removed = fs.remove_identity(name)
-    if as_json:
-        echo_json({"removed": name, "faces": removed})
-    else:
-        click.echo(f"removed {name} ({removed} faces)")
+    echo_outcome(as_json, {"removed": name, "faces": removed}, f"removed {name} ({removed} faces)")
 
 
 @identities.command("merge")
@@ -277,10 +270,8 @@ def identities_merge(app: App, source, into, as_json):
     """Merge identity SOURCE into INTO: its faces become INTO's, and SOURCE is removed (two names that
     turned out to be one person; face ids and embeddings are kept)."""
     moved = app.open().merge_identities(source, into)
-    if as_json:
-        echo_json({"merged": source, "into": into, "faces": moved})
-    else:
-        click.echo(f"merged {source} into {into} ({moved} faces)")
+    echo_outcome(as_json, {"merged": source, "into": into, "faces": moved},
+                 f"merged {source} into {into} ({moved} faces)")
 
 
 # ---- faces -----------------------------------------------------------------------------------
@@ -313,10 +304,7 @@ def faces_remove(app: App, face_ids, as_json):
     and the index. An id that is not enrolled is reported; exit code 3 when some were and others not."""
     wanted = sorted(set(face_ids))
     removed = app.open().remove_faces(wanted)
-    if as_json:
-        echo_json({"removed": removed, "not_enrolled": len(wanted) - removed})
-    else:
-        click.echo(f"removed {removed} face(s)")
+    echo_outcome(as_json, {"removed": removed, "not_enrolled": len(wanted) - removed}, f"removed {removed} face(s)")
     if removed < len(wanted):
         click.echo(f"not enrolled: {len(wanted) - removed} of the {len(wanted)} face ids given", err=True)
         sys.exit(1 if removed == 0 else 3)

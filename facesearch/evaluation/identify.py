@@ -23,7 +23,7 @@ import numpy as np
 
 from facesearch import distance, metrics
 from facesearch.datasets import ImageFolder
-from facesearch.errors import FaceSearchError, InvalidImageError, NoFaceError
+from facesearch.errors import FaceSearchError, NoFaceError
 from facesearch.evaluation.common import ProgressFactory, far_key, progress_bar, resolve_model_dir
 
 #: FPIR values at which DIR is reported

@@ -71,7 +71,6 @@ def bench(tmp_path_factory, model_dir):
         (b / name).write_bytes(data)
     # a decompression bomb: 8000 x 8000 pixels of one bit, a few kB on disk
     Image.new("1", (8000, 8000)).save(b / "bomb.png")
-    (b / "bomb.png").rename(b / "bomb.png")
     (b / "huge.jpg").write_bytes(b"")
     os.truncate(b / "huge.jpg", 65 * 1024 * 1024)  # sparse: over the 64 MiB file limit
     (b / "a-folder.jpg").mkdir()

@@ -12,8 +12,7 @@ import random
 import zipfile
 
 import numpy as np
-import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
 from PIL import Image
 
 from facesearch import FaceSearch
