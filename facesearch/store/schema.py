@@ -95,6 +95,20 @@ class StagedEmbedding(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ApiKey(Base):
+    """A key ``facesearch serve`` accepts: only its SHA-256 is kept (migration 0007)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the key's first characters, shown by ``keys list`` to tell keys apart (not enough to use one)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class IndexState(Base):
     """One row: a counter bumped by every change to faces, so stale index files are detected."""
 
