@@ -3,8 +3,8 @@
 It parses, calls one library function, and formats; errors from the library become a message and an
 exit code (:mod:`facesearch.cli.app`). Each command lives with its kind: :mod:`~facesearch.cli.gallery`
 (enroll, query, verify, identities, info, reindex), :mod:`~facesearch.cli.db`,
-:mod:`~facesearch.cli.align`, :mod:`~facesearch.cli.train` (train, calibrate) and
-:mod:`~facesearch.cli.evaluate`.
+:mod:`~facesearch.cli.align`, :mod:`~facesearch.cli.train` (train, calibrate),
+:mod:`~facesearch.cli.evaluate` and :mod:`~facesearch.cli.serve` (serve, keys).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from facesearch.cli import cluster as _cluster
 from facesearch.cli import db as _db
 from facesearch.cli import gallery as _gallery
 from facesearch.cli import model as _model
+from facesearch.cli import serve as _serve
 from facesearch.cli.app import CONTEXT, App, Group, Output, show_notes
 from facesearch.settings import Settings
 
@@ -59,7 +60,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
 
 
 for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities, _gallery.faces,
-                 _gallery.info, _gallery.reindex, _cluster.cluster, _db.db, _model.model):
+                 _gallery.info, _gallery.reindex, _cluster.cluster, _db.db, _model.model, _serve.serve, _serve.keys):
     cli.add_command(_command)
 
 

@@ -135,3 +135,24 @@ class EnrollReport:
 
     def failures_sorted(self) -> list[Failure]:
         return sorted(self.failed, key=lambda f: f.source)
+
+
+def query_entries(probes: list[str], results: list, detect: bool) -> list[dict]:
+    """``query --json`` (and the HTTP service's ``/v1/query``): always a list, one entry per probe in the
+    order given, each with its ``probe``. A probe that failed is ``{probe, error}``; otherwise its
+    :class:`QueryResult` (``identity``, ``unknown``, ``threshold``, ``decision``, ``matches``), or with
+    ``detect`` ``{probe, faces: [result with its face, ...]}``, largest face first. ``results`` holds
+    QueryResults (with their ``probe``) and Failures (with their ``source``) in any order."""
+    by_probe: dict[str, list] = {p: [] for p in probes}
+    for r in results:
+        by_probe.setdefault(r.source if isinstance(r, Failure) else r.probe, []).append(r)
+    out = []
+    for probe, rs in by_probe.items():
+        bad = next((r for r in rs if isinstance(r, Failure)), None)
+        if bad is not None or not rs:
+            out.append({"probe": probe, "error": bad.reason if bad is not None else "no result"})
+        elif detect:
+            out.append({"probe": probe, "faces": [r.to_dict() for r in rs]})
+        else:
+            out.append(rs[0].to_dict())
+    return out

@@ -23,7 +23,8 @@ MAY_IMPORT = {
     "gallery": {"model", "store", "index", "detect"},
     "training": {"model"},  # no FAISS, no SQL: a GPU machine trains without them
     "evaluation": {"model", "gallery", "store", "index", "detect", "training"},
-    "cli": {"model", "store", "index", "detect", "gallery", "training", "evaluation"},
+    "serve": {"model", "store", "index", "detect", "gallery"},  # the HTTP service over FaceSearch
+    "cli": {"model", "store", "index", "detect", "gallery", "training", "evaluation", "serve"},
 }
 
 
