@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import threading
 import zlib
@@ -20,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from facesearch.cli import cli
-from tests import serving
+from tests import cdp, serving
 from tests.conftest import ORIGINALS, PEOPLE, REPO, extract_people, needs_lfw
 
 pytestmark = needs_lfw
@@ -369,3 +370,57 @@ def test_many_concurrent_clients_get_the_answers_one_client_gets(site):
     counts = {line.split('le="')[1].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
               if line.startswith("facesearch_embed_batch_size_bucket")}
     assert counts["+Inf"] > counts["1"], "no two requests were ever embedded together"
+
+
+# ---- the web page, in a real browser ------------------------------------------------------------------
+@pytest.mark.skipif(cdp.CHROMIUM is None, reason="no Chromium here (.ci/run installs it)")
+def test_the_page_searches_a_dropped_photo_and_enrolls_and_lists(site, tmp_path):
+    """Headless Chromium: choose a probe on the page, read the ranked identities and the decision off it;
+    enroll through the form; see the identity in the list. Screenshots stay in tmp_path."""
+    shots = Path(os.environ.get("FACESEARCH_SCREENSHOTS") or tmp_path)
+    photo = probe(site, "George_W_Bush")
+    with cdp.Browser() as b:
+        b.goto(site["open"].url + "/")
+        assert b.wait_for("document.getElementById('who').textContent", "whoami") == "no key needed (loopback)"
+        b.eval("document.getElementById('probe-detect').checked = false")  # an aligned crop, as enrolled
+        b.set_files("#probe", photo)
+        b.wait_for("document.body.dataset.searched === '1'", "search results")
+        ranked = b.eval("[...document.querySelectorAll('#results .face li')].map(li => li.dataset.identity)")
+        verdict = b.eval("document.querySelector('#results .face h3').textContent")
+        thumbs = b.wait_for("[...document.querySelectorAll('#results img')].every(i => i.complete && "
+                            "i.naturalWidth > 0) && document.querySelectorAll('#results img').length",
+                            "thumbnails")
+        b.screenshot(shots / "serve-search.png")
+        with client(site, "open", key=None) as c:
+            api = c.post("/v1/query", params={"top_k": 5}, files=upload(photo)).json()[0]
+        assert ranked == [m["identity"] for m in api["matches"]] and ranked[0] == "George_W_Bush"
+        assert "match: George_W_Bush" in verdict and thumbs == len(ranked)
+
+        group = next(p for p in sorted(ORIGINALS.rglob("*.jpg")))  # an ordinary photo: faces found and boxed
+        b.eval("document.body.dataset.searched = ''; document.getElementById('probe-detect').checked = true")
+        b.set_files("#probe", group)
+        b.wait_for("document.body.dataset.searched === '1'", "detect results")
+        with client(site, "open", key=None) as c:
+            api = c.post("/v1/query", params={"top_k": 5, "detect": "true", "detect_fallback": "true"},
+                         files=[("probe", (group.name, group.read_bytes(), "image/jpeg"))]).json()[0]
+        assert b.eval("document.querySelectorAll('#results .face').length") == len(api["faces"]) >= 1
+        assert b.eval("document.getElementById('probe-canvas').width") > 112  # the photo, drawn with its boxes
+        b.screenshot(shots / "serve-detect.png")
+
+        extra = extract_people(tmp_path / "new", {"Jennifer_Lopez": 2})
+        b.goto(site["open"].url + "/#enroll")
+        b.eval("document.getElementById('enroll-identity').value = 'Jennifer_Lopez';"
+               "document.getElementById('enroll-detect').checked = false")
+        b.set_files("#enroll-files", *sorted((extra / "Jennifer_Lopez").iterdir()))
+        b.eval("document.getElementById('enroll-form').requestSubmit()")
+        report = b.wait_for("document.getElementById('enroll-report').textContent", "enroll report")
+        assert report.startswith("added 2, skipped 0, failed 0"), report
+        b.screenshot(shots / "serve-enroll.png")
+
+        b.goto(site["open"].url + "/#identities")
+        rows = b.wait_for("[...document.querySelectorAll('#identity-rows tr')].map(tr => "
+                          "[tr.dataset.identity, tr.children[1].textContent])", "identities")
+        assert ["Jennifer_Lopez", "2"] in rows and ["Bill_Gates", "3"] in rows
+        b.screenshot(shots / "serve-identities.png")
+    with client(site, key="write") as w:
+        assert w.delete("/v1/identities/Jennifer_Lopez").json()["faces"] == 2
