@@ -64,8 +64,8 @@ def upload_source(filename: str | None, n: int) -> str:
     """The ``source`` an uploaded file is enrolled under: ``upload:<its base name>``. The client's name is a
     label only: its folders are dropped (both separators), it is never a path on the server's disk."""
     name = PureWindowsPath(PurePosixPath(filename or "").name).name if filename else ""
-    name = printable(name).replace("\x00", "")[:MAX_SOURCE] or f"file-{n}"
-    return f"upload:{name}"
+    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in printable(name))[:MAX_SOURCE]
+    return f"upload:{name}" if name.strip(". ") else f"upload:file-{n}"
 
 
 class Service:
