@@ -6,6 +6,8 @@ variable                  what                                             defau
 ``FACESEARCH_HOME``       folder of the SQLite database and the index      ``~/.facesearch``
 ``FACESEARCH_DB``         SQLAlchemy URL of another database               the SQLite file there
 ``FACESEARCH_MODEL``      model spec: a directory, or ``default``          the gallery's model
+``FACESEARCH_VECTORS``    where the vectors live: ``pgvector``,            the FAISS file there
+                          ``milvus://HOST:PORT/COLL``, ``milvus-lite:///F.db``
 ========================  ===============================================  =====================
 
 An empty variable counts as unset (as click's ``envvar=`` does). The library itself takes these as
@@ -22,6 +24,7 @@ from pathlib import Path
 HOME_ENV = "FACESEARCH_HOME"
 DB_ENV = "FACESEARCH_DB"
 MODEL_ENV = "FACESEARCH_MODEL"
+VECTORS_ENV = "FACESEARCH_VECTORS"
 #: the home folder's name in the user's home directory when FACESEARCH_HOME is not set
 HOME_DIR_NAME = ".facesearch"
 #: the SQLite database's file name in a home folder (when no database URL is given)
@@ -43,16 +46,19 @@ class Settings:
     home: Path
     db_url: str | None = None
     model: str | os.PathLike | None = None
+    #: ``--vectors`` (:mod:`facesearch.index.vectors`); None: the FAISS index file in ``home``
+    vectors: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         """The settings the environment gives (``~`` in FACESEARCH_HOME expanded)."""
         home = environ.get(HOME_ENV) or None
         return cls(home=Path(home).expanduser() if home else default_home(),
-                   db_url=environ.get(DB_ENV) or None, model=environ.get(MODEL_ENV) or None)
+                   db_url=environ.get(DB_ENV) or None, model=environ.get(MODEL_ENV) or None,
+                   vectors=environ.get(VECTORS_ENV) or None)
 
     def override(self, *, home: str | os.PathLike | None = None, db_url: str | None = None,
-                 model: str | os.PathLike | None = None) -> "Settings":
+                 model: str | os.PathLike | None = None, vectors: str | None = None) -> "Settings":
         """These settings with the values given (a command line's options) in place of theirs; None
         keeps the setting as it is."""
         changes: dict = {}
@@ -62,4 +68,6 @@ class Settings:
             changes["db_url"] = db_url
         if model is not None:
             changes["model"] = model
+        if vectors is not None:
+            changes["vectors"] = vectors
         return replace(self, **changes)

@@ -9,8 +9,15 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from facesearch.store import Base
+from facesearch.store.schema import OUTSIDE_MODELS
 
 target_metadata = Base.metadata
+
+
+def _include(obj, name, type_, reflected, compare_to):
+    """Leave the backends' own tables (pgvector's face_vectors) out of the models-vs-database check."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in OUTSIDE_MODELS
 
 
 def _run(connection):
@@ -19,6 +26,7 @@ def _run(connection):
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=_include,
     )
     with context.begin_transaction():
         context.run_migrations()

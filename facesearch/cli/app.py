@@ -182,7 +182,7 @@ class App:
 
             self._fs = FaceSearch.open(home=self.home, db_url=self.db, model=self.model, device=self.device,
                                        index=self.index, backend=self.backend, strict=strict, detect=detect,
-                                       detect_fallback=fallback)
+                                       detect_fallback=fallback, vectors=self.settings.vectors)
         return self._fs
 
     def close(self):

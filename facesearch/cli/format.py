@@ -125,6 +125,11 @@ def print_info(d: dict) -> None:
         click.echo(f"index:       unusable: {ix['error']}")
     else:
         probe = f", {ix['nprobe']} lists probed" if ix.get("nprobe") else ""
-        click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} ({ix['file']})")
+        click.echo(f"index:       {ix['type']} on {ix['backend']}, {ix['size']} vectors{probe} "
+                   f"({ix.get('file') or ix.get('vectors')})")
+    drift = ix.get("drift")
+    if drift and not drift["in_sync"]:
+        click.echo(f"drift:       {drift['missing']} faces not in the vectors, {drift['extra']} vectors not in the "
+                   f"store, {drift['stale_in_sample']} stale in a sample: run `facesearch reindex --repair`")
     click.echo(f"device:      {d['device']}")
     click.echo(f"detector:    {d['detector']}")

@@ -328,11 +328,33 @@ def info(app: App, as_json):
 @click.option("--model", "new_model", metavar="NAME|DIR",
               help="Re-embed every face with this model (a built-in one: sface, lfw-mobilenet, default; or a "
                    "model directory) and make it the gallery's model.")
+@click.option("--check", is_flag=True,
+              help="Change nothing: say whether the index (or the --vectors database) matches the store: faces "
+                   "missing from it, ids it has that the store does not. Exit code 1 when they differ.")
+@click.option("--repair", is_flag=True,
+              help="Make the index match the store: write the missing faces' embeddings, remove the extra ids "
+                   "(after a crash between the store and the vectors database); no full rebuild when none is needed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def reindex(app: App, new_model, as_json):
-    """Rebuild the index from the store (or re-embed the gallery with --model)."""
+def reindex(app: App, new_model, check, repair, as_json):
+    """Rebuild the index from the store (or re-embed the gallery with --model); --check / --repair find and
+    remove drift between the store and the index."""
+    if sum(map(bool, (new_model, check, repair))) > 1:
+        raise click.UsageError("--model, --check and --repair go one at a time")
     fs = app.open(strict=False)
+    if check or repair:
+        r = fs.check_index() if check else fs.repair_index()
+        last = r if check else r["after"]
+        if as_json:
+            echo_json(r)
+        else:
+            click.echo(_drift_line(r if check else r["before"]))
+            if repair:
+                done = "rebuilt" if r.get("rebuilt") else f"added {r.get('added', 0)}, removed {r.get('removed', 0)}"
+                click.echo(f"repaired ({done}): {_drift_line(last)}")
+        if check and not last["in_sync"]:
+            sys.exit(1)
+        return
     with progress(None, "re-embed", "face", disable=None if new_model else True) as bar:
 
         def left(n: int) -> None:  # before each pass: what is left (a rerun skips what was staged)
@@ -345,3 +367,12 @@ def reindex(app: App, new_model, as_json):
     else:
         click.echo(f"index rebuilt: {r['faces']} faces, {r['index']}, model {r['model']}"
                    + (f" ({r['reembedded']} re-embedded)" if new_model else ""))
+
+
+def _drift_line(r: dict) -> str:
+    if "missing" not in r:  # the index file
+        return ("index file in sync with the store" if r["in_sync"] else
+                f"index file out of date ({r['reason']}): the next search rebuilds it, or --repair now")
+    state = "in sync" if r["in_sync"] else "DRIFT"
+    return (f"{r['vectors']}: {state}: {r['store_faces']} faces in the store, {r['backend_faces']} vectors; "
+            f"{r['missing']} missing, {r['extra']} extra, {r['stale_in_sample']} stale of {r['sample']} sampled")

@@ -57,7 +57,8 @@ from facesearch.gallery import enroll as _enroll
 from facesearch.gallery import info as _info
 from facesearch.gallery import opening, reindex as _reindex, search as _search
 from facesearch.gallery.embedding import GalleryModel, ImageInput, ModelFiles, face_crops, input_name, read_pixels
-from facesearch.gallery.index_cache import INDEX_FILE, IndexCache
+from facesearch.gallery.index_cache import INDEX_FILE, IndexCache, SharedIndexCache
+from facesearch.index import vectors as _vectors
 from facesearch.gallery.results import Decision, EnrollReport, Failure, Match, QueryResult, VerifyResult
 from facesearch.gallery.thresholds import decide, fpir_table, operating_points, threshold_at
 from facesearch.model.config import ModelConfig
@@ -79,7 +80,8 @@ class FaceSearch:
 
     def __init__(self, store: Store, model: "encoder.Encoder | ModelFiles", model_key: str, model_id: int,
                  home: Path, index_factory: str = "auto", index_backend: str = "auto",
-                 keep_crops: bool = True, detect: bool = False, detector: "str | fdetect.Detector" = "yuface"):
+                 keep_crops: bool = True, detect: bool = False, detector: "str | fdetect.Detector" = "yuface",
+                 vectors: "str | _vectors.VectorsURL | None" = None):
         self.store = store
         self.encoder = GalleryModel(model)
         self.model_key = model_key
@@ -99,14 +101,16 @@ class FaceSearch:
         #: with ``detect``: a photo in which no face is found is taken whole as an aligned crop (its result's
         #: ``face`` says so) instead of failing
         self.detect_fallback = False
-        self.indexes = IndexCache(self, index_factory)
+        #: where the vectors live (``--vectors``): the FAISS file in ``home`` (default), Milvus or pgvector
+        self.vectors = vectors if isinstance(vectors, _vectors.VectorsURL) else _vectors.parse(vectors, home)
+        self.indexes = SharedIndexCache(self, self.vectors) if self.vectors.shared else IndexCache(self, index_factory)
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, db_url: str | None = None,
              model: str | os.PathLike | None = None, device: str | None = "auto", index: str = "auto",
              backend: str = "auto", strict: bool = True, keep_crops: bool = True,
              detect: bool = False, detector: "str | fdetect.Detector" = "yuface",
-             detect_fallback: bool = False) -> "FaceSearch":
+             detect_fallback: bool = False, vectors: str | None = None) -> "FaceSearch":
         """Open (creating if needed) a gallery.
 
         ``home``: folder for the SQLite database and the index file (default ``~/.facesearch``; the CLI
@@ -117,7 +121,10 @@ class FaceSearch:
         photos, find and align the faces in them (needs ``facesearch[detect]``) rather than take them as
         aligned face crops; ``detector``: which detector (a registered name, or a Detector object). With
         ``strict`` (the default) a model other than the one that embedded the
-        gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches.
+        gallery is refused (:class:`ModelMismatchError`); ``reindex(model=...)`` switches. ``vectors``: where
+        the vectors live (:mod:`facesearch.index.vectors`): None or ``faiss`` (the index file in ``home``),
+        ``pgvector`` (the PostgreSQL database of ``db_url``), ``milvus://HOST:PORT/COLLECTION`` or
+        ``milvus-lite:///PATH.db``; the store keeps the embeddings either way.
         The schema is upgraded to the newest Alembic revision on open.
         """
         if isinstance(detector, str):
@@ -127,11 +134,12 @@ class FaceSearch:
         if backend != "auto":
             vindex.resolve_backend(backend)  # one that is not there is refused before anything is recorded
         home = opening.make_home(Path(home).expanduser() if home is not None else default_home())
+        spec = _vectors.parse(vectors, home)  # a bad URL is refused before the database is opened
         opening.check_device(device)
         store = Store.open(db_url or f"sqlite:///{home / DB_FILE}")
         try:
             net, key, model_id = opening.choose_model(store, model, device, strict, index)
-            fs = cls(store, net, key, model_id, home, index, backend, keep_crops, detect, detector)
+            fs = cls(store, net, key, model_id, home, index, backend, keep_crops, detect, detector, spec)
             fs.detect_fallback = detect_fallback
             return fs
         except BaseException:
@@ -215,6 +223,8 @@ class FaceSearch:
     def index_backend(self) -> str:
         """Where the index searches; ``auto`` is resolved at the first use of the index (it may ask torch
         about CUDA, which a command that never searches need not import)."""
+        if self.vectors.shared:
+            return self.vectors.kind
         if self._backend == "auto":
             self._backend = vindex.resolve_backend("auto")
         return self._backend
@@ -224,8 +234,22 @@ class FaceSearch:
         return self.indexes.factory
 
     @property
-    def index_path(self) -> Path:
+    def index_path(self) -> Path | None:
+        """The index file; None when the vectors live in a vector database (``vectors``)."""
         return self.indexes.path
+
+    def check_index(self) -> dict:
+        """Does the index reflect the store? For a vector database: the faces in the store and not in it
+        (``missing``), the ids in it the store does not have (``extra``), sampled vectors that differ from the
+        store's (``stale_in_sample``), ``in_sync``; for the index file: whether its stamp matches the store.
+        Changes nothing (``facesearch reindex --check``)."""
+        return self.indexes.check()
+
+    def repair_index(self) -> dict:
+        """Remove the drift :meth:`check_index` finds (``facesearch reindex --repair``): the store is the source
+        of truth, so missing vectors are written from its embeddings and extra ones removed. Returns
+        ``{"before", "after", ...}`` (each a :meth:`check_index` report)."""
+        return self.indexes.repair()
 
     def index(self) -> vindex.VectorIndex:
         """The index, in sync with the store: loaded from its file, or rebuilt when stale. It is the handle's
@@ -375,6 +399,8 @@ class FaceSearch:
         (from the face crops kept in the store) and make it the gallery's model. ``progress`` is called
         with the number of faces done after each chunk, ``total`` with the number left before each pass."""
         reembedded = _reindex.switch_model(self, model, progress, total) if model is not None else 0
+        if model is not None and self.vectors.shared:
+            self.indexes.drop()  # connect again for the new model's embedding size
         idx = self.rebuild_index()
         return {"model": self.model_key, "reembedded": reembedded, "faces": idx.ntotal, "index": idx.factory}
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from facesearch import index as vindex
-from facesearch.errors import ModelMismatchError
+from facesearch.errors import FaceSearchError, FaceSearchWarning, ModelMismatchError
 from facesearch.model.files import location_for_user
 
 if TYPE_CHECKING:
@@ -220,6 +223,39 @@ class IndexCache:
         with self.lock.exclusive():
             self.loaded, self.revision = None, -1
 
+    def check(self) -> dict:
+        """Whether the index file reflects the store, without loading or rebuilding it (``reindex --check``).
+        A stale file is harmless (the next search rebuilds it); ``in_sync`` says whether one would."""
+        g = self.gallery
+        revision, change_id = g.store.state()
+        n = g.store.count_faces()
+        out = {"vectors": "faiss", "file": str(self.path), "store_faces": n, "backend_faces": None,
+               "in_sync": False, "reason": None}
+        try:
+            stamp, header = vindex.read_stamp(self.path)
+        except FileNotFoundError:
+            out["reason"] = "no index file"
+            return out
+        except vindex.StaleIndex as e:
+            out["reason"] = str(e)
+            return out
+        out["backend_faces"] = stamp.ntotal
+        expect = {"model_key": g.model_key, "change_id": change_id, "revision": revision, "ntotal": n,
+                  "dim": g.config.embedding_dim}
+        for field, want in expect.items():
+            if getattr(stamp, field) != want:
+                out["reason"] = f"index file {field} is {getattr(stamp, field)!r}, store has {want!r}"
+                return out
+        out["in_sync"] = True
+        return out
+
+    def repair(self) -> dict:
+        """Make the index reflect the store (``reindex --repair``): for the index file, a rebuild if stale."""
+        before = self.check()
+        if not before["in_sync"]:
+            self.rebuild()
+        return {"before": before, "rebuilt": not before["in_sync"], "after": self.check()}
+
     def _retier(self) -> None:
         """Under ``auto``, switch between exact and approximate index as the gallery grows."""
         with self.lock.exclusive():
@@ -237,6 +273,150 @@ class IndexCache:
             saved = self.loaded is not idx  # a re-tier rebuilt and saved it
         if not saved:
             self.save()  # of whatever is loaded by then (searches go on meanwhile)
+
+
+class SharedIndexCache(IndexCache):
+    """The index when the vectors live in a vector database (``--vectors``: Milvus, pgvector): persistent and
+    shared by every process of the gallery, so nothing is loaded, stamped or saved. Every change is written to
+    the store first (committed), then here; a crash between the two leaves drift that :meth:`check` finds
+    and :meth:`repair` removes (``facesearch reindex --check`` / ``--repair``), and a handle warns on
+    connecting when the counts differ.
+
+    The handle's lock still orders its own threads: searches share it, a change or rebuild holds it alone
+    (another process's rebuild is seen as its engine shows it: pgvector swaps the whole set in one
+    transaction; Milvus drops and refills its collection).
+    """
+
+    #: how many vectors :meth:`check` compares with the store's embeddings (a model switch interrupted
+    #: between the store and the backend leaves vectors of the old model under the right ids)
+    SAMPLE = 256
+
+    def __init__(self, gallery: "FaceSearch", spec):
+        super().__init__(gallery, "auto")
+        self.spec = spec
+
+    @property
+    def path(self) -> None:  # type: ignore[override]
+        return None
+
+    def _connect(self) -> vindex.VectorIndex:
+        """The backend, connected on first use (under the exclusive lock)."""
+        if self.loaded is None:
+            g = self.gallery
+            check_one_model(g)
+            from facesearch.index.vectors import open_shared
+
+            idx = open_shared(self.spec, g.config.embedding_dim, g.store.engine)
+            n_store, n_held = g.store.count_faces(), idx.ntotal
+            if n_store != n_held:
+                warnings.warn(f"the vectors in {self.spec.show()} do not match the store ({n_held} vectors, "
+                              f"{n_store} faces): run `facesearch reindex --check`, then `--repair`",
+                              FaceSearchWarning, stacklevel=4)
+            self.loaded, self.revision = idx, 0
+        return self.loaded
+
+    def get(self) -> vindex.VectorIndex:
+        with self.lock.exclusive():
+            return self._connect()
+
+    def search(self, queries, k: int):
+        with self.lock.shared():
+            idx = self.loaded
+            if idx is not None:
+                return self._search(idx, queries, k)
+        with self.lock.exclusive():
+            return self._search(self._connect(), queries, k)
+
+    def rebuild(self) -> vindex.VectorIndex:
+        """Replace every vector with the store's embeddings; then repair what other processes changed
+        while it ran (their writes to the backend may have fallen before the replacement)."""
+        g = self.gallery
+        with self.lock.exclusive():
+            idx = self._connect()
+            check_one_model(g)
+            idx.replace_all(g.store.iter_embeddings())
+            self._repair_ids(idx)
+            return idx
+
+    def save(self) -> None:
+        pass  # the database keeps it
+
+    def flush(self) -> None:
+        pass
+
+    def _retier(self) -> None:
+        pass
+
+    def after_change(self, new_revision: int, apply: Callable[[vindex.VectorIndex], None]) -> None:
+        """Write a change the store has committed to the backend; a failure leaves drift and says so."""
+        with self.lock.exclusive():
+            idx = self._connect()
+            try:
+                apply(idx)
+            except Exception as e:
+                raise FaceSearchError(
+                    f"the change is in the store, but writing it to the vectors in {self.spec.show()} failed "
+                    f"({type(e).__name__}: {e}): searches miss it until `facesearch reindex --repair`") from e
+
+    def drop(self) -> None:
+        with self.lock.exclusive():
+            if self.loaded is not None:
+                self.loaded.close()
+            self.loaded, self.revision = None, -1
+
+    def _diff(self, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(missing, extra, stale)``. The backend's ids are read before the store's: a face enrolled
+        meanwhile may show as missing (repairing writes it again, the same vector), never as extra, since
+        the store is written first; an extra id is one the store no longer has, and face ids are never
+        given twice."""
+        held = idx.ids()
+        stored = self.gallery.store.face_ids()
+        missing, extra = np.setdiff1d(stored, held), np.setdiff1d(held, stored)
+        both = np.intersect1d(stored, held)
+        if len(both) > self.SAMPLE:
+            both = np.random.default_rng(0).choice(both, self.SAMPLE, replace=False)
+        ids, embs = self.gallery.store.embeddings_found(both)
+        got = idx.vectors(ids)
+        stale = [int(i) for i, e in zip(ids, embs) if i in got and not np.allclose(got[int(i)], e, atol=1e-4)]
+        return missing, extra, np.asarray(stale, np.int64)
+
+    def check(self) -> dict:
+        """Drift between the store and the backend (``reindex --check``, ``info``): faces in the store and not
+        in the backend (``missing``), ids in the backend the store does not have (``extra``), and of a sample
+        of the faces in both, those whose vectors differ from the store's embeddings (``stale``)."""
+        idx = self.get()
+        with self.lock.shared():
+            missing, extra, stale = self._diff(idx)
+            return {"vectors": self.spec.show(), "backend": idx.backend, "store_faces": self.gallery.store.count_faces(),
+                    "backend_faces": idx.ntotal, "missing": len(missing), "extra": len(extra),
+                    "stale_in_sample": len(stale), "sample": self.SAMPLE,
+                    "in_sync": not (len(missing) or len(extra) or len(stale)),
+                    "examples": {"missing": missing[:5].tolist(), "extra": extra[:5].tolist(),
+                                 "stale": stale[:5].tolist()}}
+
+    def _repair_ids(self, idx) -> tuple[int, int]:
+        missing, extra, _ = self._diff(idx)
+        added = 0
+        for i in range(0, len(missing), 10_000):
+            ids, embs = self.gallery.store.embeddings_found(missing[i:i + 10_000])
+            if len(ids):
+                idx.add(ids, embs)
+                added += len(ids)
+        removed = idx.remove(extra) if len(extra) else 0
+        return added, removed
+
+    def repair(self) -> dict:
+        """Remove the drift :meth:`check` finds: add the missing faces from the store's embeddings, remove
+        the extra ids; stale vectors mean every vector is rewritten (a rebuild)."""
+        before = self.check()
+        with self.lock.exclusive():
+            idx = self._connect()
+            if before["stale_in_sample"]:
+                self.rebuild()
+                added, removed, rebuilt = 0, 0, True
+            else:
+                (added, removed), rebuilt = self._repair_ids(idx), False
+        return {"before": before, "added": added, "removed": removed, "rebuilt": rebuilt, "after": self.check()}
 
 
 def check_one_model(g: "FaceSearch") -> None:

@@ -44,6 +44,15 @@ def describe(g: "FaceSearch") -> dict:
         idx, index_error = None, str(e)
     cfg = g.config
     n_identities = g.store.count_identities()
+    where = {"vectors": g.vectors.show()}
+    if g.vectors.shared:
+        drift = None
+        if idx is not None:
+            d = g.check_index()
+            drift = {k: d[k] for k in ("missing", "extra", "stale_in_sample", "in_sync")}
+        where["drift"] = drift
+    else:
+        where["file"] = str(g.index_path)
     return {
         "home": str(g.home),
         "database": g.store.engine.url.render_as_string(hide_password=True),
@@ -57,8 +66,8 @@ def describe(g: "FaceSearch") -> dict:
         "identities": n_identities,
         "faces": g.store.count_faces(),
         "index": ({"type": idx.factory, "backend": idx.backend, "size": idx.ntotal,
-                   "nprobe": getattr(idx, "nprobe", None), "file": str(g.index_path)} if idx is not None
-                  else {"error": index_error, "file": str(g.index_path)}),
+                   "nprobe": getattr(idx, "nprobe", None), **where} if idx is not None
+                  else {"error": index_error, **where}),
         "device": device_name(g),
         "detector": g.detector.describe(),
     }

@@ -42,6 +42,8 @@ class VectorIndex(ABC):
     factory: str
     backend: str
     dim: int
+    #: True for an index that lives outside the process (a vector database: :class:`SharedIndex`)
+    shared = False
 
     @property
     @abstractmethod
@@ -67,6 +69,49 @@ class VectorIndex(ABC):
     @abstractmethod
     def memory_bytes(self) -> int:
         """About how many bytes the index takes."""
+
+
+class SharedIndex(VectorIndex):
+    """An index kept by a vector database outside the process (Milvus, pgvector): persistent and shared by
+    every process that opens the gallery, so it is never written to an index file. The store stays the
+    source of truth: a change is written to the store first, then here; :meth:`ids` is what finds drift
+    between the two (a crash between the writes) and :meth:`reset` + :meth:`add` what rebuilds it.
+
+    ``add`` overwrites a face id that is there already (an upsert), so repairing or retrying is idempotent.
+    """
+
+    shared = True
+    #: where the vectors are, for people (no password): ``milvus://host:19530/faces``, ``pgvector``...
+    location: str
+
+    @abstractmethod
+    def ids(self) -> np.ndarray:
+        """Every face id held, sorted (int64)."""
+
+    @abstractmethod
+    def vectors(self, ids) -> dict[int, np.ndarray]:
+        """The stored vectors of these face ids (those held)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Remove every vector (a rebuild starts here)."""
+
+    def finish(self) -> None:
+        """Called after a rebuild's adds (an engine may build its graph index then)."""
+
+    def replace_all(self, chunks) -> None:
+        """Hold exactly the ``(ids, vectors)`` chunks given (a rebuild from the store). Here: :meth:`reset`,
+        :meth:`add` each, :meth:`finish`; an engine that can swap the whole set atomically does so."""
+        self.reset()
+        for ids, x in chunks:
+            self.add(ids, x)
+        self.finish()
+
+    def close(self) -> None:
+        """Let go of connections."""
+
+    def write_payload(self, write: Write) -> None:
+        raise TypeError(f"a {self.backend} index lives in its database and is not saved to a file")
 
 
 def read_exactly(read: Read, n: int) -> bytes:

@@ -96,6 +96,25 @@ class FacesMixin(StorePart):
                 last = int(ids[-1])
                 yield ids, embs.astype(np.float32)
 
+    def face_ids(self) -> np.ndarray:
+        """Every face id, sorted (int64): what a vector backend is checked against."""
+        with self.Session() as s:
+            return np.fromiter(s.scalars(select(Face.id).order_by(Face.id)), np.int64)
+
+    def embeddings_found(self, face_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, embeddings)`` of those of these faces that are stored (a face removed meanwhile is left
+        out), ordered by face id."""
+        ids = sorted({int(i) for i in face_ids})
+        rows: dict[int, bytes] = {}
+        with self.Session() as s:
+            for i in range(0, len(ids), 500):
+                rows.update(s.execute(select(Face.id, Face.embedding).where(Face.id.in_(ids[i:i + 500]))).all())
+        found = [i for i in ids if i in rows]
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        embs = np.frombuffer(b"".join(rows[i] for i in found), dtype="<f4").reshape(len(found), -1)
+        return np.asarray(found, np.int64), embs.astype(np.float32)
+
     def embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
         with self.Session() as s:
             rows = dict(s.execute(select(Face.id, Face.embedding).where(Face.id.in_(list(face_ids)))).all())

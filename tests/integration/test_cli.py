@@ -89,7 +89,7 @@ def test_human_output_and_identities_commands(run, gallery, gallery_src, other_m
     other = json.loads(run("reindex", "--model", str(other_model_dir), "--json", model=False).stdout)
     assert other["reembedded"] == other["faces"] == 15 and other["model"].startswith("test-other@")
     assert json.loads(run("info", "--json", model=False).stdout)["model"]["key"] == other["model"]
-    assert "current: 0007  head: 0007" in run("db", "current", model=False).output
+    assert "current: 0008  head: 0008" in run("db", "current", model=False).output
 
 
 def test_threshold_and_far_decide_matches(run, gallery, gallery_src, model_dir_with_operating_points, tmp_path):
