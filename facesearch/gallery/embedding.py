@@ -25,6 +25,7 @@ from facesearch.errors import ModelFileError, ModelMismatchError, NoFaceError
 from facesearch.gallery.index_cache import replaced_in_place
 from facesearch.model.config import ModelConfig, weights_sha256
 from facesearch.model.files import model_key
+from facesearch.model import onnx_runtime
 from facesearch.model.inference import ThreadTuner, forward_batch, inference_copy, thread_counts
 
 if TYPE_CHECKING:  # the encoder module imports torch
@@ -143,17 +144,42 @@ def face_crops(pixels: np.ndarray, source: str, config: ModelConfig, detect: boo
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A model not loaded yet: its config (read), where its weights are, and the device asked for."""
+    """A model not loaded yet: its config (read), where its weights are, the device asked for, and the
+    runtime (:data:`facesearch.model.onnx_runtime.RUNTIMES`: ``auto`` embeds through ONNX Runtime where the
+    model has a ``model.onnx`` of its weights, onnxruntime is installed and the device is the CPU; ``torch``
+    never; ``onnx`` or an error)."""
 
     config: ModelConfig
     directory: Path
     device: str | None
+    runtime: str = "auto"
 
     def load(self) -> "encoder.Encoder":
-        """The encoder, with this config (a gallery keeps the config it was opened with)."""
+        """The torch encoder, with this config (a gallery keeps the config it was opened with)."""
         from facesearch.model import encoder
 
         return encoder.load(self.directory, encoder.resolve_device(self.device), config=self.config)
+
+    def on_cpu(self) -> bool:
+        """Whether the device asked for is the CPU, known without torch (``auto`` where no GPU driver is)."""
+        from facesearch import index as vindex
+
+        return self.device == "cpu" or (self.device in (None, "auto") and not vindex.gpu_driver_present())
+
+
+def onnx_beside(files: ModelFiles, net: "encoder.Encoder") -> bool:
+    """After ``files`` were loaded through torch as ``net``: whether ONNX Runtime can embed them from now on.
+    A built-in model on the CPU whose ``model.onnx`` is missing or of other weights gets one written now
+    (once, about 1.5 s; skipped where the package directory is read-only), so later handles and processes
+    embed without torch. A user's model directory is written to only by ``facesearch model export --onnx``."""
+    if files.runtime == "torch" or net.device.type != "cpu" or not onnx_runtime.available():
+        return False
+    key = model_key(files.config, net.weights_sha256)
+    if onnx_runtime.load(files.directory, files.config, key) is not None:
+        return True
+    if not onnx_runtime.is_builtin(files.directory) or onnx_runtime.export_beside(net, files.directory) is None:
+        return False
+    return onnx_runtime.load(files.directory, files.config, key) is not None
 
 
 class GalleryModel:
@@ -162,6 +188,12 @@ class GalleryModel:
 
     def __init__(self, model: "encoder.Encoder | ModelFiles"):
         self._model = model
+        #: the files ONNX Runtime may stand in for (those the handle was opened with, until :meth:`set`), the
+        #: ONNX Runtime encoder once made, and whether it was looked for
+        self._onnx_source = model if isinstance(model, ModelFiles) else None
+        self._onnx: onnx_runtime.OnnxEncoder | None = None
+        self._onnx_tried = False
+        self._local = threading.local()  # .threads: ONNX Runtime's threads inside single_thread
         self.lock = threading.Lock()  # around loading and replacing the model
         self._fast_lock = threading.Lock()  # around making the inference copy
         #: (model, its inference copy, the forward batch that suits it: inference.forward_batch)
@@ -201,12 +233,40 @@ class GalleryModel:
             now = model_key(files.config, net.weights_sha256)  # of the bytes just loaded
             if now != expected_key:
                 raise ModelMismatchError(replaced_in_place(expected_key, str(files.directory), now))
+            if self._onnx is None:
+                onnx_beside(files, net)
             self._model = net
             return net
+
+    def onnx(self, expected_key: str) -> "onnx_runtime.OnnxEncoder | None":
+        """The ONNX Runtime encoder that embeds for this handle, made at first use; None where torch does
+        (see :class:`ModelFiles`'s ``runtime``). Raises ModelFileError for runtime ``onnx`` without one."""
+        src = self._onnx_source
+        if src is None or src.runtime == "torch":
+            return None
+        if not self._onnx_tried:
+            with self.lock:
+                if not self._onnx_tried and self._onnx_source is src:
+                    if src.on_cpu():
+                        self._onnx = onnx_runtime.load(src.directory, src.config, expected_key)
+                    self._onnx_tried = True
+        if self._onnx is None and src.runtime == "onnx":
+            why = ("the device is not the CPU" if not src.on_cpu() else "onnxruntime is not installed"
+                   if not onnx_runtime.available() else
+                   f"{onnx_runtime.onnx_path(src.directory)} is missing or not of these weights "
+                   f"(`facesearch model export --onnx {src.directory}` writes it)")
+            raise ModelFileError(f"runtime onnx: cannot embed through ONNX Runtime: {why}")
+        return self._onnx
+
+    def runner(self, expected_key: str) -> "onnx_runtime.OnnxEncoder | encoder.Encoder":
+        """What embeds: the ONNX Runtime encoder where it can (:meth:`onnx`), else the torch encoder."""
+        return self.onnx(expected_key) or self.get(expected_key)
 
     def set(self, net: "encoder.Encoder | ModelFiles") -> None:
         with self.lock:
             self._model = net
+            self._onnx_source = net if isinstance(net, ModelFiles) else None
+            self._onnx, self._onnx_tried = None, False
 
     def borrow_tuner(self, threads: int) -> ThreadTuner:
         """The enroll thread tuner for one enroll call: the one the last call gave back (it carries on, so a
@@ -225,7 +285,10 @@ class GalleryModel:
         return self._model
 
     def device(self, expected_key: str):
-        """The torch device faces are embedded on (resolving ``auto`` imports torch)."""
+        """The device faces are embedded on: :data:`facesearch.model.onnx_runtime.CPU` when ONNX Runtime
+        embeds (no torch imported), else the torch device (resolving ``auto`` imports torch)."""
+        if self.onnx(expected_key) is not None:
+            return onnx_runtime.CPU
         files = self.files
         if files is not None:
             from facesearch.model import encoder
@@ -236,7 +299,11 @@ class GalleryModel:
     def embed_crops(self, crops: Sequence[np.ndarray], expected_key: str, tuner: ThreadTuner | None = None
                     ) -> np.ndarray:
         """Embed model inputs (3 x S x S uint8 each): N x D float32 unit vectors, :attr:`forward_batch` (or
-        the model's own) images per forward pass; ``tuner`` (enroll's) sets torch's threads for each pass."""
+        the model's own) images per forward pass; ``tuner`` (enroll's) sets the threads of each pass (torch's,
+        or which ONNX Runtime session runs it)."""
+        onnx = self.onnx(expected_key)
+        if onnx is not None:
+            return self._embed_onnx(onnx, crops, tuner)
         net = self.get(expected_key)
         fast = self._fast
         if fast is None or fast[0] is not net:
@@ -259,6 +326,20 @@ class GalleryModel:
             tuner.stop(len(out[-1]))
         return np.concatenate(out)
 
+    def _embed_onnx(self, onnx: "onnx_runtime.OnnxEncoder", crops: Sequence[np.ndarray], tuner: ThreadTuner | None
+                    ) -> np.ndarray:
+        if not len(crops):
+            return np.zeros((0, self.config.embedding_dim), np.float32)
+        x, batch = np.stack(crops), self.forward_batch or onnx.forward_batch
+        if tuner is None:
+            return onnx.embed(x, batch_size=batch, threads=getattr(self._local, "threads", None))
+        out = []
+        for i in range(0, len(x), batch):
+            tuner.start()
+            out.append(onnx.embed(x[i:i + batch], batch_size=batch, threads=tuner.current))
+            tuner.stop(len(out[-1]))
+        return np.concatenate(out)
+
     @contextlib.contextmanager
     def single_thread(self, device):
         """One probe gains nothing from a parallel region on the CPU, and on a busy machine a 2-thread
@@ -267,10 +348,16 @@ class GalleryModel:
         if device.type != "cpu":
             yield
             return
+        import sys
+
         import faiss
-        import torch
 
         with thread_counts():  # back to what they were before any thread changed them
-            torch.set_num_threads(1)
+            if sys.modules.get("torch") is not None:  # ONNX Runtime embeds without it
+                sys.modules["torch"].set_num_threads(1)
             faiss.omp_set_num_threads(1)
-            yield
+            before, self._local.threads = getattr(self._local, "threads", None), 1
+            try:
+                yield
+            finally:
+                self._local.threads = before

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError, OutdatedModelWarning
-from facesearch.gallery.embedding import ModelFiles
+from facesearch.gallery.embedding import ModelFiles, onnx_beside
 from facesearch.gallery.index_cache import replaced_in_place
+from facesearch.model.onnx_runtime import RUNTIMES
 from facesearch.model.files import DEFAULT_MODEL, DEFAULT_SPEC, LEGACY_LOCATIONS, model_key, resolve, stored_location
 
 if TYPE_CHECKING:
@@ -41,10 +42,17 @@ def make_home(home: Path) -> Path:
     return home
 
 
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise FaceSearchError(f"unknown runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+
+
 def choose_model(store: "Store", model: str | os.PathLike | None, device: str | None, strict: bool,
-                 index: str) -> tuple["encoder.Encoder | ModelFiles", str, int]:
+                 index: str, runtime: str = "auto") -> tuple["encoder.Encoder | ModelFiles", str, int]:
     """The handle's model (loaded, or its files), its key and its id in the store; records it and makes
-    it active where the gallery has no faces of another model."""
+    it active where the gallery has no faces of another model. ``runtime``: what embeds, ``auto`` (ONNX
+    Runtime where it can, else torch), ``onnx`` or ``torch`` (:class:`ModelFiles`)."""
+    check_runtime(runtime)
     active = store.active_model()
     found = resolve(model if model is not None else stored_location(active.location) if active is not None
                     else DEFAULT_SPEC)
@@ -58,14 +66,16 @@ def choose_model(store: "Store", model: str | os.PathLike | None, device: str | 
     if config.threshold is None:
         raise ModelFileError(f"model {directory} has no calibrated threshold; train or calibrate it first")
     vindex.check_factory(index, config.embedding_dim)
-    net: "encoder.Encoder | ModelFiles" = ModelFiles(config, directory, device)
+    net: "encoder.Encoder | ModelFiles" = ModelFiles(config, directory, device, runtime)
     sha = found.sha256
     key = model_key(config, sha)
     has_faces = store.count_faces() > 0
     if active is None or (model is not None and active.key != key and not (strict and has_faces)):
-        net = net.load()
+        files, net = net, net.load()
         sha = net.weights_sha256  # of the bytes loaded
         key = model_key(config, sha)
+        if onnx_beside(files, net):  # ONNX Runtime embeds for this handle too, as for every later one
+            net = files
     if active is not None and active.key != key and strict and has_faces:
         if model is None:  # the gallery's own model directory holds other weights now
             net.load()  # damaged? then that is the error, not "replaced in place"

@@ -162,6 +162,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu", confi
         raise ModelFileError(f"{path} does not fit the model in {directory / CONFIG_FILE}: "
                              f"{' '.join(str(e).split())[:400]}") from e
     model.weights_sha256 = hashlib.sha256(raw).hexdigest()
+    if not isinstance(device, torch.device):  # a name, or onnx_runtime.CPU (a device named without torch)
+        device = torch.device(str(device))
     return model.to(device).eval()
 
 

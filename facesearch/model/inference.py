@@ -126,16 +126,19 @@ class ThreadTuner:
         return 1 <= self.batch % self.every <= 2 * self.trials
 
     def start(self) -> None:
+        """Choose :attr:`current` for the next pass, and set torch's threads to it where torch embeds (ONNX
+        Runtime, which embeds without torch, picks its session by :attr:`current`)."""
+        import sys
         import time
-
-        import torch
 
         k = self.batch % self.every
         if self._exploring():
             self.current = self.options[k % 2]
         elif k == 2 * self.trials + 1:
             self.current = min(self.options, key=lambda t: float(np.median(self.times[t][-self.trials:])))
-        torch.set_num_threads(self.current)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(self.current)
         self.t0 = time.perf_counter()
 
     def stop(self, n: int) -> None:
@@ -160,14 +163,21 @@ def thread_counts() -> Iterator[tuple[int, int]]:
     that on the way out. With OpenMP a count set in one thread holds for that thread and for every thread
     started after it: a thread that restored what it found when it began could find a query's single
     thread (it was started while a query ran) and leave it behind for the whole process. So the counts
-    restored are the ones read when no holder had changed them, by the main thread when it can be."""
+    restored are the ones read when no holder had changed them, by the main thread when it can be.
+    Torch is not imported for it: where ONNX Runtime embeds, torch's count is the default it would have (the
+    cores this process may use) and is set back only if torch was imported meanwhile."""
     global _counts_users, _counts_baseline
+    import sys
+
     import faiss
-    import torch
 
     with _counts_lock:
+        torch = sys.modules.get("torch")
         if _counts_users == 0 and (_counts_baseline is None or threading.current_thread() is threading.main_thread()):
-            _counts_baseline = (torch.get_num_threads(), faiss.omp_get_max_threads())
+            import os
+
+            torch_threads = torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+            _counts_baseline = (torch_threads, faiss.omp_get_max_threads())
         _counts_users += 1
         saved = _counts_baseline
     try:
@@ -175,5 +185,7 @@ def thread_counts() -> Iterator[tuple[int, int]]:
     finally:
         with _counts_lock:
             _counts_users -= 1
-        torch.set_num_threads(saved[0])
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(saved[0])
         faiss.omp_set_num_threads(saved[1])
