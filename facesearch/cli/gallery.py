@@ -131,25 +131,11 @@ def query(app: App, images_, top_k, fpir, threshold, far, detect, detect_fallbac
 
 
 def query_json(files: list[Path], results: list, detect: bool) -> list[dict]:
-    """``query --json``: always a list, one entry per probe in the order given, each with its ``probe``.
-    A probe that failed is ``{probe, error}``; otherwise its result (``identity``, ``unknown``, ``threshold``,
-    ``decision``, ``matches``), or with ``--detect`` ``{probe, faces: [result with its face, ...]}``,
-    largest face first."""
-    from facesearch.gallery.results import Failure
+    """``query --json``: always a list, one entry per probe (:func:`facesearch.gallery.results.query_entries`,
+    which the HTTP service answers with too)."""
+    from facesearch.gallery.results import query_entries
 
-    by_probe: dict[str, list] = {str(f): [] for f in files}
-    for r in results:
-        by_probe.setdefault(r.source if isinstance(r, Failure) else r.probe, []).append(r)
-    out = []
-    for probe, rs in by_probe.items():
-        bad = next((r for r in rs if isinstance(r, Failure)), None)
-        if bad is not None or not rs:
-            out.append({"probe": probe, "error": bad.reason if bad is not None else "no result"})
-        elif detect:
-            out.append({"probe": probe, "faces": [r.to_dict() for r in rs]})
-        else:
-            out.append(rs[0].to_dict())
-    return out
+    return query_entries([str(f) for f in files], results, detect)
 
 
 # ---- verify ----------------------------------------------------------------------------------

@@ -115,11 +115,7 @@ def keys_create(app: App, scope, name, as_json):
     """Create a key and print it once: it is not kept, only its hash is."""
     from facesearch.store import keys as _keys
 
-    store = _store(app, upgrade=True)
-    try:
-        key, info = _keys.create(store, scope, name)
-    finally:
-        store.close()
+    key, info = _keys.create(app.open(create=True).store, scope, name)  # a new home: the gallery it will serve
     if as_json:
         echo_json(dict(info.to_dict(), key=key))
     else:

@@ -96,3 +96,14 @@ def test_the_schemas_are_strict_enough_to_catch_a_change():
             if name == "query" else ({"dist": 1} if name != "identities-list" else [{"name": "x", "faces": 1}])
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_keys(cli_run):
+    made = json.loads(cli_run("keys", "create", "--scope", "write", "--name", "ci", "--json").stdout)
+    check("keys-create", made)
+    listed = json.loads(cli_run("keys", "list", "--json").stdout)
+    check("keys-list", listed)
+    assert made["id"] in {k["id"] for k in listed} and all("key" not in k for k in listed)
+    revoked = json.loads(cli_run("keys", "revoke", str(made["id"]), "--json").stdout)
+    check("keys-revoke", revoked)
+    assert revoked["active"] is False and revoked["revoked_at"]

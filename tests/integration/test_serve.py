@@ -83,7 +83,8 @@ def upload(*paths: Path, field: str = "probe"):
 def assert_error(r: httpx.Response, status: int, says: str = "") -> dict:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error", "status"} and body["status"] == status
+    jsonschema.validate(body, schema("http-error"))
+    assert body["status"] == status
     assert "Traceback" not in r.text and 'File "' not in r.text
     assert says in body["error"], body
     return body
@@ -208,11 +209,15 @@ def test_every_request_needs_a_valid_key_of_a_scope_that_allows_it(site):
         made = admin.post("/v1/keys", json={"scope": "read", "name": "made over http"})
         assert made.status_code == 201 and made.json()["key"].startswith("fsk_")
         new = made.json()
+        jsonschema.validate(new, schema("keys-create"))
         listed = admin.get("/v1/keys").json()
+        jsonschema.validate(listed, schema("keys-list"))
         assert new["id"] in {k["id"] for k in listed} and all("key" not in k for k in listed)
         with client(site, key=None) as anon:
             assert anon.get("/v1/info", headers={"X-API-Key": new["key"]}).status_code == 200
-            assert admin.delete(f"/v1/keys/{new['id']}").json()["active"] is False
+            revoked = admin.delete(f"/v1/keys/{new['id']}").json()
+            jsonschema.validate(revoked, schema("keys-revoke"))
+            assert revoked["active"] is False
             assert_error(anon.get("/v1/info", headers={"X-API-Key": new["key"]}), 401, "not valid")
     # only the hash is kept: the key itself is nowhere in the database file
     db = (site["home"] / "facesearch.db").read_bytes()
