@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import subprocess
 import struct
 import threading
 import zlib
@@ -429,3 +431,50 @@ def test_the_page_searches_a_dropped_photo_and_enrolls_and_lists(site, tmp_path)
         b.screenshot(shots / "serve-identities.png")
     with client(site, key="write") as w:
         assert w.delete("/v1/identities/Jennifer_Lopez").json()["faces"] == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl here")
+def test_the_readme_curl_examples_work_as_written(site, tmp_path):
+    """Every curl line of the README's serve section, run by bash against the no-auth server, in a folder
+    holding the files they name; each answers 200 with JSON (or the PNG it writes), never an error."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### The HTTP service: `serve`"):]
+    block = section[section.index("Each endpoint, with"):]
+    block = block[block.index("```bash\n") + 8:]
+    block = block[:block.index("\n```")]
+    lines = [ln for ln in block.splitlines() if ln.startswith("curl")]
+    assert len(lines) >= 20
+    photos = sorted(next(d for d in sorted(ORIGINALS.iterdir()) if len(list(d.glob("*.jpg"))) >= 2).glob("*.jpg"))
+    for name, src in {"probe.jpg": probe(site, "Tony_Blair"), "a.jpg": probe(site, "Tony_Blair"),
+                      "b.jpg": site["src"] / "Tony_Blair" / "Tony_Blair_0002.webp", "group.jpg": photos[0],
+                      "ann1.jpg": photos[0], "ann2.jpg": photos[1]}.items():
+        shutil.copy(src, tmp_path / name)
+    with client(site, "open", key=None) as c:  # the merge example needs a second name of Ann
+        extra = extract_people(tmp_path / "x", {"Jennifer_Lopez": 1})
+        c.post("/v1/enroll", data={"identity": "A. Smith"}, files=upload(*(extra / "Jennifer_Lopez").iterdir(),
+                                                                         field="image"))
+    env = dict(os.environ, K=site["keys"]["admin"], S=site["open"].url)
+    face_id = key_id = None
+    for line in lines:
+        if face_id is not None:
+            line = line.replace("/v1/faces/12", f"/v1/faces/{face_id}")
+        if key_id is not None:
+            line = line.replace("/v1/keys/4", f"/v1/keys/{key_id}")
+        r = subprocess.run(["bash", "-c", line.replace("curl ", "curl -w '\\n%{http_code}\\n' ")], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+        out = [x for x in r.stdout.split("\n") if x.strip()]
+        codes, body = [x for x in out if x.isdigit() and len(x) == 3], [x for x in out if not x.isdigit()]
+        assert r.returncode == 0 and codes and all(c in ("200", "201") for c in codes), (line, r.stdout)
+        if "-o " in line:
+            assert (tmp_path / line.split("-o ")[1].split()[0]).read_bytes().startswith(b"\x89PNG")
+            continue
+        if "/metrics" in line:
+            assert any(x.startswith("facesearch_requests_total") for x in body)
+            continue
+        for part in body:  # the healthz line prints two answers
+            doc = json.loads(part)
+            assert not (isinstance(doc, dict) and "error" in doc), (line, doc)
+            if "/v1/enroll" in line:
+                face_id = doc["face_ids"][0]
+            if "/v1/keys" in line and "-d " in line:
+                key_id = doc["id"]
