@@ -65,8 +65,10 @@ def site(tmp_path_factory):
         raise
     yield {"home": home, "src": src, "keys": {k: v["key"] for k, v in keys.items()}, "key_ids": keys,
            "secure": secure, "open": open_, "root": root}
-    secure.stop()
-    open_.stop()
+    for server in (secure, open_):  # SIGTERM: a clean stop, nothing logged as an error
+        server.stop()
+        assert server.proc.returncode == 0, server.output()[-3000:]
+        assert "Traceback" not in server.output(), server.output()[-3000:]
 
 
 def client(site, which="secure", key: str | None = "read") -> httpx.Client:
@@ -478,3 +480,38 @@ def test_the_readme_curl_examples_work_as_written(site, tmp_path):
                 face_id = doc["face_ids"][0]
             if "/v1/keys" in line and "-d " in line:
                 key_id = doc["id"]
+
+
+def test_an_unexpected_error_is_a_json_500_and_a_lost_database_a_503(tmp_path, caplog):
+    """In process (httpx over the real ASGI app and gallery), with a failure put into the gallery handle:
+    the client gets one JSON object, the traceback goes to the server's log only."""
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    from facesearch.gallery import FaceSearch
+    from facesearch.serve import ServeConfig, Service, create_app
+
+    def lost():
+        raise OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+
+    async def requests(fs, app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            fs.info = lambda: {}["no such key"]
+            r = await c.get("/v1/info")
+            assert_error(r, 500, "internal error")
+            assert "KeyError" not in r.text and "no such key" not in r.text
+            assert any(rec.exc_info and rec.exc_info[0] is KeyError for rec in caplog.records)
+            fs.info = lost
+            assert_error(await c.get("/v1/info"), 503, "database is not available")
+            fs.store.revision = lost
+            r = await c.get("/readyz")
+            assert r.status_code == 503 and r.json()["store"] is False and r.json()["ready"] is False
+
+    with FaceSearch.open(home=tmp_path / "home", device="cpu") as fs:
+        svc = Service(fs, ServeConfig(auth=False, batching=False))
+        try:
+            asyncio.run(requests(fs, create_app(svc)))
+        finally:
+            svc.close()
