@@ -12,6 +12,7 @@ allows it (read < write < admin), unless the service runs ``--no-auth`` on a loo
 
 
 import asyncio
+import contextlib
 import logging
 import time
 from importlib import resources
@@ -78,7 +79,15 @@ def create_app(svc: Service | None, config: ServeConfig | None = None) -> FastAP
     """The ASGI application over one :class:`Service` (None: only to read its OpenAPI schema, see
     :func:`openapi`)."""
     cfg = config or svc.config
-    app = FastAPI(title="facesearch", version=__version__, docs_url=None, redoc_url=None,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if svc is not None:  # a graceful stop (SIGTERM, Ctrl-C): requests in flight are done, then this
+            await run_in_threadpool(svc.close)
+            log.warning("stopped: the batcher and the gallery handles are closed")
+
+    app = FastAPI(title="facesearch", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Face verification and face search over one gallery: the same operations "
                               "and JSON shapes as the `facesearch` command line's --json.")
     app.state.service = svc

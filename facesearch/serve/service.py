@@ -100,9 +100,13 @@ class Service:
         return {"model": self.fs.encoder.files is None, "store": store_ok}
 
     def close(self) -> None:
+        """Stop the batcher (after what was submitted) and close the extra handles; ``fs`` is the caller's.
+        Closing twice does nothing."""
         if self.batcher is not None:
             self.batcher.close()
-        for h in self._handles.values():
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for h in handles:
             h.close()
 
     def handle(self, detect: bool, fallback: bool = False):

@@ -65,10 +65,10 @@ def site(tmp_path_factory):
         raise
     yield {"home": home, "src": src, "keys": {k: v["key"] for k, v in keys.items()}, "key_ids": keys,
            "secure": secure, "open": open_, "root": root}
-    for server in (secure, open_):  # SIGTERM: a clean stop, nothing logged as an error
+    for server in (secure, open_):  # SIGTERM: a graceful stop, nothing logged as an error
         server.stop()
-        assert server.proc.returncode == 0, server.output()[-3000:]
-        assert "Traceback" not in server.output(), server.output()[-3000:]
+        assert server.proc.returncode in (0, -15), server.output()[-3000:]  # uvicorn re-raises SIGTERM at the end
+        assert "stopped: the batcher" in server.output() and "Traceback" not in server.output(), server.output()
 
 
 def client(site, which="secure", key: str | None = "read") -> httpx.Client:
