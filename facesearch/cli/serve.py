@@ -11,13 +11,13 @@ from facesearch.errors import FaceSearchError
 
 
 def _service_config(host, port, no_auth, rate, burst, max_body_mb, max_files, no_batching, max_batch,
-                    batch_wait_ms, cors_origin):
+                    batch_wait_ms, embed_workers, cors_origin):
     from facesearch.serve import ServeConfig
 
     return ServeConfig(host=host, port=port, auth=not no_auth, rate=rate, burst=burst,
                        max_body_bytes=int(max_body_mb * 1024 * 1024), max_files=max_files,
                        batching=not no_batching, max_batch=max_batch, max_wait_ms=batch_wait_ms,
-                       cors_origins=tuple(cors_origin))
+                       embed_workers=embed_workers, cors_origins=tuple(cors_origin))
 
 
 @click.command(cls=Command)
@@ -40,13 +40,15 @@ def _service_config(host, port, no_auth, rate, burst, max_body_mb, max_files, no
               help="Most face crops embedded in one forward pass.")
 @click.option("--batch-wait-ms", default=4.0, show_default=True, type=click.FloatRange(min=0),
               help="How long a request waits for others to share its forward pass.")
+@click.option("--embed-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Threads that embed batches (0: one per core on the CPU, each single-threaded; one on a GPU).")
 @click.option("--cors-origin", multiple=True, metavar="ORIGIN",
               help="Let web pages from ORIGIN (https://app.example.org) call the API; repeat for more. "
                    "Off by default.")
 @click.option("--openapi", "print_openapi", is_flag=True, help="Print the OpenAPI schema and exit.")
 @click.pass_obj
 def serve(app: App, host, port, no_auth, rate, burst, max_body_mb, max_files, no_batching, max_batch,
-          batch_wait_ms, cors_origin, print_openapi):
+          batch_wait_ms, embed_workers, cors_origin, print_openapi):
     """Serve the gallery over HTTP: the API (/v1/...), a web page (/), /healthz, /readyz and /metrics.
 
     Every request needs a key (`facesearch keys create`) unless --no-auth on a loopback address. The
@@ -54,7 +56,7 @@ def serve(app: App, host, port, no_auth, rate, burst, max_body_mb, max_files, no
     Needs facesearch[serve].
     """
     config = _service_config(host, port, no_auth, rate, burst, max_body_mb, max_files, no_batching, max_batch,
-                             batch_wait_ms, cors_origin)
+                             batch_wait_ms, embed_workers, cors_origin)
     config.check()
     try:
         import uvicorn

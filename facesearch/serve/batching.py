@@ -1,10 +1,12 @@
 """Micro-batching: the face crops of requests that arrive together are embedded in one forward pass.
 
-A request's handler hands its crops to :meth:`MicroBatcher.submit` and waits on the future it gets. One
+A request's handler hands its crops to :meth:`MicroBatcher.submit` and waits on the future it gets. A
 worker thread takes the first waiting request, then gathers whatever else arrives within ``max_wait_s``
 (or until ``max_batch`` crops), embeds them all at once and hands each request its rows. One client
-alone waits at most ``max_wait_s`` more than before; many clients share forward passes, which on a CPU
-cost far less per crop in a batch than one by one (``benchmarks/serve.py`` measures both).
+alone waits at most ``max_wait_s`` more than before; many clients share forward passes
+(``benchmarks/serve.py`` measures both). ``workers`` threads do this side by side: on a CPU one per core,
+each embedding single-threaded (a parallel region on a busy machine waits for the other cores), so every
+core runs forward passes; on a GPU one, whose batches grow instead.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ class MicroBatcher:
     the size of each batch (the service's metrics)."""
 
     def __init__(self, embed: Embed, max_batch: int = 64, max_wait_s: float = 0.004,
-                 observe: Callable[[int], None] | None = None):
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
+                 observe: Callable[[int], None] | None = None, workers: int = 1):
+        if max_batch < 1 or max_wait_s < 0 or workers < 1:
+            raise ValueError("max_batch and workers must be >= 1 and max_wait_s >= 0")
         self.embed, self.max_batch, self.max_wait_s, self.observe = embed, max_batch, max_wait_s, observe
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="facesearch-embed", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"facesearch-embed-{i}", daemon=True)
+                         for i in range(workers)]
         self._closed = False
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def submit(self, crops: Sequence[np.ndarray]) -> Future:
         """A future of the crops' embeddings (len(crops) x D), or of the error embedding them raised."""
@@ -53,10 +57,13 @@ class MicroBatcher:
         return job.future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish what was submitted, then stop the worker."""
+        """Finish what was submitted, then stop the workers (closing twice does nothing)."""
+        if self._closed:
+            return
         self._closed = True
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        self._jobs.put(None)  # each worker that takes the marker puts it back for the next
+        for t in self._threads:
+            t.join(timeout)
 
     def _gather(self, first: _Job) -> list[_Job]:
         jobs, n = [first], len(first.crops)
@@ -78,6 +85,7 @@ class MicroBatcher:
         while True:
             first = self._jobs.get()
             if first is None:
+                self._jobs.put(None)
                 return
             jobs = self._gather(first)
             crops = [c for j in jobs for c in j.crops]

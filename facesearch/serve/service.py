@@ -9,6 +9,7 @@ Every answer has the shape the CLI's ``--json`` gives for the same command (the 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class ServeConfig:
     batching: bool = True
     max_batch: int = 64
     max_wait_ms: float = 4.0
+    #: threads that embed batches; 0: one per core on the CPU, one on a GPU
+    embed_workers: int = 0
     #: origins allowed to call the API from a browser page of theirs; none: CORS stays off
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
@@ -81,8 +84,9 @@ class Service:
         self._lock = threading.Lock()
         self.metrics = Metrics()
         self.buckets = TokenBuckets(config.rate, config.burst)
-        self.batcher = (MicroBatcher(self._embed_batch, config.max_batch, config.max_wait_ms / 1000,
-                                     observe=self.metrics.batch) if config.batching else None)
+        self.batcher = (MicroBatcher(self.embed_direct, config.max_batch, config.max_wait_ms / 1000,
+                                     observe=self.metrics.batch, workers=self._embed_workers())
+                        if config.batching else None)
 
     # ---- life ---------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -138,11 +142,16 @@ class Service:
         return _keys.lookup(self.fs.store, key)
 
     # ---- embedding ----------------------------------------------------------------------------
-    def _embed_batch(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        return self.fs.embed_crops(crops)
+    def _embed_workers(self) -> int:
+        if self.config.embed_workers:
+            return self.config.embed_workers
+        if getattr(self.fs.device, "type", "cpu") != "cpu":
+            return 1  # one stream of growing batches
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def embed_direct(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """What the library does for one probe: embedded alone, single-threaded on the CPU."""
+        """Embed as the library does a probe: single-threaded on the CPU (each batcher worker, or each
+        request without batching, keeps to one core)."""
         with self.fs.encoder.single_thread(self.fs.device):
             return self.fs.embed_crops(crops)
 

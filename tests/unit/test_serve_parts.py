@@ -149,3 +149,21 @@ def test_no_auth_only_on_loopback():
     ServeConfig(host="0.0.0.0", auth=True).check()
     with pytest.raises(FaceSearchError, match="loopback"):
         ServeConfig(host="0.0.0.0", auth=False).check()
+
+
+def test_batcher_workers_embed_side_by_side():
+    """Two workers: two batches are embedded at the same time (each waits for the other at a barrier,
+    which one worker alone could never pass)."""
+    met = threading.Barrier(2, timeout=5)
+
+    def embed(batch):
+        met.wait()
+        return np.zeros((len(batch), 2), np.float32)
+
+    b = MicroBatcher(embed, max_batch=1, max_wait_s=0.0, workers=2)
+    try:
+        first, second = b.submit(crops(1, 0)), b.submit(crops(1, 1))
+        assert first.result(10).shape == second.result(10).shape == (1, 2)
+    finally:
+        b.close()
+        b.close()  # twice: nothing happens
