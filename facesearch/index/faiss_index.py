@@ -18,6 +18,11 @@ from facesearch.index.base import Read, Stamp, VectorIndex, Write
 #: chooses its own (``tune_nprobe``): how many lists a model's embeddings need depends on the model, e.g.
 #: at 1M faces 32 gave recall@1 0.998 for one built-in model and 0.975 for the next (benchmarks/README.md)
 IVF_NPROBE = 32
+#: HNSW's efSearch (candidates kept while walking the graph) of a new HNSW index; a built one chooses its own
+#: (``policy.tune_search``), stored in its file by FAISS
+HNSW_EF_SEARCH = 64
+#: the ids a removed face's slot in an HNSW index's id map is given: never a store id (those are >= 0)
+REMOVED = -1
 
 
 def faiss_has_gpu() -> bool:
@@ -46,6 +51,14 @@ class FaissIndex(VectorIndex):
         # a new index starts at IVF_NPROBE; a loaded one keeps the nprobe it was saved with
         self.nprobe = nprobe if nprobe is not None else (IVF_NPROBE if loaded is False else None)
         self._apply_params()
+        #: an HNSW graph cannot drop a node: a removed face keeps its node (the graph still routes through it)
+        #: and its slot in the id map becomes REMOVED, which every search filters out (an IDSelector inside
+        #: the graph walk, so the k answers are k live faces). Kept in FAISS's own file with the id map.
+        self._hnsw = faiss_hnsw(self)
+        if self._hnsw is not None and not loaded:
+            self._hnsw.efSearch = HNSW_EF_SEARCH
+        self.removed = int((self._id_map() == REMOVED).sum()) if self._hnsw is not None and loaded else 0
+        self._live = faiss.IDSelectorRange(0, 2**62)
         self._gpu = None
         if gpu:
             self._res = faiss.StandardGpuResources()
@@ -68,6 +81,24 @@ class FaissIndex(VectorIndex):
         self._sync()
 
     @property
+    def ef_search(self) -> int | None:
+        """HNSW's efSearch (None for other indexes)."""
+        return int(self._hnsw.efSearch) if self._hnsw is not None else None
+
+    def set_ef_search(self, ef: int) -> None:
+        self._hnsw.efSearch = int(ef)
+
+    @property
+    def tunable(self) -> bool:
+        """Whether the index has a search breadth to choose at build (IVF's nprobe, HNSW's efSearch)."""
+        return self.nprobe is not None or self._hnsw is not None
+
+    def _id_map(self) -> np.ndarray:
+        import faiss
+
+        return faiss.vector_to_array(self.cpu_index.id_map)
+
+    @property
     def is_trained(self) -> bool:
         return self.cpu_index.is_trained
 
@@ -84,7 +115,8 @@ class FaissIndex(VectorIndex):
 
     @property
     def ntotal(self) -> int:
-        return int(self.cpu_index.ntotal)
+        """Faces in the index (removed ones of an HNSW index not counted)."""
+        return int(self.cpu_index.ntotal) - self.removed
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         if len(ids) == 0:
@@ -96,17 +128,35 @@ class FaissIndex(VectorIndex):
             self._gpu.add_with_ids(x, ids)
 
     def remove(self, ids) -> int:
-        """Remove faces; raises RuntimeError for index types that cannot (then rebuild)."""
+        """Remove faces; raises RuntimeError for index types that cannot (then rebuild). An HNSW index marks
+        them removed in its id map (in place, about 10 ms per call at 1M faces: see ``__init__``)."""
         import faiss
 
-        n = self.cpu_index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), np.int64)))
+        ids = np.asarray(list(ids), np.int64)
+        if self._hnsw is not None:
+            id_map = self._id_map()
+            hit = np.isin(id_map, ids[ids >= 0])
+            n = int(hit.sum())
+            if n:
+                id_map[hit] = REMOVED
+                faiss.copy_array_to_vector(id_map, self.cpu_index.id_map)
+                self.cpu_index.construct_rev_map()
+                self.removed += n
+            return n
+        n = self.cpu_index.remove_ids(faiss.IDSelectorBatch(ids))
         self._sync()
         return int(n)
 
     def search(self, queries, k):
         q = np.ascontiguousarray(queries, np.float32)
         k = max(1, min(int(k), max(self.ntotal, 1)))
-        sims, ids = (self._gpu or self.cpu_index).search(q, k)
+        if self._hnsw is not None and self.removed:
+            import faiss
+
+            params = faiss.SearchParametersHNSW(sel=self._live, efSearch=int(self._hnsw.efSearch))
+            sims, ids = self.cpu_index.search(q, k, params=params)
+        else:
+            sims, ids = (self._gpu or self.cpu_index).search(q, k)
         dist = distance.clip(distance.from_similarity(sims)).astype(np.float32)
         dist[ids < 0] = np.inf
         return dist, ids
@@ -150,6 +200,17 @@ def faiss_why(e: Exception) -> str:
     """FAISS's error text without its C++ location: ``Error in <function> at <file>:<line>: ...``."""
     text = (str(e).strip().splitlines() or ["rejected"])[-1]
     return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text)
+
+
+def faiss_hnsw(index: FaissIndex):
+    """The HNSW structure of ``index`` (``faiss.HNSW``) when it is an HNSW index, else None."""
+    import faiss
+
+    inner = index.cpu_index.index if isinstance(index.cpu_index, faiss.IndexIDMap2) else None
+    if inner is None:
+        return None
+    inner = faiss.downcast_index(inner)
+    return inner.hnsw if isinstance(inner, faiss.IndexHNSW) else None
 
 
 def faiss_nlist(index: FaissIndex) -> int:

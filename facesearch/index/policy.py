@@ -1,8 +1,8 @@
 """The index policy: which index "auto" builds for a gallery of a given size, when a grown (or shrunk)
-gallery's index should be rebuilt as another type, how many IVF lists a built index probes, and which
-factory strings are accepted.
+gallery's index should be rebuilt as another type, how widely a built index searches (IVF lists probed,
+HNSW efSearch), and which factory strings are accepted.
 
-Pure rules, except :func:`tune_nprobe` (which measures recall on the built index) and
+Pure rules, except :func:`tune_search` (which measures recall on the built index) and
 :func:`check_factory` (which asks FAISS). faiss is imported only inside them.
 """
 
@@ -25,15 +25,27 @@ EXACT_MAX = 50_000
 #: the recall@1 (nearest other face, against exact search) that ``tune_nprobe`` asks for
 TARGET_RECALL = 0.99
 NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
+#: HNSW efSearch values ``tune_search`` tries, smallest first
+EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+#: what "auto" builds above EXACT_MAX: an HNSW graph over exact vectors. Measured at 6ed8c15 (IVF2048,Flat,
+#: nprobe 128: 4.05 ms single-probe p50 at 1M) and again on galleries fitted to people the model never saw
+#: (benchmarks/synth.py, docs/speed.md), where IVF needs most of its lists for recall@1 0.99 and HNSW32 answers
+#: several times sooner at equal recall. Distances stay exact (Flat storage); removal marks the face removed
+#: (FaissIndex.remove); efSearch is measured at build (tune_search) and kept in the file.
+APPROX_FACTORY = "HNSW32,Flat"
 
 
 def auto_factory(n: int) -> str:
-    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then IVF."""
-    if n <= EXACT_MAX:
-        return "Flat"
-    # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
-    # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
-    nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
+    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then HNSW."""
+    return "Flat" if n <= EXACT_MAX else APPROX_FACTORY
+
+
+def ivf_auto_factory(n: int) -> str:
+    """What "auto" built above EXACT_MAX before HNSW (IVF with about 2 sqrt(n) lists, a power of two); still
+    measured beside it (benchmarks/scale.py) and what an ``--index IVF...`` gallery is compared with."""
+    nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(max(n, 1))))))
     return f"IVF{nlist},Flat"
 
 
@@ -43,22 +55,23 @@ def ivf_lists(factory: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def is_hnsw(factory: str) -> bool:
+    return re.match(r"HNSW\d+(,Flat)?$", factory) is not None
+
+
 def needs_rebuild(current_factory: str, ntotal: int) -> bool:
     """The re-tiering rule of ``--index auto``: whether an index of ``current_factory`` that holds ``ntotal``
     faces should be rebuilt as :func:`auto_factory` would build it now.
 
-    Exact search gives way to IVF once the gallery grows past :data:`EXACT_MAX`, and comes back when it
-    shrinks to it; an IVF index is rebuilt only when the lists ``auto`` would choose are more than 4 times
-    its own (close enough otherwise: retraining costs a pass over the gallery). A torch index is exact on
-    the GPU at any size and is never re-tiered."""
+    Exact search gives way to HNSW once the gallery grows past :data:`EXACT_MAX`, and comes back when it
+    shrinks to it. An HNSW graph grows by itself (faces are added to it, never retrained), so it is not
+    rebuilt while the gallery stays above EXACT_MAX; an IVF index (what ``auto`` built before HNSW) is
+    rebuilt as HNSW once. A torch index is exact on the GPU at any size and is never re-tiered."""
     if current_factory in TORCH_FACTORIES:
         return False
     want = auto_factory(ntotal)
-    if want == "Flat" and current_factory == "Flat":
+    if want == current_factory or (is_hnsw(want) and is_hnsw(current_factory)):
         return False
-    have, wanted = ivf_lists(current_factory), ivf_lists(want)
-    if have is not None and wanted is not None:
-        return have * 4 < wanted
     return True
 
 
@@ -82,10 +95,10 @@ def check_factory(factory: str, dim: int) -> None:
                               "use auto, Flat, IVF<lists>,Flat, HNSW32,Flat, ... (a FAISS factory string)") from None
 
 
-def tune_nprobe(index: FaissIndex, chunks, queries: int = 1000, target: float = TARGET_RECALL,
+def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = TARGET_RECALL,
                 seed: int = 0) -> dict:
-    """Give an IVF index the smallest nprobe (at least IVF_NPROBE) whose recall@1 is at least ``target``
-    against exact search.
+    """Give an IVF index the smallest nprobe (at least IVF_NPROBE), an HNSW index the smallest efSearch, whose
+    recall@1 is at least ``target`` against exact search.
 
     The queries are stored faces, and the answer sought is each one's nearest *other* face (as a new
     photo of an enrolled person would find one of that person's faces). Exact answers come from a
@@ -116,14 +129,19 @@ def tune_nprobe(index: FaissIndex, chunks, queries: int = 1000, target: float = 
             sj = s[np.arange(len(q)), j]
             better = sj > best_s
             best_s[better], best_i[better] = sj[better], cids[j[better]]
-    nlist = faiss_nlist(index)
+    if index.ef_search is not None:  # HNSW: the candidates kept while walking the graph
+        name, choices, setter = "efSearch", list(EF_SEARCH_CHOICES), index.set_ef_search
+    else:
+        nlist = faiss_nlist(index)
+        # never fewer than IVF_NPROBE lists: recall@1 is what is tuned, and the extra lists keep the rest of
+        # the top 10 close to exact too
+        name, choices, setter = "nprobe", [p for p in NPROBE_CHOICES if IVF_NPROBE <= p < nlist] + [nlist], index.set_nprobe
     tried, lower = {}, {}
     chosen = None
-    # never fewer than IVF_NPROBE lists: recall@1 is what is tuned, and the extra lists keep the rest of
-    # the top 10 close to exact too
-    for nprobe in [p for p in NPROBE_CHOICES if IVF_NPROBE <= p < nlist] + [nlist]:
-        index.set_nprobe(nprobe)
-        sims, found = index.cpu_index.search(q, 2)
+    for nprobe in choices:
+        setter(nprobe)
+        sims, found = index.search(q, 2)
+        sims = distance.to_similarity(sims)
         other = np.where(found[:, 0] == q_ids, found[:, 1], found[:, 0])
         other_s = np.where(found[:, 0] == q_ids, sims[:, 1], sims[:, 0])
         ok = (other == best_i) | (other_s >= best_s - 1e-6)  # ties count as found
@@ -133,9 +151,13 @@ def tune_nprobe(index: FaissIndex, chunks, queries: int = 1000, target: float = 
         if lower[nprobe] >= target:
             chosen = nprobe
             break
-    if chosen is None:  # not reached even probing every list: keep the best tried
+    if chosen is None:  # not reached even at the widest search: keep the best tried
         chosen = max(tried, key=lambda p: (tried[p], -p))
-        index.set_nprobe(chosen)
-    index.tuning = {"nprobe": chosen, "target_recall_at_1": target, "queries": int(len(q)),
-                    "recall_at_1_by_nprobe": tried, "lower_bound_by_nprobe": lower}
+        setter(chosen)
+    index.tuning = {name: chosen, "target_recall_at_1": target, "queries": int(len(q)),
+                    f"recall_at_1_by_{name}": tried, f"lower_bound_by_{name}": lower}
     return index.tuning
+
+
+#: the name it had when only IVF was tuned
+tune_nprobe = tune_search
