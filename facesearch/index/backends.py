@@ -157,6 +157,6 @@ def build(dim: int, chunks, n: int, factory: str = "auto", backend: str = "auto"
                                   "(exact search until the gallery is large) or fewer lists") from None
     for ids, x in chunks:
         index.add(ids, x)
-    if isinstance(index, FaissIndex) and index.nprobe is not None and chunks:
+    if isinstance(index, FaissIndex) and index.tunable and chunks:
         tune_nprobe(index, chunks, seed=seed)
     return index
