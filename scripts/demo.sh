@@ -31,3 +31,17 @@ facesearch verify "${same[0]}" "${other[0]}"
 # people, 3 each, in the same gallery), then every face of a two-person photo is searched
 facesearch enroll --detect "$HOME_DIR/data/photos"
 facesearch query --detect --top-k 2 "$HOME_DIR/data/group.jpg"
+
+# the same gallery over HTTP: `facesearch serve` with a key, one query with curl, then stopped
+KEY=$(facesearch keys create --scope read --name demo -q)
+PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+facesearch serve --port "$PORT" -q &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 150); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
+echo "GET /v1/identities without a key: HTTP $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v1/identities")"
+echo "POST /v1/query with the key:"
+curl -s -H "Authorization: Bearer $KEY" -F "probe=@${probes[0]}" "http://127.0.0.1:$PORT/v1/query?top_k=2"
+echo
+kill "$SERVER"
+wait "$SERVER" 2>/dev/null || true

@@ -85,7 +85,7 @@ def create_app(svc: Service | None, config: ServeConfig | None = None) -> FastAP
         yield
         if svc is not None:  # a graceful stop (SIGTERM, Ctrl-C): requests in flight are done, then this
             await run_in_threadpool(svc.close)
-            log.warning("stopped: the batcher and the gallery handles are closed")
+            log.info("stopped: the batcher and the gallery handles are closed")
 
     app = FastAPI(title="facesearch", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Face verification and face search over one gallery: the same operations "

@@ -57,7 +57,7 @@ def site(tmp_path_factory):
     keys["flood"] = cli_json(home, "keys", "create", "--scope", "read", "--json")
     keys["revoked"] = cli_json(home, "keys", "create", "--scope", "admin", "--json")
     cli_json(home, "keys", "revoke", str(keys["revoked"]["id"]), "--json")
-    secure = serving.start(home, "--rate", "5", "--burst", "20", "--max-body-mb", "1", "--max-files", "4")
+    secure = serving.start(home, "-v", "--rate", "5", "--burst", "20", "--max-body-mb", "1", "--max-files", "4")
     try:
         open_ = serving.start(home, "--no-auth", "--rate", "100000", "--burst", "100000")
     except BaseException:
@@ -68,7 +68,8 @@ def site(tmp_path_factory):
     for server in (secure, open_):  # SIGTERM: a graceful stop, nothing logged as an error
         server.stop()
         assert server.proc.returncode in (0, -15), server.output()[-3000:]  # uvicorn re-raises SIGTERM at the end
-        assert "stopped: the batcher" in server.output() and "Traceback" not in server.output(), server.output()
+        assert "Traceback" not in server.output(), server.output()[-3000:]
+    assert "stopped: the batcher" in secure.output()  # (-v: said at INFO)
 
 
 def client(site, which="secure", key: str | None = "read") -> httpx.Client:
