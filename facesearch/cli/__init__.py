@@ -41,9 +41,12 @@ from facesearch.settings import Settings
                    "used when the index is built (`facesearch --index F reindex` rebuilds it).")
 @click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch-cuda"]), default="auto",
               show_default=True, help="Where the index searches.")
+@click.option("--vectors", metavar="URL",
+              help="Where the vectors live: pgvector (in the --db PostgreSQL), milvus://HOST:PORT/COLLECTION, "
+                   "milvus-lite:///PATH.db [env FACESEARCH_VECTORS; default: the FAISS index file in --home].")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (index rebuilds, ...).")
 @click.pass_context
-def cli(ctx, home, db, model, device, index, backend, verbose):
+def cli(ctx, home, db, model, device, index, backend, vectors, verbose):
     """facesearch: face verification and face search on one distance.
 
     Distances are cosine distances between embeddings, in [0, 2], lower is more similar;
@@ -54,7 +57,7 @@ def cli(ctx, home, db, model, device, index, backend, verbose):
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are tracebacks of CPU probing
     Output.quiet = False  # a command's own -q sets it, after this
     show_notes()
-    settings = Settings.from_env().override(home=home, db_url=db, model=model)
+    settings = Settings.from_env().override(home=home, db_url=db, model=model, vectors=vectors)
     ctx.obj = App(settings, device, index, backend)
     ctx.call_on_close(ctx.obj.close)
 

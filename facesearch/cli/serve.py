@@ -78,7 +78,8 @@ def serve(app: App, host, port, no_auth, rate, burst, max_body_mb, max_files, no
         from facesearch.gallery import FaceSearch
 
         return FaceSearch.open(home=app.home, db_url=app.db, model=app.model, device=app.device, index=app.index,
-                               backend=app.backend, detect=detect, detect_fallback=fallback)
+                               backend=app.backend, detect=detect, detect_fallback=fallback,
+                               vectors=app.settings.vectors)
 
     svc = Service(fs, config, open_handle)
     try:
