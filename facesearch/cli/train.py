@@ -199,6 +199,8 @@ def train(data, out, overwrite, backbone, pretrained, init_model, embedding_dim,
         raise click.ClickException(str(e)) from e
     except RuntimeError as e:  # e.g. CUDA out of memory, an unknown device string
         raise click.ClickException(f"training failed: {e}") from e
+    if summary.get("rank", 0) != 0:  # under torchrun, rank 0 reports for every rank
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -79,24 +79,34 @@ def images_of(folder: ImageFolder, names: Iterable[str]) -> tuple[list[str], lis
 
 
 class PKSampler:
-    """P identities x K images per batch; every identity once per epoch. State is a numpy Generator."""
+    """P identities x K images per batch; every identity once per epoch. State is a numpy Generator.
 
-    def __init__(self, offsets: np.ndarray, counts: np.ndarray, p: int, k: int, rng: np.random.Generator):
+    With ``world`` > 1 (distributed training) every rank draws the same global batch of ``P * world``
+    identities (its generator seeded alike) and yields its own slice, rank ``rank``'s ``P`` of them, labelled
+    by their place in the global batch: the ranks' slices, put together in rank order, are the batch one
+    process with ``P * world`` identities draws (:mod:`facesearch.training.distributed`)."""
+
+    def __init__(self, offsets: np.ndarray, counts: np.ndarray, p: int, k: int, rng: np.random.Generator,
+                 rank: int = 0, world: int = 1):
         self.offsets, self.counts, self.p, self.k, self.rng = offsets, counts, p, k, rng
+        self.rank, self.world = rank, world
 
     def steps_per_epoch(self) -> int:
-        return len(self.counts) // self.p  # the remainder identities come first next epoch's shuffle
+        return len(self.counts) // (self.p * self.world)  # the remainder identities come first next epoch's shuffle
 
     def epoch(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         order = self.rng.permutation(len(self.counts))
+        p_all = self.p * self.world
+        mine = slice(self.rank * self.p, (self.rank + 1) * self.p)
+        labels = np.repeat(np.arange(p_all)[mine], self.k)
         for s in range(self.steps_per_epoch()):
-            ids = order[s * self.p : (s + 1) * self.p]
-            idx = np.empty((self.p, self.k), np.int64)
+            ids = order[s * p_all : (s + 1) * p_all]
+            idx = np.empty((p_all, self.k), np.int64)
             for j, c in enumerate(ids):
                 n = int(self.counts[c])
                 pick = self.rng.choice(n, self.k, replace=n < self.k)
                 idx[j] = self.offsets[c] + pick
-            yield idx.reshape(-1), np.repeat(np.arange(self.p), self.k)
+            yield idx[mine].reshape(-1), labels
 
 
 def image_stem(identity: str, key: str) -> str:

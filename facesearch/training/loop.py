@@ -78,13 +78,15 @@ def train_epochs(p: Prepared, data: Decoded, inputs: Inputs, progress: bool,
     """Run the epochs left (none when the checkpoint's loop was over), advancing ``p.state``; write the
     checkpoint after an epoch once ``checkpoint_interval_s`` have passed, and after the last one."""
     o, device, state = p.options, p.device, p.state
-    sampler = PKSampler(data.offsets, data.counts, o.identities_per_batch, o.images_per_identity, p.rng)
+    dist = p.dist
+    sampler = PKSampler(data.offsets, data.counts, o.identities_per_batch, o.images_per_identity, p.rng,
+                        dist.rank, dist.world)
     loss_fn = ContrastiveLoss(o.pos_margin, o.neg_margin, o.mining)
     if p.teacher is not None:
         loss_fn = DistilledContrastiveLoss(loss_fn, DistillationLoss(o.distill), o.distill_weight)
     opt = make_optimizer(p.model, o, device, capturable=o.cuda_graph)
     forward = TrainForward(p.model, p.cut, inputs.cached) if p.cut else p.model
-    train_step = TrainStep(forward, loss_fn, opt, p.amp_dtype, device, cuda_graph=o.cuda_graph)
+    train_step = TrainStep(forward, loss_fn, opt, p.amp_dtype, device, cuda_graph=o.cuda_graph, dist=dist)
     if p.resumed:
         state.restore(opt, train_step.scaler, p.rng, p.gen, device, o.cuda_graph)
     clock = Clock(o, sampler.steps_per_epoch() * o.epochs, time.time() - p.t_start, len(data.cal_labels),
@@ -114,10 +116,10 @@ def train_epochs(p: Prepared, data: Decoded, inputs: Inputs, progress: bool,
         state.history.append(rec)
         state.stopped_by_time_budget = state.stopped_by_time_budget or cut
         state.finished = cut or state.epoch >= o.epochs
-        if state.finished or time.time() - last_checkpoint >= o.checkpoint_interval_s:
+        if dist.main and (state.finished or time.time() - last_checkpoint >= o.checkpoint_interval_s):
             save_checkpoint(p.checkpoint, state.capture(p.model, opt, train_step.scaler, p.rng, p.gen, device))
             last_checkpoint = time.time()
-        if log:  # after the checkpoint: an exception raised here leaves a run resumable from the last one
+        if log and dist.main:  # after the checkpoint: an exception raised here leaves a run resumable from the last one
             log(json.dumps(rec))
 
 
@@ -127,7 +129,7 @@ def _epoch(p: Prepared, inputs: Inputs, sampler: PKSampler, train_step: TrainSte
     accuracy of the logged steps, whether the budget cut the epoch short, and the mean distillation
     term (None without a teacher)."""
     o, device, state = p.options, p.device, p.state
-    batch_n = o.identities_per_batch * o.images_per_identity
+    batch_n = o.identities_per_batch * o.images_per_identity * p.dist.world  # the global batch
     if inputs.unlabelled is not None:
         batch_n += min(inputs.per_batch_unlabelled, inputs.n_unlabelled)
     distilled = isinstance(train_step.loss_fn, DistilledContrastiveLoss)
@@ -140,6 +142,8 @@ def _epoch(p: Prepared, inputs: Inputs, sampler: PKSampler, train_step: TrainSte
     ep_acc, ep_n, ep_acc_n, acc, cut = 0.0, 0, 0, float("nan"), False
     for idx, lab in sampler.epoch():
         f = clock.lr_factor(state)
+        if p.dist.active:  # what depends on the clock is rank 0's: every rank takes the same step
+            (f,) = p.dist.from_main(f)
         train_step.set_lr(f)
         xb, tb = inputs.batch(idx, device, p.gen, p.rng)
         yb = to_device(lab, device)
@@ -164,7 +168,10 @@ def _epoch(p: Prepared, inputs: Inputs, sampler: PKSampler, train_step: TrainSte
                 bar.set_postfix(loss=f"{loss.detach().item():.4f}", pair_acc=f"{acc:.3f}",
                                 thr=f"{state.threshold_ema:.3f}", lr=f"{o.lr * f:.2e}")
             bar.update(1)
-        if clock.spent(state):
+        spent = clock.spent(state)
+        if p.dist.active:
+            spent = bool(p.dist.from_main(float(spent))[0])
+        if spent:
             cut = True
             break
     if bar:

@@ -4,7 +4,7 @@ decoding every image once."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from facesearch.training.checkpoint import (
     identity_of_run,
     load_checkpoint,
 )
+from facesearch.training.distributed import Dist
 from facesearch.training.data import (
     Split,
     Unlabelled,
@@ -70,6 +71,8 @@ class Prepared:
     teacher: Teacher | None = None
     #: the unlabelled images (None without any)
     unlabelled: Unlabelled | None = None
+    #: this process's place among the ranks of a ``torchrun`` (a single process by default)
+    dist: Dist = field(default_factory=Dist)
 
     @property
     def frozen_blocks(self) -> list[str]:
@@ -134,16 +137,18 @@ def _initial_model(options: TrainOptions, config: ModelConfig, state: TrainState
     return model
 
 
-def prepare(options: TrainOptions, t_start: float) -> Prepared:
+def prepare(options: TrainOptions, t_start: float, dist: Dist | None = None) -> Prepared:
     """Check the options, seed the generators, split the identities, build the model (and load the
-    checkpoint when resuming). Raises :class:`TrainingError` before any long work."""
+    checkpoint when resuming). Raises :class:`TrainingError` before any long work. With ``dist`` (a rank of
+    a torchrun), every rank starts from rank 0's weights; the augmentation's generator is seeded per rank."""
+    dist = dist if dist is not None else Dist()
     options.validate()
     out = Path(options.out)
     device, amp = _checked_device(options, out)
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     gen = torch.Generator(device=device)
-    gen.manual_seed(options.seed)
+    gen.manual_seed(options.seed + dist.rank)
 
     folder = ImageFolder(options.data)
     split = split_identities(folder, options)
@@ -162,9 +167,13 @@ def prepare(options: TrainOptions, t_start: float) -> Prepared:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     state = loaded or TrainState(run=run_id, threshold_ema=(options.pos_margin + options.neg_margin) / 2.0)
+    if dist.active:
+        if device.type == "cuda":  # batch statistics over the global batch (torch has no CPU SyncBatchNorm)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        dist.broadcast_module(model)
     return Prepared(options, out, device, amp, rng, gen, folder, split, init_record, config, model, state,
                     resumed=loaded is not None, checkpoint=checkpoint, t_start=t_start, cut=cut, teacher=teacher,
-                    unlabelled=unlabelled)
+                    unlabelled=unlabelled, dist=dist)
 
 
 def _config(options: TrainOptions) -> ModelConfig:

@@ -16,6 +16,7 @@ import torch
 from facesearch import distance
 from facesearch.model import encoder
 from facesearch.training.calibration import calibrate
+from facesearch.training import distributed
 from facesearch.training.checkpoint import TrainState
 from facesearch.training.freeze import embed_batch_size
 from facesearch.training.inputs import Inputs, build_inputs
@@ -34,11 +35,36 @@ def run(options: TrainOptions, progress: bool = True, log: Callable[[str], None]
     Raises :class:`TrainingError` (bad options, too little data, bad checkpoint) or other
     :class:`FaceSearchError` subclasses (unreadable data, missing ImageNet weights).
     """
-    p = prepare(options, time.time())
-    data = decode(p, progress)
-    inputs = build_inputs(p, data, progress)
-    train_epochs(p, data, inputs, progress, log)
-    return _finish(p, data, inputs)
+    dist = distributed.from_env(options.device)
+    try:
+        if dist.active:
+            options = _for_rank(options, dist)
+        p = prepare(options, time.time(), dist)
+        data = decode(p, progress and dist.main)
+        inputs = build_inputs(p, data, progress and dist.main)
+        train_epochs(p, data, inputs, progress and dist.main, log)
+        if not dist.main:  # rank 0 calibrates and saves; the others wait for it, then leave
+            dist.barrier()
+            return {"out": str(p.out), "rank": dist.rank, "world_size": dist.world, "steps": p.state.step}
+        summary = _finish(p, data, inputs)
+        dist.barrier()
+        return summary
+    finally:
+        dist.close()
+
+
+def _for_rank(options: TrainOptions, dist: distributed.Dist) -> TrainOptions:
+    """The options one rank of a torchrun trains with (its device), after refusing what does not run
+    distributed yet."""
+    from dataclasses import replace
+
+    from facesearch.training.options import TrainingError
+
+    for name, on in (("cuda_graph", options.cuda_graph), ("teacher (distillation)", options.teacher is not None),
+                     ("unlabelled", options.unlabelled is not None)):
+        if on:
+            raise TrainingError(f"{name} does not run under torchrun yet: train in one process")
+    return replace(options, device=distributed.rank_device(options.device, dist))
 
 
 def _finish(p: Prepared, data: Decoded, inputs: Inputs) -> dict[str, Any]:
@@ -112,6 +138,8 @@ def _training_record(p: Prepared, data: Decoded, state: TrainState, inputs: Inpu
         "train_seconds": round(state.train_s, 1),
         "decode_seconds": round(data.decode_s, 1),
         "images_per_s": round(state.images_seen / max(state.train_s, 1e-9), 1),
+        "processes": p.dist.world,
+        "global_batch": o.identities_per_batch * o.images_per_identity * p.dist.world,
         "device": _machine(p.device),
         "amp": str(p.amp_dtype).replace("torch.", "") if p.amp_dtype else "off",
         "torch": torch.__version__,

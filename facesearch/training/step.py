@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from facesearch.losses import ContrastiveLoss, DistilledContrastiveLoss
+from facesearch.training.distributed import Dist
 from facesearch.training.options import TrainingError
 
 
@@ -25,13 +26,22 @@ class TrainStep:
     bounds a small batch on a fast GPU. The returned tensors are then the graph's own outputs: read them
     before the next call. Needs fixed batch shapes (a P x K batch always has P*K images), a capturable
     optimiser (:func:`make_optimizer`) and no fp16 gradient scaler.
+
+    With ``dist`` (several processes, :mod:`facesearch.training.distributed`) the loss is taken over the
+    global batch (every rank's embeddings gathered, gradients flowing to this rank's part) and the
+    gradients are summed across ranks before the optimiser's step: every rank takes the step one process
+    with the whole global batch would take. The loss returned is the global batch's.
     """
 
     WARMUP = 3
 
     def __init__(self, model: torch.nn.Module, loss_fn: ContrastiveLoss | DistilledContrastiveLoss,
                  opt: torch.optim.Optimizer,
-                 amp_dtype: torch.dtype | None, device: torch.device, cuda_graph: bool = False):
+                 amp_dtype: torch.dtype | None, device: torch.device, cuda_graph: bool = False,
+                 dist: Dist | None = None):
+        self.dist = dist if dist is not None else Dist()
+        if cuda_graph and self.dist.active:
+            raise TrainingError("cuda_graph does not run under torchrun yet (its collectives are not captured)")
         if cuda_graph:
             if device.type != "cuda":
                 raise TrainingError("cuda_graph needs a CUDA device")
@@ -62,8 +72,14 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None, cache_enabled=not self.cuda_graph):
             emb = self.model(x)
-        loss = self.loss_fn(emb.float(), y) if t is None else self.loss_fn(emb.float(), y, t)
+        if self.dist.active:
+            if t is not None:
+                raise TrainingError("distillation does not run under torchrun yet")
+            loss = self.loss_fn(*self.dist.gather(emb.float(), y))
+        else:
+            loss = self.loss_fn(emb.float(), y) if t is None else self.loss_fn(emb.float(), y, t)
         self.scaler.scale(loss).backward()
+        self.dist.sum_gradients(p for g in self.opt.param_groups for p in g["params"])
         self.scaler.step(self.opt)
         self.scaler.update()
         return loss, emb
