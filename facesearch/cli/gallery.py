@@ -19,9 +19,12 @@ from facesearch.names import printable
 @click.option("--identity", "-i", metavar="NAME",
               help="Enroll the given image files, or the images in the given folders, as this identity.")
 @detect_option
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes that read, decode, embed and store in parallel (each loads the model; batched "
+                   "writes). Several enrolls, on several machines, may share one PostgreSQL gallery at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def enroll(app: App, paths, identity, detect, detect_fallback, as_json):
+def enroll(app: App, paths, identity, detect, detect_fallback, workers, as_json):
     """Enroll faces.
 
     \b
@@ -40,7 +43,8 @@ def enroll(app: App, paths, identity, detect, detect_fallback, as_json):
             raise click.BadParameter(f"{root} does not exist", param_hint="DIR")
         fs = app.open(detect=detect, create=True, fallback=detect_fallback)
         with progress(None, "enroll") as bar:
-            report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n))
+            report = fs.enroll_folder(root, progress=bar.update, total=lambda n: setattr(bar, "total", n),
+                                      workers=workers)
     else:
         files = []
         for p in paths:  # a folder holds one person's photos: its image files, in name order
@@ -55,7 +59,7 @@ def enroll(app: App, paths, identity, detect, detect_fallback, as_json):
         paths = files
         fs = app.open(detect=detect, create=True, fallback=detect_fallback)
         with progress(len(paths), f"enroll {identity}") as bar:
-            report = fs.enroll_files(identity, paths, progress=bar.update)
+            report = fs.enroll_files(identity, paths, progress=bar.update, workers=workers)
     if as_json:
         echo_json(report.to_dict())
     else:

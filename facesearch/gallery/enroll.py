@@ -304,11 +304,124 @@ class Enroller:
         report.fell_back.extend((i.source, i.fell_back) for i in todo if i.fell_back)
 
 
+# ---- enrolling in worker processes (--workers N) ---------------------------------------------
+#: items per task handed to a worker: one store transaction each (enroll_items' batch) and a progress tick
+WORKER_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a worker process opens the same gallery as the parent's handle (everything picklable)."""
+
+    home: str
+    db_url: str
+    model: str
+    device: str
+    vectors: object  # a VectorsURL
+    keep_crops: bool
+    detect: bool
+    detector: str
+    detect_fallback: bool
+    root: str | None  # enrolling a folder of identities: its path (each worker opens it itself)
+
+
+_worker: dict = {}
+
+
+def _worker_start(spec: WorkerSpec, threads: int) -> None:
+    # an initializer that raises makes a Pool start a new worker, forever: keep the error for the first task
+    try:
+        _open_worker(spec, threads)
+    except BaseException as e:
+        _worker["error"] = e
+
+
+def _open_worker(spec: WorkerSpec, threads: int) -> None:
+    import torch
+
+    from facesearch.gallery.facade import FaceSearch
+
+    torch.set_num_threads(threads)
+    fs = FaceSearch.open(home=spec.home, db_url=spec.db_url, model=spec.model, device=spec.device,
+                         keep_crops=spec.keep_crops, detect=spec.detect, detector=spec.detector,
+                         detect_fallback=spec.detect_fallback, vectors=spec.vectors)
+    if not fs.vectors.shared:
+        # the index file is the parent's to bring in step once at the end: N workers rebuilding it after
+        # one another's batches would each rebuild it for every batch
+        from facesearch.gallery.index_cache import StoreOnlyIndexCache
+
+        fs.indexes = StoreOnlyIndexCache(fs)
+    _worker["fs"] = fs
+    _worker["folder"] = ImageFolder(Path(spec.root)) if spec.root is not None else None
+
+
+def _worker_chunk(chunk: list[tuple[str, str]]) -> tuple[int, EnrollReport]:
+    if "error" in _worker:
+        raise _worker["error"]
+    fs, folder = _worker["fs"], _worker["folder"]
+    if folder is not None:
+        items = [(ident, key, (lambda k=key: folder.read(k))) for ident, key in chunk]
+    else:
+        items = [(ident, src, Path(src)) for ident, src in chunk]
+    return len(chunk), fs.enroll_items(items, batch_size=WORKER_CHUNK)
+
+
+def merge_reports(into: EnrollReport, part: EnrollReport) -> None:
+    into.identities |= part.identities
+    into.added += part.added
+    into.face_ids.extend(part.face_ids)
+    for name in ("skipped", "failed", "several_faces", "elsewhere", "unlike_crops", "fell_back"):
+        getattr(into, name).extend(getattr(part, name))
+
+
+def enroll_in_workers(g: "FaceSearch", items: list[tuple[str, str]], root: str | None, workers: int,
+                      progress: Progress | None = None) -> EnrollReport:
+    """Enroll ``(identity, source)`` items (a folder's keys under ``root``, or file paths) in ``workers``
+    processes: each opens the gallery itself, then reads, decodes, embeds and stores chunks of
+    :data:`WORKER_CHUNK` items, one transaction each, and writes them to the vector database when the
+    gallery has one. The content-hash rule holds across processes (the store's unique key; a batch that
+    meets content another process stored meanwhile skips it), so processes on several machines may
+    enroll into one PostgreSQL gallery at once. The parent brings an index file in step at the end."""
+    import multiprocessing as mp
+
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    url = g.store.engine.url.render_as_string(hide_password=False)
+    files = g.encoder.files
+    device = (files.device or "auto") if files is not None else str(g.device)
+    spec = WorkerSpec(str(g.home), url, g.store.model_location(g.model_id) or "", device,
+                      g.vectors, g.keep_crops, g.detect, g.detector.name, g.detect_fallback, root)
+    chunks = [items[i:i + WORKER_CHUNK] for i in range(0, len(items), WORKER_CHUNK)]
+    report = EnrollReport()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")  # never fork a process holding torch threads and database connections
+    with ctx.Pool(workers, initializer=_worker_start, initargs=(spec, threads)) as pool:
+        for n, part in pool.imap_unordered(_worker_chunk, chunks):
+            merge_reports(report, part)
+            if progress is not None:
+                progress(n)
+    g.flush()  # the index file (FAISS) from the store, once; a vector database has every face already
+    return report
+
+
 def detected_key(file_sha256: str) -> str:
     """The store key of a face the detector found in a photo whose bytes hash to ``file_sha256``: not the
     file's hash itself, which is the key of the same file enrolled as an aligned crop (``enroll`` without
     ``--detect``), so that enrolling it again with ``--detect`` is not skipped as "enrolled already"."""
     return hashlib.sha256(b"facesearch-detected-face:" + file_sha256.encode()).hexdigest()
+
+
+def folder_keys(root: str | os.PathLike) -> tuple[Path, list[tuple[str, str]], list[Failure]]:
+    """``(absolute root, [(identity, key)], files left out)`` of a folder of identities (what worker
+    processes are handed: each reads the keys from its own copy of the folder)."""
+    root = Path(root)
+    if not root.exists():
+        raise FaceSearchError(f"{root}: no such file or directory")
+    folder = ImageFolder(root.absolute())
+    if not folder.items:
+        raise FaceSearchError(f"{root}: no identity folders with files found (expected {root}/<identity>/<image files>)")
+    return (root.absolute(), [(ident, key) for ident in folder.identities() for key in folder.items[ident]],
+            [Failure(path, why) for path, why in folder.ignored])
 
 
 def folder_entries(root: str | os.PathLike, total: Callable[[int], None] | None

@@ -288,19 +288,31 @@ class FaceSearch:
 
     # ---- enrolling ------------------------------------------------------------------------
     def enroll_folder(self, root: str | os.PathLike, progress: Progress | None = None,
-                      total: Callable[[int], None] | None = None) -> EnrollReport:
-        """Enroll ``root/<identity>/<image files>`` (a folder, or a zip holding one)."""
+                      total: Callable[[int], None] | None = None, workers: int = 1) -> EnrollReport:
+        """Enroll ``root/<identity>/<image files>`` (a folder, or a zip holding one). ``workers`` > 1: in that
+        many processes, each reading, decoding, embedding and storing its share (see
+        :func:`facesearch.gallery.enroll.enroll_in_workers`); not with other calls on this handle meanwhile."""
+        if workers > 1:
+            absolute, keys, left_out = _enroll.folder_keys(root)
+            if total is not None:
+                total(len(keys))
+            report = _enroll.enroll_in_workers(self, keys, str(absolute), workers, progress)
+            report.failed.extend(left_out)
+            return report
         entries, left_out = _enroll.folder_entries(root, total)
         report = self.enroll_items(entries, progress)
         report.failed.extend(left_out)
         return report
 
     def enroll_files(self, identity: str, paths: Sequence[str | os.PathLike],
-                     progress: Progress | None = None) -> EnrollReport:
-        """Enroll image files as faces of one identity."""
+                     progress: Progress | None = None, workers: int = 1) -> EnrollReport:
+        """Enroll image files as faces of one identity (``workers``: as :meth:`enroll_folder`)."""
         validate_identity(identity)
         if not paths:
             raise FaceSearchError("no files given")
+        if workers > 1:
+            return _enroll.enroll_in_workers(self, [(identity, str(Path(p).absolute())) for p in paths], None,
+                                             workers, progress)
         return self.enroll_items(((identity, str(Path(p).absolute()), Path(p)) for p in paths), progress)
 
     def enroll_items(self, items: Iterable[tuple[str, str, _enroll.ItemData]],

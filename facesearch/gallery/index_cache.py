@@ -275,6 +275,29 @@ class IndexCache:
             self.save()  # of whatever is loaded by then (searches go on meanwhile)
 
 
+class StoreOnlyIndexCache(IndexCache):
+    """An enroll worker process's (``enroll --workers``): its changes go to the store only; the process that
+    started the workers brings the index file in step with the store once, at the end."""
+
+    def get(self) -> None:  # type: ignore[override]
+        return None
+
+    def search(self, queries, k: int):
+        raise RuntimeError("an enroll worker's handle does not search")
+
+    def rebuild(self):
+        raise RuntimeError("an enroll worker's handle does not build the index")
+
+    def after_change(self, new_revision: int, apply) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 class SharedIndexCache(IndexCache):
     """The index when the vectors live in a vector database (``--vectors``: Milvus, pgvector): persistent and
     shared by every process of the gallery, so nothing is loaded, stamped or saved. Every change is written to

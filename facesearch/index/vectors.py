@@ -52,8 +52,10 @@ class VectorsURL:
         return self.kind
 
 
-def parse(url: str | None, home: Path | None = None) -> VectorsURL:
+def parse(url: "str | VectorsURL | None", home: Path | None = None) -> VectorsURL:
     """Parse a ``--vectors`` URL (see the module's table); raise FaceSearchError for one it cannot use."""
+    if isinstance(url, VectorsURL):
+        return url
     if url is None or url.strip() in ("", "faiss"):
         return VectorsURL("faiss")
     url = url.strip()
