@@ -49,6 +49,7 @@ class MilvusIndex(SharedIndex):
                 raise FaceSearchError(
                     f"Milvus collection {collection!r} holds {have}-d vectors, this gallery's model gives "
                     f"{self.dim}-d ones: use another collection, or `facesearch reindex` to rebuild it")
+            self.client.load_collection(collection)  # a server may have released it (a restart): searchable again
         else:
             self._create()
 
