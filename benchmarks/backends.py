@@ -162,11 +162,12 @@ def run(n: int, n_probes: int, k: int, batch: int, budget_s: float, only: list[s
                 row = measure(name, make, ids, gallery, probes, truth, k, batch, budget_s)
                 rows.append(row)
                 if name == "pgvector":  # the same graph searched wider: what recall costs in latency
-                    default, pgv.EF_SEARCH = pgv.EF_SEARCH, 4 * pgv.EF_SEARCH
+                    default = pgv.EF_SEARCH
+                    row["_built"][0].set_ef_search(4 * default)
                     try:
                         wide = measure(name, make, ids, gallery, probes, truth, k, batch, budget_s, row["_built"])
                     finally:
-                        pgv.EF_SEARCH = default
+                        row["_built"][0].set_ef_search(default)
                     wide["index"] += f" ef_search {4 * default}"
                     row["index"] += f" ef_search {default}"
                     rows.append(wide)

@@ -24,6 +24,7 @@ import numpy as np
 
 from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, FaceSearchWarning, ModelMismatchError
+from facesearch.index.policy import tune_search
 from facesearch.model.files import location_for_user
 
 if TYPE_CHECKING:
@@ -313,6 +314,8 @@ class SharedIndexCache(IndexCache):
     #: how many vectors :meth:`check` compares with the store's embeddings (a model switch interrupted
     #: between the store and the backend leaves vectors of the old model under the right ids)
     SAMPLE = 256
+    #: stored faces searched at a rebuild to choose ef_search (each a round trip to the database)
+    TUNE_QUERIES = 500
 
     def __init__(self, gallery: "FaceSearch", spec):
         super().__init__(gallery, "auto")
@@ -359,6 +362,11 @@ class SharedIndexCache(IndexCache):
             check_one_model(g)
             idx.replace_all(g.store.iter_embeddings())
             self._repair_ids(idx)
+            if g.store.count_faces() >= 2:  # ef by measured recall, as FAISS's efSearch; kept in the database
+                tuning = tune_search(idx, _Embeddings(g.store), queries=self.TUNE_QUERIES)
+                idx.set_ef_search(tuning["efSearch"], keep=True)
+                log.info("%s: ef_search %d (recall@1 %s on %d stored faces)", self.spec.show(),
+                         tuning["efSearch"], tuning["recall_at_1_by_efSearch"], tuning["queries"])
             return idx
 
     def save(self) -> None:
@@ -440,6 +448,16 @@ class SharedIndexCache(IndexCache):
             else:
                 (added, removed), rebuilt = self._repair_ids(idx), False
         return {"before": before, "added": added, "removed": removed, "rebuilt": rebuilt, "after": self.check()}
+
+
+class _Embeddings:
+    """The store's ``(ids, embeddings)`` chunks, read again on each pass (the tuner makes three)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __iter__(self):
+        return iter(self.store.iter_embeddings())
 
 
 def check_one_model(g: "FaceSearch") -> None:

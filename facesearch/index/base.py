@@ -83,6 +83,14 @@ class SharedIndex(VectorIndex):
     shared = True
     #: where the vectors are, for people (no password): ``milvus://host:19530/faces``, ``pgvector``...
     location: str
+    #: HNSW's search breadth (candidates kept while walking the graph; a search uses at least ``k``): chosen
+    #: by measured recall when the index is rebuilt (:func:`facesearch.index.policy.tune_search`, as for
+    #: FAISS) and kept in the database, so every process searches with it
+    ef_search: int
+
+    @abstractmethod
+    def set_ef_search(self, ef: int, keep: bool = False) -> None:
+        """Search with ``ef`` from now on; ``keep``: record it in the database for every process."""
 
     @abstractmethod
     def ids(self) -> np.ndarray:

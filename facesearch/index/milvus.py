@@ -17,6 +17,8 @@ from facesearch.index.base import SharedIndex
 PK, VEC = "id", "vec"
 #: the HNSW graph: M links per node, efConstruction; ef at search time is max(k, EF_SEARCH)
 HNSW_M, HNSW_EF_CONSTRUCTION, EF_SEARCH = 16, 200, 64
+#: the collection property that keeps the ef a rebuild measured (:func:`facesearch.index.policy.tune_search`)
+EF_PROPERTY = "facesearch.ef_search"
 #: Milvus refuses a search for more than this many neighbours
 MAX_TOPK = 16384
 #: rows per insert request (a request is limited in size: 64 MB by default)
@@ -42,6 +44,7 @@ class MilvusIndex(SharedIndex):
         self.uri, self.collection, self.dim = uri, collection, int(dim)
         self.location = location or f"{uri}/{collection}"
         self.factory = f"HNSW{HNSW_M}"
+        self.ef_search = EF_SEARCH
         self.client = _client(uri, token)
         if self.client.has_collection(collection):
             have = self._stored_dim()
@@ -50,6 +53,9 @@ class MilvusIndex(SharedIndex):
                     f"Milvus collection {collection!r} holds {have}-d vectors, this gallery's model gives "
                     f"{self.dim}-d ones: use another collection, or `facesearch reindex` to rebuild it")
             self.client.load_collection(collection)  # a server may have released it (a restart): searchable again
+            kept = self.client.describe_collection(collection).get("properties", {}).get(EF_PROPERTY)
+            if kept is not None and str(kept).isdigit():
+                self.ef_search = int(kept)
         else:
             self._create()
 
@@ -104,7 +110,7 @@ class MilvusIndex(SharedIndex):
         q = np.atleast_2d(np.ascontiguousarray(queries, np.float32))
         k = max(1, min(int(k), MAX_TOPK))
         hits = self.client.search(self.collection, data=q, limit=k, anns_field=VEC, output_fields=[PK],
-                                  search_params={"metric_type": "IP", "params": {"ef": max(k, EF_SEARCH)}})
+                                  search_params={"metric_type": "IP", "params": {"ef": max(k, self.ef_search)}})
         dist = np.full((len(q), k), np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(hits):
@@ -138,9 +144,15 @@ class MilvusIndex(SharedIndex):
                 out[int(r[PK])] = np.asarray(r[VEC], np.float32)
         return out
 
+    def set_ef_search(self, ef: int, keep: bool = False) -> None:
+        self.ef_search = int(ef)
+        if keep:
+            self.client.alter_collection_properties(self.collection, properties={EF_PROPERTY: str(int(ef))})
+
     def reset(self) -> None:
         self.client.drop_collection(self.collection)
         self._create()
+        self.ef_search = EF_SEARCH
 
     def memory_bytes(self) -> int:
         """An estimate: the float32 vectors and the HNSW graph (2 M links of 4 bytes on the base layer)."""

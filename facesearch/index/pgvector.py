@@ -27,6 +27,8 @@ ADD_ROWS = 2000
 #: working memory for building the HNSW graph in one go (``maintenance_work_mem`` of that transaction only):
 #: a graph that does not fit is built far more slowly (pgvector's advice); 100k 128-d faces take about 80 MB
 BUILD_MEMORY = "256MB"
+#: how the measured ef_search is kept: the HNSW index's comment
+EF_NOTE = "facesearch ef_search="
 
 
 def extension_available(conn) -> bool:
@@ -71,6 +73,7 @@ class PgVectorIndex(SharedIndex):
         self._vector = Vector(self.dim)
         self.factory = f"HNSW{HNSW_M}"
         self.location = "pgvector"
+        self.ef_search = EF_SEARCH
         with engine.begin() as conn:
             if not inspect(conn).has_table(TABLE):
                 if not extension_available(conn):
@@ -79,6 +82,28 @@ class PgVectorIndex(SharedIndex):
                         "server, see https://github.com/pgvector/pgvector), or use another --vectors")
                 create_table(conn)
             create_hnsw(conn, self.dim)
+            self.ef_search = self._kept_ef(conn) or EF_SEARCH
+
+    def _kept_ef(self, conn) -> int | None:
+        """The ef_search a rebuild measured, kept as the HNSW index's comment (``facesearch ef_search=N``)."""
+        from sqlalchemy import text
+
+        note = conn.execute(text("SELECT obj_description(to_regclass(:n), 'pg_class')"),
+                            {"n": index_name(self.dim)}).scalar()
+        if note and note.startswith(EF_NOTE):
+            try:
+                return int(note[len(EF_NOTE):])
+            except ValueError:
+                return None
+        return None
+
+    def set_ef_search(self, ef: int, keep: bool = False) -> None:
+        self.ef_search = int(ef)
+        if keep:
+            from sqlalchemy import text
+
+            with self.engine.begin() as conn:  # COMMENT takes no parameters: the value is an int
+                conn.execute(text(f"COMMENT ON INDEX {index_name(self.dim)} IS '{EF_NOTE}{int(ef)}'"))
 
     def _sql(self, s: str, **types):
         from sqlalchemy import bindparam, text
@@ -130,7 +155,7 @@ class PgVectorIndex(SharedIndex):
         dist = np.full((len(q), k), np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(k, EF_SEARCH))})
+            conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(k, self.ef_search))})
             for r, v in enumerate(q):
                 rows = conn.execute(stmt, {"q": v, "k": k}).all()
                 for c, (fid, neg_ip) in enumerate(rows):

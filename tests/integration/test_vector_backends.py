@@ -206,10 +206,13 @@ def test_remove_rename_and_drift_on_a_vector_database(kind, tmp_path, pg_url, mo
         fixed = fs.repair_index()
         assert fixed["rebuilt"] and fixed["after"]["in_sync"]
         np.testing.assert_allclose(idx.vectors([victim])[victim], fs.store.embeddings([victim])[0], atol=1e-6)
+        tuned = idx.ef_search  # the rebuild chose it by measured recall (policy.tune_search)
+        assert idx.tuning["queries"] == 15 and idx.tuning["efSearch"] == tuned
 
     # the gallery opened again (another process would be the same): the vectors are there, nothing rebuilt
     with FaceSearch.open(home=tmp_path / "h", db_url=db, model=model_dir, device="cpu", vectors=vectors) as fs2:
         assert fs2.index().ntotal == fs2.store.count_faces() == 15
+        assert fs2.index().ef_search == tuned  # kept in the database for every process
         assert fs2.query(probe, top_k=1).matches[0].identity == "Anthony_Blair"
 
 
@@ -242,8 +245,17 @@ def test_reindex_check_and_repair_on_the_command_line(tmp_path, pg_url, model_di
     r = run("reindex", "--repair")
     assert r.exit_code == 0 and "repaired (added 2, removed 0)" in r.output and "in sync" in r.output
     assert run("reindex", "--check").exit_code == 0
-    r = run("reindex", "--json")  # a full rebuild from the store
+    r = run("reindex", "--json")  # a full rebuild from the store, its ef_search chosen by measured recall
     assert r.exit_code == 0 and json.loads(r.stdout)["faces"] == 18
+    with FaceSearch.open(home=tmp_path / "home", db_url=pg_url, model=model_dir, device="cpu", vectors="pgvector") as fs:
+        idx = fs.index()
+        from facesearch.index.pgvector import EF_NOTE, index_name
+        from sqlalchemy import text
+
+        with fs.store.engine.connect() as conn:  # kept where every process finds it
+            note = conn.execute(text("SELECT obj_description(to_regclass(:n), 'pg_class')"),
+                                {"n": index_name(idx.dim)}).scalar()
+        assert note == f"{EF_NOTE}{idx.ef_search}" and idx.ef_search >= 16
     assert run("reindex", "--check", "--repair").exit_code == 2
 
 
