@@ -46,12 +46,13 @@ def default_indexes(n: int) -> list[str]:
     from facesearch import index as vindex
 
     auto = vindex.auto_factory(n)
-    if not auto.startswith("IVF"):  # exact by default here: show what IVF and HNSW would do
-        return [vindex.auto_factory(vindex.EXACT_MAX + 1), "SQfp16", "HNSW32,Flat@efSearch=128"]
-    nlist = int(auto[3:].split(",")[0])
-    out = [f"IVF{nlist},SQ8@shared"]
+    ivf = vindex.policy.ivf_auto_factory(max(n, vindex.EXACT_MAX + 1))
+    if auto == "Flat":  # exact by default here: show what IVF and HNSW would do
+        return [ivf, "SQfp16", "HNSW32,Flat@efSearch=128"]
+    # the baseline of the auto index: what auto built before HNSW (IVF, its nprobe tuned at build the same way)
+    out = [ivf]
     if n <= 200_000:
-        out += ["SQfp16", "HNSW32,Flat@efSearch=128"]
+        out += ["SQfp16"]
     return out
 
 
@@ -181,7 +182,8 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
     out["auto"] = {"factory": auto_idx.factory, "params": _params_of(auto_idx), "rebuild_index_s": round(t_build, 2),
                    "index_file_bytes": fs.index_path.stat().st_size,
                    "nprobe_tuning": getattr(auto_idx, "tuning", None),
-                   "what": "FaceSearch.rebuild_index: read embeddings from SQLite, train, add, tune nprobe, save file"}
+                   "what": "FaceSearch.rebuild_index: read embeddings from SQLite, train (IVF), add, tune nprobe or "
+                           "efSearch, save file"}
     out["process_peak_rss_after_build_bytes"] = peak_rss_bytes()
     log(f"  {n}: auto -> {auto_idx.factory} {_params_of(auto_idx)}, rebuild_index {t_build:.1f}s")
 
@@ -287,10 +289,14 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
     measure(exact, "Flat (exact)", "Flat", t_exact_build, auto_idx.factory == "Flat", (exact_first_batch, d0, i0))
     measure_one_thread(exact, "Flat (exact), 1 thread", "Flat", False)
     if auto_idx is not exact:
-        label = f"auto: {auto_idx.factory} nprobe={_params_of(auto_idx).get('nprobe')}"
+        label = f"auto: {auto_idx.factory} " + " ".join(f"{k}={v}" for k, v in _params_of(auto_idx).items()
+                                                         if k != "nlist")
         measure(auto_idx, label, auto_idx.factory, t_build, True)
         measure_one_thread(auto_idx, label + ", 1 thread", auto_idx.factory, False)
-        out["auto"]["nprobe_sweep"] = sweep(auto_idx, "nprobe", [8, 16, 32, 64, 128, 256, 512])
+        if "efSearch" in _params_of(auto_idx):
+            out["auto"]["efSearch_sweep"] = sweep(auto_idx, "efSearch", [16, 32, 64, 128, 256, 512, 1024])
+        else:
+            out["auto"]["nprobe_sweep"] = sweep(auto_idx, "nprobe", [8, 16, 32, 64, 128, 256, 512])
     # end to end through the API: index search + identity lookup in SQLite (top 5 identities)
     api = time_calls(lambda i: fs.search_embeddings(probes[i % n_probes], top_k=5), n_single, budget_s / 2,
                      warmup=3, min_n=5)
@@ -309,11 +315,13 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
             idx = vindex.build(dim, chunks, n, factory, "faiss-cpu")
         bt = time.perf_counter() - t
         _set_params(idx, params)
-        label = factory + "".join(f" {k}={v}" for k, v in params.items()) + (
-            " (auto's quantizer)" if shared else "")
+        label = factory + "".join(f" {k}={v}" for k, v in (params or {
+            k: v for k, v in _params_of(idx).items() if k != "nlist"}).items()) + (" (auto's quantizer)" if shared else "")
         measure(idx, label, factory, bt, False)
         if factory.startswith("HNSW"):
             out.setdefault("sweeps", {})[factory] = sweep(idx, "efSearch", [32, 64, 128, 256, 512])
+        elif factory.startswith("IVF") and not shared:
+            out.setdefault("sweeps", {})[factory] = sweep(idx, "nprobe", [32, 128, 512])
         del idx
 
     # ---- 6. removal on the auto index, in place ------------------------------------------

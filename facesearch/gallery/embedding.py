@@ -328,7 +328,9 @@ class GalleryModel:
 
     def _embed_onnx(self, onnx: "onnx_runtime.OnnxEncoder", crops: Sequence[np.ndarray], tuner: ThreadTuner | None
                     ) -> np.ndarray:
-        if not len(crops):
+        if not len(crops):  # enroll's warm-up: the sessions its thread tuner picks from, made outside its timing
+            for threads in {1, onnx_runtime.default_threads()}:
+                onnx.session(threads)
             return np.zeros((0, self.config.embedding_dim), np.float32)
         x, batch = np.stack(crops), self.forward_batch or onnx.forward_batch
         if tuner is None:

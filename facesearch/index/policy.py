@@ -29,24 +29,23 @@ NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
 EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
-#: what "auto" builds above EXACT_MAX: an HNSW graph over exact vectors. Measured at 6ed8c15 (IVF2048,Flat,
-#: nprobe 128: 4.05 ms single-probe p50 at 1M) and again on galleries fitted to people the model never saw
-#: (benchmarks/synth.py, docs/speed.md), where IVF needs most of its lists for recall@1 0.99 and HNSW32 answers
-#: several times sooner at equal recall. Distances stay exact (Flat storage); removal marks the face removed
-#: (FaissIndex.remove); efSearch is measured at build (tune_search) and kept in the file.
-APPROX_FACTORY = "HNSW32,Flat"
-
-
+#: HNSW32,Flat was measured as ``auto``'s index above EXACT_MAX and not taken (docs/speed.md): on galleries
+#: fitted to SFace's distances at 1M faces it reached recall@1 0.944 at efSearch 512 (7.0 ms) and 0.972 at 1024
+#: (12.6 ms), built in 479 s, where IVF2048,Flat reached 0.979 at nprobe 512 (9.3 ms), built in 24 s. It stays
+#: an ``--index`` choice, with removal in place and efSearch tuned at build.
 def auto_factory(n: int) -> str:
-    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then HNSW."""
-    return "Flat" if n <= EXACT_MAX else APPROX_FACTORY
+    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then IVF."""
+    if n <= EXACT_MAX:
+        return "Flat"
+    # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
+    # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
+    nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
+    return f"IVF{nlist},Flat"
 
 
 def ivf_auto_factory(n: int) -> str:
-    """What "auto" built above EXACT_MAX before HNSW (IVF with about 2 sqrt(n) lists, a power of two); still
-    measured beside it (benchmarks/scale.py) and what an ``--index IVF...`` gallery is compared with."""
-    nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(max(n, 1))))))
-    return f"IVF{nlist},Flat"
+    """The IVF index ``auto`` builds for ``n`` faces above EXACT_MAX (what :func:`auto_factory` gives there)."""
+    return auto_factory(max(n, EXACT_MAX + 1))
 
 
 def ivf_lists(factory: str) -> int | None:
@@ -55,23 +54,22 @@ def ivf_lists(factory: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def is_hnsw(factory: str) -> bool:
-    return re.match(r"HNSW\d+(,Flat)?$", factory) is not None
-
-
 def needs_rebuild(current_factory: str, ntotal: int) -> bool:
     """The re-tiering rule of ``--index auto``: whether an index of ``current_factory`` that holds ``ntotal``
     faces should be rebuilt as :func:`auto_factory` would build it now.
 
-    Exact search gives way to HNSW once the gallery grows past :data:`EXACT_MAX`, and comes back when it
-    shrinks to it. An HNSW graph grows by itself (faces are added to it, never retrained), so it is not
-    rebuilt while the gallery stays above EXACT_MAX; an IVF index (what ``auto`` built before HNSW) is
-    rebuilt as HNSW once. A torch index is exact on the GPU at any size and is never re-tiered."""
+    Exact search gives way to IVF once the gallery grows past :data:`EXACT_MAX`, and comes back when it
+    shrinks to it; an IVF index is rebuilt only when the lists ``auto`` would choose are more than 4 times
+    its own (close enough otherwise: retraining costs a pass over the gallery). A torch index is exact on
+    the GPU at any size and is never re-tiered."""
     if current_factory in TORCH_FACTORIES:
         return False
     want = auto_factory(ntotal)
-    if want == current_factory or (is_hnsw(want) and is_hnsw(current_factory)):
+    if want == "Flat" and current_factory == "Flat":
         return False
+    have, wanted = ivf_lists(current_factory), ivf_lists(want)
+    if have is not None and wanted is not None:
+        return have * 4 < wanted
     return True
 
 

@@ -14,29 +14,24 @@ def test_exact_stays_exact_until_the_gallery_passes_exact_max():
     assert policy.needs_rebuild("Flat", policy.EXACT_MAX + 1)
 
 
-def test_approximate_indexes_go_back_to_exact_when_the_gallery_shrinks():
-    for f in ("HNSW32,Flat", "IVF1024,Flat"):
-        assert policy.needs_rebuild(f, policy.EXACT_MAX)
-        assert policy.needs_rebuild(f, 10)
+def test_ivf_goes_back_to_exact_when_the_gallery_shrinks():
+    assert policy.needs_rebuild("IVF1024,Flat", policy.EXACT_MAX)
+    assert policy.needs_rebuild("IVF1024,Flat", 10)
 
 
-def test_above_exact_max_auto_is_hnsw_which_grows_without_rebuilds():
-    assert policy.auto_factory(policy.EXACT_MAX + 1) == policy.APPROX_FACTORY == "HNSW32,Flat"
-    for n in (policy.EXACT_MAX + 1, 1_000_000, 50_000_000):
-        assert not policy.needs_rebuild("HNSW32,Flat", n)
-        assert not policy.needs_rebuild("HNSW64,Flat", n)  # another graph of the same kind: kept
-
-
-def test_an_ivf_index_auto_built_before_hnsw_is_rebuilt_as_hnsw_once():
-    n = 1_000_000
-    assert policy.ivf_auto_factory(n) == "IVF2048,Flat"  # what auto built at 1M until HNSW
-    assert policy.needs_rebuild("IVF2048,Flat", n)
-    assert not policy.needs_rebuild(policy.auto_factory(n), n)
+def test_ivf_is_retrained_only_when_auto_wants_more_than_four_times_its_lists():
+    n = 4_000_000  # auto: about 2 sqrt(n) = 4096 lists
+    want = policy.ivf_lists(policy.auto_factory(n))
+    assert want == 4096
+    assert not policy.needs_rebuild(f"IVF{want},Flat", n)
+    assert not policy.needs_rebuild(f"IVF{want // 4},Flat", n)  # 4x: close enough
+    assert policy.needs_rebuild(f"IVF{want // 8},Flat", n)
+    assert not policy.needs_rebuild(f"IVF{want * 8},Flat", n)  # more lists than wanted: kept
 
 
 def test_other_types_under_auto_are_rebuilt_as_auto_would_and_torch_never():
+    assert policy.needs_rebuild("HNSW32,Flat", 100)
     assert policy.needs_rebuild("SQfp16", 10_000_000)
-    assert policy.needs_rebuild("Flat", 10_000_000)
     for f in vindex.TORCH_FACTORIES:
         assert not policy.needs_rebuild(f, 10_000_000)
 
@@ -44,7 +39,7 @@ def test_other_types_under_auto_are_rebuilt_as_auto_would_and_torch_never():
 def test_the_rule_follows_exact_max_where_it_is_set(monkeypatch):
     monkeypatch.setattr(policy, "EXACT_MAX", 100)
     assert policy.needs_rebuild("Flat", 101)
-    assert vindex.auto_factory(101) == "HNSW32,Flat"
+    assert vindex.auto_factory(101).startswith("IVF")
 
 
 def test_ivf_lists_reads_the_factory_string():
