@@ -65,8 +65,9 @@ def site(tmp_path_factory):
         raise
     yield {"home": home, "src": src, "keys": {k: v["key"] for k, v in keys.items()}, "key_ids": keys,
            "secure": secure, "open": open_, "root": root}
-    for server in (secure, open_):  # SIGTERM: a graceful stop, nothing logged as an error
+    for server in (secure, open_):  # both stopped before anything is checked: no server outlives the tests
         server.stop()
+    for server in (secure, open_):  # SIGTERM: a graceful stop, nothing logged as an error
         assert server.proc.returncode in (0, -15), server.output()[-3000:]  # uvicorn re-raises SIGTERM at the end
         assert "Traceback" not in server.output(), server.output()[-3000:]
     assert "stopped: the batcher" in secure.output()  # (-v: said at INFO)
