@@ -3,6 +3,7 @@ port, waited for (bounded) until ``/readyz`` says ready, stopped with SIGTERM (t
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
+#: servers started and not stopped yet: stopped when the tests' process exits, whatever failed before
+_running: list["Server"] = []
 
 
 def free_port() -> int:
@@ -36,6 +39,8 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
     def stop(self) -> None:
+        if self in _running:
+            _running.remove(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -46,6 +51,12 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_running):
+        server.stop()
 
 
 def start(home: Path, *args: str, model: str | None = None, log: Path | None = None,
@@ -60,6 +71,7 @@ def start(home: Path, *args: str, model: str | None = None, log: Path | None = N
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, **(env or {})), start_new_session=True)
     server = Server(proc, port, log)
+    _running.append(server)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
