@@ -46,13 +46,13 @@ def default_indexes(n: int) -> list[str]:
     from facesearch import index as vindex
 
     auto = vindex.auto_factory(n)
-    ivf = vindex.policy.ivf_auto_factory(max(n, vindex.EXACT_MAX + 1))
+    ivf = vindex.policy.ivf_auto_factory(n)
     if auto == "Flat":  # exact by default here: show what IVF and HNSW would do
         return [ivf, "SQfp16", "HNSW32,Flat@efSearch=128"]
-    # the baseline of the auto index: what auto built before HNSW (IVF, its nprobe tuned at build the same way)
-    out = [ivf]
-    if n <= 200_000:
-        out += ["SQfp16"]
+    nlist = vindex.policy.ivf_lists(auto)
+    out = [f"IVF{nlist},SQ8@shared"]
+    if n <= 200_000:  # HNSW32 at 1M builds in 8 min on 2 busy cores: measured once, docs/speed.md
+        out += ["SQfp16", "HNSW32,Flat"]
     return out
 
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Regenerate README.md's speed table from the benchmark result files (never hand-copied numbers).
+
+    python scripts/speed_table.py [--scale benchmarks/results/scale-cpu-2core.json]
+                                  [--run benchmarks/results/issue20-cpu-2core.json] [--check]
+
+Reads the JSON that ``make bench`` (benchmarks/run.py) writes, and writes the table between the markers
+``<!-- speed-table:begin -->`` and ``<!-- speed-table:end -->`` in README.md. Each row names its source file;
+a figure a file does not have is left out, not guessed. ``--check`` exits 1 when README.md's table is not
+what the files give (for CI), without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- speed-table:begin -->", "<!-- speed-table:end -->"
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _n(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def _query_rows(res: dict, src: str) -> list[list[str]]:
+    rows = []
+    q = [r for r in res.get("queries", []) if r.get("device") == "cpu"]
+    for n in sorted({r["gallery"] for r in q}, reverse=True):
+        auto = [r for r in q if r["gallery"] == n and r.get("auto")]
+        for r in auto:
+            what = "one probe, p50" if r["batch"] == 1 else f"{r['batch']:,} probes per call"
+            params = " ".join(f"{k} {v}" for k, v in (r.get("params") or {}).items() if k != "nlist")
+            label = r["index"] + (f", {params} chosen at build" if params else "")
+            val = (f"{r['p50_ms']:.2f} ms, recall@1 {r['recall_at_1']:.3f}" if r["batch"] == 1
+                   else f"{r['p50_ms'] / 1e3:.2f} s")
+            base = f"{r['baseline_p50_ms']:.1f} ms" if r["batch"] == 1 else f"{r['baseline_p50_ms'] / 1e3:.2f} s"
+            rows.append([f"{_size(n)} faces, {what} (`auto` = {label}; built in {r.get('build_s')} s)", val,
+                         f"{base} (numpy)", f"{r['speedup_vs_baseline']:.1f}x", src])
+    return rows
+
+
+def rows(scale: dict | None, scale_src: str, run: dict | None, run_src: str) -> list[list[str]]:
+    out: list[list[str]] = []
+    for res, src in ((run, run_src), (scale, scale_src)):
+        if not res or not res.get("enroll"):
+            continue
+        e = res["enroll"]
+        model = res.get("model", {}).get("description", "?")
+        if e.get("torch"):
+            out.append([f"enroll, LFW images/s ({model}, {e.get('runtime')} vs torch, same run)",
+                        _n(e["images_per_s"]), f"{_n(e['torch']['images_per_s'])} (torch)",
+                        f"{e['ratio_vs_torch']:.2f}x", src])
+        out.append([f"enroll, LFW images/s ({model}; decode, embed, store, index)", _n(e["images_per_s"]),
+                    f"{_n(e['baseline_images_per_s'])} (per image, batch 1)", f"{e['ratio_vs_baseline']:.1f}x", src])
+        break
+    for res, src in ((run, run_src), (scale, scale_src)):
+        c = (res or {}).get("cli")
+        if c and c.get("query"):
+            cq = c["query"]
+            out.append([f"`facesearch query` one image, {c['gallery']['faces']:,}-face gallery, wall time "
+                        f"(median of {c['rounds']})", f"{cq['onnx_median_s']:.2f} s (ONNX Runtime)",
+                        f"{cq['torch_median_s']:.2f} s (torch)", f"{cq['torch_over_onnx']:.2f}x", src])
+            break
+    if scale:
+        out += _query_rows(scale, scale_src)
+        flat = [r for r in scale.get("queries", []) if r["index"] == "Flat" and r["batch"] == 1]
+        if flat:
+            big = max(flat, key=lambda r: r["gallery"])
+            out.append(["exact index memory per face", f"{big['index_bytes_per_face']:.0f} B",
+                        "512 B raw vectors", f"{big['index_bytes_vs_raw']:.3f}x", scale_src])
+    return out
+
+
+def render(table_rows: list[list[str]]) -> str:
+    lines = ["| figure | facesearch | baseline | ratio | source |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(r[:4] + [f"`{r[4]}`"]) + " |" for r in table_rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=Path, default=RESULTS / "scale-cpu-2core.json")
+    ap.add_argument("--run", type=Path, default=RESULTS / "issue20-cpu-2core.json")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args(argv)
+    rel = lambda p: str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
+    table = render(rows(_load(a.scale), rel(a.scale), _load(a.run), rel(a.run)))
+    text = a.readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"{a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    if a.check:
+        if new != text:
+            print("README.md's speed table is not what the result files give: run scripts/speed_table.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    a.readme.write_text(new)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
