@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate README.md's speed table from the benchmark result files (never hand-copied numbers).
 
-    python scripts/speed_table.py [--scale benchmarks/results/scale-cpu-2core.json]
+    python scripts/speed_table.py [--scale benchmarks/results/scale-1m-cpu-2core.json --scale ...]
                                   [--run benchmarks/results/issue20-cpu-2core.json] [--check]
 
 Reads the JSON that ``make bench`` (benchmarks/run.py) writes, and writes the table between the markers
@@ -39,6 +39,7 @@ def _size(n: int) -> str:
 
 def _query_rows(res: dict, src: str) -> list[list[str]]:
     rows = []
+    fit = res.get("model", {}).get("description", "?")
     q = [r for r in res.get("queries", []) if r.get("device") == "cpu"]
     for n in sorted({r["gallery"] for r in q}, reverse=True):
         auto = [r for r in q if r["gallery"] == n and r.get("auto")]
@@ -49,14 +50,19 @@ def _query_rows(res: dict, src: str) -> list[list[str]]:
             val = (f"{r['p50_ms']:.2f} ms, recall@1 {r['recall_at_1']:.3f}" if r["batch"] == 1
                    else f"{r['p50_ms'] / 1e3:.2f} s")
             base = f"{r['baseline_p50_ms']:.1f} ms" if r["batch"] == 1 else f"{r['baseline_p50_ms'] / 1e3:.2f} s"
-            rows.append([f"{_size(n)} faces, {what} (`auto` = {label}; built in {r.get('build_s')} s)", val,
+            rows.append([f"{_size(n)} faces fitted to {fit}, {what} (`auto` = {label}; built in {r.get('build_s')} s)", val,
                          f"{base} (numpy)", f"{r['speedup_vs_baseline']:.1f}x", src])
     return rows
 
 
-def rows(scale: dict | None, scale_src: str, run: dict | None, run_src: str) -> list[list[str]]:
+def rows(scale: dict | list | None, scale_src: str | list, run: dict | None, run_src: str) -> list[list[str]]:
+    """The table's rows: enroll and CLI from ``run`` (else the first scale file that has them), queries and
+    memory from each scale file (``scale``/``scale_src``: one, or lists of them in order)."""
+    scales = list(zip(scale, scale_src)) if isinstance(scale, list) else [(scale, scale_src)]
+    scales = [(r, s) for r, s in scales if r]
+    scale, scale_src = scales[0] if scales else (None, scale_src)
     out: list[list[str]] = []
-    for res, src in ((run, run_src), (scale, scale_src)):
+    for res, src in ((run, run_src), *scales):
         if not res or not res.get("enroll"):
             continue
         e = res["enroll"]
@@ -68,7 +74,7 @@ def rows(scale: dict | None, scale_src: str, run: dict | None, run_src: str) -> 
         out.append([f"enroll, LFW images/s ({model}; decode, embed, store, index)", _n(e["images_per_s"]),
                     f"{_n(e['baseline_images_per_s'])} (per image, batch 1)", f"{e['ratio_vs_baseline']:.1f}x", src])
         break
-    for res, src in ((run, run_src), (scale, scale_src)):
+    for res, src in ((run, run_src), *scales):
         c = (res or {}).get("cli")
         if c and c.get("query"):
             cq = c["query"]
@@ -76,8 +82,9 @@ def rows(scale: dict | None, scale_src: str, run: dict | None, run_src: str) -> 
                         f"(median of {c['rounds']})", f"{cq['onnx_median_s']:.2f} s (ONNX Runtime)",
                         f"{cq['torch_median_s']:.2f} s (torch)", f"{cq['torch_over_onnx']:.2f}x", src])
             break
+    for res, src in scales:
+        out += _query_rows(res, src)
     if scale:
-        out += _query_rows(scale, scale_src)
         flat = [r for r in scale.get("queries", []) if r["index"] == "Flat" and r["batch"] == 1]
         if flat:
             big = max(flat, key=lambda r: r["gallery"])
@@ -94,13 +101,15 @@ def render(table_rows: list[list[str]]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=Path, default=RESULTS / "scale-cpu-2core.json")
+    ap.add_argument("--scale", type=Path, action="append", help="scale result files, in table order (default: "
+                    "benchmarks/results/scale-1m-cpu-2core.json, then scale-cpu-2core.json)")
     ap.add_argument("--run", type=Path, default=RESULTS / "issue20-cpu-2core.json")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args(argv)
     rel = lambda p: str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
-    table = render(rows(_load(a.scale), rel(a.scale), _load(a.run), rel(a.run)))
+    scales = a.scale or [RESULTS / "scale-1m-cpu-2core.json", RESULTS / "scale-cpu-2core.json"]
+    table = render(rows([_load(p) for p in scales], [rel(p) for p in scales], _load(a.run), rel(a.run)))
     text = a.readme.read_text()
     if BEGIN not in text or END not in text:
         print(f"{a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)

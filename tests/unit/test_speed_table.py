@@ -28,6 +28,7 @@ def test_rows_carry_the_files_figures_and_name_their_source():
     text = speed_table.render(rows)
     assert "| 61.5 | 41.0 (torch) | 1.50x | `r.json` |" in text
     assert "0.91 s (ONNX Runtime) | 3.30 s (torch) | 3.63x" in text
+    assert "1M faces fitted to ?, one probe" in text
     assert "IVF2048,Flat, nprobe 128 chosen at build; built in 58.7 s" in text and "4.05 ms, recall@1 0.995" in text
     assert "| 520 B | 512 B raw vectors | 1.016x | `s.json` |" in text
     assert "nlist" not in text
@@ -35,6 +36,8 @@ def test_rows_carry_the_files_figures_and_name_their_source():
 
 def test_missing_figures_are_left_out_and_the_readme_is_written_between_markers(tmp_path):
     assert speed_table.rows(None, "s.json", None, "r.json") == []
+    two = speed_table.rows([None, SCALE], ["a.json", "s.json"], None, "r.json")
+    assert two and all(r[4] == "s.json" for r in two)
     (tmp_path / "s.json").write_text(json.dumps(SCALE))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{speed_table.BEGIN}\nold table\n{speed_table.END}\nafter\n")
