@@ -34,8 +34,11 @@ def test_the_wheel_builds_without_warnings_and_holds_what_runs(wheel):
     names = set(zipfile.ZipFile(path).namelist())
     for needed in ("facesearch/py.typed", "facesearch/model/builtin/sface/weights.pt",
                    "facesearch/model/builtin/sface/model.json", "facesearch/model/builtin/lfw-mobilenet/weights.pt",
-                   "facesearch/_migrations/env.py", "facesearch/_migrations/versions/0001_initial.py"):
+                   "facesearch/_migrations/env.py", "facesearch/_migrations/versions/0001_initial.py",
+                   "facesearch/_migrations/versions/0008_pgvector.py", "facesearch/serve/web/index.html",
+                   "facesearch/serve/web/app.js", "facesearch/serve/web/style.css"):
         assert needed in names, needed
+    assert not any(n.endswith(".onnx") for n in names)  # generated at first use, never shipped
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)
 
