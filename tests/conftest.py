@@ -99,6 +99,30 @@ def fs(tmp_path, model_dir):
         yield f
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server on 127.0.0.1 for the whole run (tests/pg.py); skipped without its
+    binaries."""
+    from tests import pg
+
+    try:
+        server = pg.start()
+    except pg.Unavailable as e:
+        pytest.skip(f"PostgreSQL server binaries unavailable: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A SQLAlchemy URL for a fresh, empty database on that server (dropped after the test)."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test is marked by its tier: ``unit`` (tests/unit: no ../shared, no server, no detector;
     seconds) or ``integration`` (tests/integration: LFW, the ImageNet trunk, PostgreSQL, detection)."""

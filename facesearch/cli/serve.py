@@ -10,16 +10,6 @@ from facesearch.cli.format import echo_json, echo_outcome
 from facesearch.errors import FaceSearchError
 
 
-def _service_config(host, port, no_auth, rate, burst, max_body_mb, max_files, no_batching, max_batch,
-                    batch_wait_ms, embed_workers, cors_origin):
-    from facesearch.serve import ServeConfig
-
-    return ServeConfig(host=host, port=port, auth=not no_auth, rate=rate, burst=burst,
-                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_files=max_files,
-                       batching=not no_batching, max_batch=max_batch, max_wait_ms=batch_wait_ms,
-                       embed_workers=embed_workers, cors_origins=tuple(cors_origin))
-
-
 @click.command(cls=Command)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; put a TLS proxy in front, see README).")
@@ -55,8 +45,12 @@ def serve(app: App, host, port, no_auth, rate, burst, max_body_mb, max_files, no
     model and the index are loaded once; requests that arrive together are embedded together.
     Needs facesearch[serve].
     """
-    config = _service_config(host, port, no_auth, rate, burst, max_body_mb, max_files, no_batching, max_batch,
-                             batch_wait_ms, embed_workers, cors_origin)
+    from facesearch.serve import ServeConfig
+
+    config = ServeConfig(host=host, port=port, auth=not no_auth, rate=rate, burst=burst,
+                         max_body_bytes=int(max_body_mb * 1024 * 1024), max_files=max_files,
+                         batching=not no_batching, max_batch=max_batch, max_wait_ms=batch_wait_ms,
+                         embed_workers=embed_workers, cors_origins=tuple(cors_origin))
     config.check()
     try:
         import uvicorn

@@ -26,8 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from facesearch import __version__, distance
-from facesearch.errors import (FaceSearchError, InvalidIdentityError, InvalidImageError, ThresholdError,
-                               UnknownIdentityError)
+from facesearch.errors import FaceSearchError, InvalidIdentityError, InvalidImageError, UnknownIdentityError
 from facesearch.gallery.results import VerifyResult
 from facesearch.names import validate_identity
 from facesearch.serve.limits import BodyLimit
@@ -62,12 +61,12 @@ class ApiError(Exception):
 
 
 def _status(e: FaceSearchError) -> int:
+    """404 for an unknown identity, 422 for an invalid image or name, else 400 (a threshold rule the model
+    lacks, a name taken, ...)."""
     if isinstance(e, UnknownIdentityError):
         return 404
     if isinstance(e, (InvalidImageError, InvalidIdentityError)):
         return 422
-    if isinstance(e, ThresholdError):
-        return 400
     return 400
 
 

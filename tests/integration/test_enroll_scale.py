@@ -12,23 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests import pg
 from tests.conftest import PEOPLE
 
 pytest.importorskip("pgvector", reason="pgvector (facesearch[pgvector]) is needed for these tests")
 pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL tests")
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    try:
-        server = pg.start()
-    except pg.Unavailable as e:
-        pytest.skip(f"PostgreSQL server binaries unavailable: {e}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_processes_enroll_one_postgres_gallery_at_once(tmp_path, pg_server, model_dir, gallery_src):

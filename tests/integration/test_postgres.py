@@ -14,7 +14,6 @@ from sqlalchemy import inspect, text
 
 from facesearch.errors import FaceSearchError, InvalidIdentityError, UnknownIdentityError
 from facesearch.store import Base, Store, alembic_config
-from tests import pg
 from tests.conftest import PEOPLE
 from tests.unit.test_store import (  # the same tiny model and vectors as the SQLite tests
     add_model,
@@ -26,36 +25,16 @@ from tests.unit.test_store import (  # the same tiny model and vectors as the SQ
 psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL tests")
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    try:
-        server = pg.start()
-    except pg.Unavailable as e:
-        pytest.skip(f"PostgreSQL server binaries unavailable: {e}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def db_url(pg_server):
-    """A SQLAlchemy URL for a fresh, empty database (dropped after the test)."""
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-def store(db_url):
-    s = Store.open(db_url)
+def store(pg_url):
+    s = Store.open(pg_url)
     yield s
     s.close()
 
 
 # ---- schema ------------------------------------------------------------------------------------
-def test_migrations_build_the_schema_on_postgres(db_url):
-    s = Store.open(db_url)
+def test_migrations_build_the_schema_on_postgres(pg_url):
+    s = Store.open(pg_url)
     try:
         assert s.engine.dialect.name == "postgresql"
         assert s.current_revision() == s.head_revision()
@@ -75,7 +54,7 @@ def test_migrations_build_the_schema_on_postgres(db_url):
     finally:
         s.close()
     # opening an up-to-date database again changes nothing
-    s = Store.open(db_url)
+    s = Store.open(pg_url)
     try:
         assert s.current_revision() == s.head_revision() and s.revision() == 0
     finally:
@@ -165,7 +144,7 @@ NASTY_NAMES = [
 ]
 
 
-def test_identity_names_are_stored_verbatim(store, db_url):
+def test_identity_names_are_stored_verbatim(store, pg_url):
     mid = add_model(store)
     faces = [(n, f"{i}.png", f"{i:064x}", emb(1, i, 0, 0), None) for i, n in enumerate(NASTY_NAMES)]
     ids, _ = store.add_faces(mid, faces)
@@ -193,7 +172,7 @@ def test_identity_names_are_stored_verbatim(store, db_url):
 
 
 # ---- the service -------------------------------------------------------------------------------
-def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, gallery_src, tmp_path):
+def test_face_search_on_postgres_shared_by_two_handles(pg_url, model_dir, gallery_src, tmp_path):
     from facesearch.gallery.facade import FaceSearch
 
     g = tmp_path / "g"
@@ -202,7 +181,7 @@ def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, galler
         for f in sorted((gallery_src / p).iterdir())[:3]:
             shutil.copy(f, g / p / f.name)
 
-    with FaceSearch.open(home=tmp_path / "h1", db_url=db_url, model=model_dir, device="cpu") as fs1:
+    with FaceSearch.open(home=tmp_path / "h1", db_url=pg_url, model=model_dir, device="cpu") as fs1:
         assert fs1.store.engine.dialect.name == "postgresql"
         assert not (tmp_path / "h1" / "facesearch.db").exists()  # the gallery is in PostgreSQL, not SQLite
         rep = fs1.enroll_folder(g)
@@ -220,7 +199,7 @@ def test_face_search_on_postgres_shared_by_two_handles(db_url, model_dir, galler
         assert {m.identity for m in res1.matches} == set(PEOPLE)
 
         # a second handle: another home (another index file), the same database
-        with FaceSearch.open(home=tmp_path / "h2", db_url=db_url, model=model_dir, device="cpu") as fs2:
+        with FaceSearch.open(home=tmp_path / "h2", db_url=pg_url, model=model_dir, device="cpu") as fs2:
             assert fs2.model_id == fs1.model_id
             assert [(i.name, i.faces) for i in fs2.identities()] == [(p, 3) for p in sorted(PEOPLE)]
             res2 = fs2.query(probe, top_k=len(PEOPLE))  # index built from the embeddings in PostgreSQL
@@ -250,7 +229,7 @@ def test_switch_model_copies_staged_embeddings_only_when_complete(store):
     check_switch_model(store)  # the correlated UPDATE and the cascades, on PostgreSQL
 
 
-def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(db_url):
+def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(pg_url):
     """The race on PostgreSQL: `switch_model` has written but not committed when an enroll of the old
     model stores a batch. The batch waits on the model row, reads it again after the commit, and is
     refused; the gallery ends with one model."""
@@ -259,7 +238,7 @@ def test_a_batch_of_the_old_model_waiting_on_the_switch_is_refused(db_url):
 
     from facesearch.errors import ModelMismatchError
 
-    reindexer, enroller = Store.open(db_url), Store.open(db_url)
+    reindexer, enroller = Store.open(pg_url), Store.open(pg_url)
     try:
         old = add_model(reindexer)
         new = reindexer.register_model("m@2", dict(reindexer.active_model().config), "1" * 64, "/x").id
@@ -303,7 +282,7 @@ def test_face_crops_migration_keeps_crops_and_staged_embeddings(store):
     check_face_crops_migration(store)
 
 
-def test_reading_crops_for_a_reindex_holds_no_transaction_between_chunks(store, db_url):
+def test_reading_crops_for_a_reindex_holds_no_transaction_between_chunks(store, pg_url):
     """A reindex pass reads crops chunk by chunk and embeds each (an hour per million faces on 2 cores).
     Between chunks no transaction may stay open: it would hold a lock that makes a schema change
     (`db upgrade`) or a VACUUM FULL wait until the pass ends."""
@@ -311,7 +290,7 @@ def test_reading_crops_for_a_reindex_holds_no_transaction_between_chunks(store, 
     store.add_faces(mid, [(f"p{i}", f"{i}.png", f"{i:064d}", emb(1, 0, 0, 0), b"png") for i in range(5)])
     crops = store.iter_crops(chunk=2)
     assert len(next(crops)) == 2  # the caller now embeds this chunk
-    other = Store.open(db_url)
+    other = Store.open(pg_url)
     try:
         with other.engine.begin() as conn:
             conn.execute(text("SET LOCAL lock_timeout = '2s'"))

@@ -280,7 +280,7 @@ def test_a_path_given_in_a_field_never_reaches_the_disk(site):
                    files=[("image", ("../../../../tmp/x/../evil.webp", evil.read_bytes(), "image/webp"))])
         assert r.status_code == 200 and r.json()["added"] == 1, r.text
         fid = r.json()["face_ids"][0]
-        assert w.get(f"/v1/faces?identity=Hugo_Chavez").json()[-1] == \
+        assert w.get("/v1/faces?identity=Hugo_Chavez").json()[-1] == \
             {"face_id": fid, "identity": "Hugo_Chavez", "source": "upload:evil.webp"}
         assert w.delete(f"/v1/faces/{fid}").status_code == 200
     created = {p for p in site["root"].rglob("*")} - before  # only the gallery's own files changed

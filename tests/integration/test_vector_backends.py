@@ -14,7 +14,6 @@ import shutil
 import numpy as np
 import pytest
 
-from tests import pg
 from tests.conftest import PEOPLE
 
 pytest.importorskip("pymilvus", reason="pymilvus (facesearch[milvus]) is needed for these tests")
@@ -25,25 +24,6 @@ pytest.importorskip("psycopg", reason="psycopg (3) is needed for the PostgreSQL 
 #: distances agree to this (float32 inner products summed in different orders by three engines)
 ATOL = 1e-5
 SHARED = ("milvus-lite", "pgvector")
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    try:
-        server = pg.start()
-    except pg.Unavailable as e:
-        pytest.skip(f"PostgreSQL server binaries unavailable: {e}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pg_url(pg_server):
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
 
 
 def where(kind, tmp_path, pg_url):
