@@ -61,12 +61,18 @@ class TrainState:
     gen_rng: torch.Tensor | None = None
     #: on CUDA only
     cuda_rng: torch.Tensor | None = None
+    #: under torchrun: every rank's generators, in rank order (:func:`rank_rngs`; rank 0's are also the
+    #: fields above, what a single process or an older checkpoint has); None in one process
+    rank_rngs: list[dict[str, Any]] | None = None
 
     def capture(self, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                rng: np.random.Generator, gen: torch.Generator, device: torch.device) -> TrainState:
-        """A copy of this state with the current states of the run's objects (the model's on the CPU)."""
+                rng: np.random.Generator, gen: torch.Generator, device: torch.device,
+                ranks: list[dict[str, Any]] | None = None) -> TrainState:
+        """A copy of this state with the current states of the run's objects (the model's on the CPU);
+        ``ranks``: every rank's :func:`rank_rngs`, under torchrun."""
         return dataclasses.replace(
             self,
+            rank_rngs=ranks if ranks is not None and len(ranks) > 1 else None,
             model={k: v.detach().cpu() for k, v in model.state_dict().items()},
             optimizer=opt.state_dict(),
             scaler=scaler.state_dict() if scaler.is_enabled() else None,
@@ -77,17 +83,24 @@ class TrainState:
         )
 
     def restore(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rng: np.random.Generator,
-                gen: torch.Generator, device: torch.device, cuda_graph: bool) -> None:
+                gen: torch.Generator, device: torch.device, cuda_graph: bool, rank: int = 0, world: int = 1) -> None:
         """Give the loaded optimiser, scaler and generator states to this session's objects (the model's
-        weights are loaded where the model is built)."""
+        weights are loaded where the model is built). Rank ``rank`` of ``world`` takes its own generators
+        when the checkpoint has them for as many ranks, else rank 0's (a checkpoint of one process, of an
+        older facesearch or of another number of ranks: the run goes on, not exactly as it would have)."""
         load_optimizer_state(opt, self.optimizer, device, cuda_graph)
         if self.scaler is not None and scaler.is_enabled():
             scaler.load_state_dict(self.scaler)
-        rng.bit_generator.state = self.numpy_rng
-        torch.set_rng_state(self.torch_rng)
-        gen.set_state(self.gen_rng)
-        if device.type == "cuda" and self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, device)
+        mine = {"numpy_rng": self.numpy_rng, "torch_rng": self.torch_rng, "gen_rng": self.gen_rng,
+                "cuda_rng": self.cuda_rng}
+        if self.rank_rngs is not None and len(self.rank_rngs) == world:
+            mine = dict(self.rank_rngs[rank])
+            mine["numpy_rng"] = json.loads(mine["numpy_rng"])
+        rng.bit_generator.state = mine["numpy_rng"]
+        torch.set_rng_state(mine["torch_rng"])
+        gen.set_state(mine["gen_rng"])
+        if device.type == "cuda" and mine.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(mine["cuda_rng"], device)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint's dict (history and the numpy generator as JSON text; ``scaler`` and
@@ -112,6 +125,8 @@ class TrainState:
             d["scaler"] = self.scaler
         if self.cuda_rng is not None:
             d["cuda_rng"] = self.cuda_rng
+        if self.rank_rngs is not None:
+            d["rank_rngs"] = self.rank_rngs
         return d
 
     @classmethod
@@ -133,7 +148,18 @@ class TrainState:
             stopped_by_time_budget=bool(d.get("stopped_by_time_budget")),
             scaler=d.get("scaler"),
             cuda_rng=d.get("cuda_rng"),
+            rank_rngs=d.get("rank_rngs"),
         )
+
+
+def rank_rngs(rng: np.random.Generator, gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """This process's generators as a checkpoint keeps them (the numpy one as JSON text): under torchrun
+    each rank's are gathered into :attr:`TrainState.rank_rngs`."""
+    d = {"numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+         "gen_rng": gen.get_state()}
+    if device.type == "cuda":
+        d["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return d
 
 
 def save_checkpoint(path: Path, state: TrainState) -> None:

@@ -13,7 +13,10 @@ Then, at every step:
 - rank 0 decides what depends on the clock (the learning rate under a time budget, when the budget is
   spent) and broadcasts it, so every rank takes the same step and stops at the same one;
 - rank 0 alone writes checkpoints, logs, calibrates and saves the model; a resume reads the checkpoint on
-  every rank (several machines need it on a shared filesystem).
+  every rank (several machines need it on a shared filesystem). The checkpoint keeps every rank's random
+  generators (each rank draws its own augmentation), gathered to rank 0 when it is written, and each rank of
+  a resume continues its own, so a run stopped and resumed ends with the weights of one never stopped
+  (tests/integration/test_train_distributed.py); rank 0 decides when a checkpoint is due.
 
 Batch norm: on CUDA its layers become ``SyncBatchNorm`` (statistics over the global batch); on CPU (gloo)
 torch has no SyncBatchNorm, so each rank normalises with its own batch's statistics, which is the one way
@@ -87,6 +90,16 @@ class Dist:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         tdist.broadcast(t, 0)
         return t.tolist()
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` in one process)."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as tdist
+
+        out = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Every rank starts from rank 0's weights and buffers."""

@@ -17,7 +17,7 @@ from facesearch.losses import (
     DistilledContrastiveLoss,
 )
 from facesearch.training.batches import to_device
-from facesearch.training.checkpoint import TrainState, save_checkpoint
+from facesearch.training.checkpoint import TrainState, rank_rngs, save_checkpoint
 from facesearch.training.data import PKSampler
 from facesearch.training.freeze import TrainForward, set_train_mode
 from facesearch.training.inputs import Inputs
@@ -88,7 +88,7 @@ def train_epochs(p: Prepared, data: Decoded, inputs: Inputs, progress: bool,
     forward = TrainForward(p.model, p.cut, inputs.cached) if p.cut else p.model
     train_step = TrainStep(forward, loss_fn, opt, p.amp_dtype, device, cuda_graph=o.cuda_graph, dist=dist)
     if p.resumed:
-        state.restore(opt, train_step.scaler, p.rng, p.gen, device, o.cuda_graph)
+        state.restore(opt, train_step.scaler, p.rng, p.gen, device, o.cuda_graph, dist.rank, dist.world)
     clock = Clock(o, sampler.steps_per_epoch() * o.epochs, time.time() - p.t_start, len(data.cal_labels),
                   state.train_s, embed_rate=inputs.embed_rate)
     log_rng = np.random.default_rng(o.seed + 2)
@@ -116,8 +116,13 @@ def train_epochs(p: Prepared, data: Decoded, inputs: Inputs, progress: bool,
         state.history.append(rec)
         state.stopped_by_time_budget = state.stopped_by_time_budget or cut
         state.finished = cut or state.epoch >= o.epochs
-        if dist.main and (state.finished or time.time() - last_checkpoint >= o.checkpoint_interval_s):
-            save_checkpoint(p.checkpoint, state.capture(p.model, opt, train_step.scaler, p.rng, p.gen, device))
+        due = state.finished or time.time() - last_checkpoint >= o.checkpoint_interval_s
+        if dist.active:  # rank 0's clock decides; then every rank's generators go into rank 0's checkpoint
+            due = bool(dist.from_main(float(due))[0])
+        ranks = dist.gather_objects(rank_rngs(p.rng, p.gen, device)) if due and dist.active else None
+        if due and dist.main:
+            save_checkpoint(p.checkpoint, state.capture(p.model, opt, train_step.scaler, p.rng, p.gen, device, ranks))
+        if due:
             last_checkpoint = time.time()
         if log and dist.main:  # after the checkpoint: an exception raised here leaves a run resumable from the last one
             log(json.dumps(rec))

@@ -10,6 +10,7 @@ Run as ``python -m tests.integration.test_train_distributed`` it prints the figu
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 
@@ -185,6 +186,78 @@ def test_facesearch_train_under_torchrun_on_two_cpu_processes(tmp_path):
     assert 0 < summary["threshold"] < 2
     assert json.loads((out / "model.json").read_text())["threshold"] == summary["threshold"]
     assert (out / "checkpoint.pt").is_file()
+
+
+#: resume under torchrun: the resumed run's weights against the uninterrupted run's. Both are two gloo ranks
+#: on one thread each doing the same float operations in the same order, so they should agree exactly;
+#: the tolerance leaves room for float32 rounding only
+RESUME_TOL = 1e-6
+
+
+def _lfw_people(tmp_path, n: int = 48):
+    from pathlib import Path
+
+    from facesearch.datasets import ImageFolder
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared"
+    lfw, weights = shared / "data" / "lfw" / "lfw-deepfunneled-112.zip", shared / "weights" / "mobilenet_v2-b0353104.pth"
+    if not (lfw.is_file() and weights.is_file()):
+        pytest.skip("needs the shared LFW pack and the ImageNet MobileNetV2 checkpoint")
+    folder = ImageFolder(lfw)
+    people = tmp_path / "people.txt"
+    people.write_text("\n".join([p for p in folder.identities() if 4 <= len(folder.items[p]) <= 10][:n]) + "\n")
+    return lfw, weights, people
+
+
+def _torchrun(entry: list[str], train_args: list[str], timeout: float = 120):
+    import os
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), *entry, "train", *train_args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_a_run_stopped_after_its_checkpoint_resumes_under_torchrun_to_the_same_weights(tmp_path):
+    """Two gloo ranks train 2 epochs (4 steps each, full augmentation: each rank draws its own flips and
+    warps); another run of the same options is stopped right after epoch 1's checkpoint (rank 0 raises,
+    rank 1 fails at its next collective, torchrun stops both) and resumed under torchrun with two ranks.
+    The resumed model must have the uninterrupted one's weights: every rank must continue its own random
+    streams, not rank 0's (the checkpoint keeps each rank's)."""
+    from pathlib import Path
+
+    lfw, weights, people = _lfw_people(tmp_path, 40)
+    common = [str(lfw), "--backbone", "mobilenet_v2", "--pretrained", str(weights), "--input-size", "32",
+              "--epochs", "2", "--pk", "4", "2", "--include-people", str(people), "--calibration-fraction", "0.2",
+              "--device", "cpu", "--checkpoint-every", "0", "--keep-checkpoint", "--json", "--quiet"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    r = _torchrun(["-m", "facesearch"], ["--out", str(whole), *common])
+    assert r.returncode == 0, r.stderr[-3000:]
+    stop = Path(__file__).with_name("train_stop_after_epoch.py")
+    r = _torchrun([str(stop)], ["--out", str(part), *common])
+    assert r.returncode != 0 and "stopped after the checkpoint of epoch 1" in r.stderr, r.stderr[-3000:]
+    assert not (part / "model.json").exists()
+    stopped = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert stopped["epoch"] == 1 and stopped["step"] == 4 and not stopped["finished"]
+    r = _torchrun(["-m", "facesearch"], ["--out", str(part), *common, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(whole / "weights.pt", weights_only=True)
+    b = torch.load(part / "weights.pt", weights_only=True)
+    a, b = a.get("state_dict", a), b.get("state_dict", b)
+    assert a.keys() == b.keys()
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    print(f"resumed vs uninterrupted: max |weight diff| {diff:.3g}")
+    assert diff <= RESUME_TOL, f"resumed weights differ from the uninterrupted run's by {diff:.3g}"
+    # the comparison is not between weights that epoch 2 left alone: it moved them well beyond the tolerance
+    mid = stopped["model"]
+    moved = max(float((a[k].double() - mid[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert moved > 1e3 * RESUME_TOL, moved
+    steps = [json.loads((d / "model.json").read_text())["training"]["steps"] for d in (whole, part)]
+    assert steps == [8, 8]
 
 
 if __name__ == "__main__":
