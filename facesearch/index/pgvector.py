@@ -24,9 +24,20 @@ TABLE = "face_vectors"
 #: pgvector's HNSW build parameters (its defaults) and the ef_search floor (k is used when larger)
 HNSW_M, HNSW_EF_CONSTRUCTION, EF_SEARCH = 16, 64, 64
 ADD_ROWS = 2000
-#: working memory for building the HNSW graph in one go (``maintenance_work_mem`` of that transaction only):
-#: a graph that does not fit is built far more slowly (pgvector's advice); 100k 128-d faces take about 80 MB
-BUILD_MEMORY = "256MB"
+#: working memory for building the HNSW graph in one go (``maintenance_work_mem`` of the rebuild's transaction
+#: only, ``SET LOCAL``): a graph that does not fit is built far more slowly (pgvector's documented slow path:
+#: "hnsw graph no longer fits into maintenance_work_mem"). By default it is sized from the rows loaded
+#: (:func:`build_memory_for`), never below 64 MB nor the server's own setting (``ALTER DATABASE ... SET
+#: maintenance_work_mem`` raises it), and never above :data:`BUILD_MEMORY_MAX` unless the server's setting
+#: is higher. ``PgVectorIndex(build_memory=)`` fixes it instead (``"4GB"``, or bytes).
+BUILD_MEMORY_MIN, BUILD_MEMORY_MAX = 64 << 20, 4 << 30
+#: pgvector's in-memory graph per element beside the vector's allocation (m = 16: neighbour lists and the
+#: element), measured on pgvector 0.8 with 128-d vectors: in a serial build (PostgreSQL's allocator rounds
+#: the 520-byte vector up to 1024) "no longer fits ... after 2562 tuples" at 3603 kB, 1440 bytes an element;
+#: a parallel build packs them tighter (3419 tuples at 4 MB, 1227). tests/integration/test_pgvector_build.py
+#: checks that the sized memory holds a serial build's graph and that less does not.
+GRAPH_BYTES_PER_ELEMENT = 450
+BUILD_MEMORY_MARGIN = 1.25
 #: how the measured ef_search is kept: the HNSW index's comment
 EF_NOTE = "facesearch ef_search="
 
@@ -58,10 +69,59 @@ def create_hnsw(conn, dim: int) -> None:
                       f"{HNSW_EF_CONSTRUCTION}) WHERE vector_dims(embedding) = {d}"))
 
 
+def parse_memory(value) -> int:
+    """Bytes of ``"4GB"``, ``"512MB"``, ``"65536kB"`` (PostgreSQL's units) or an int of bytes."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    s = str(value).strip()
+    for unit, mult in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10), ("B", 1)):
+        if s.endswith(unit) and s[:-len(unit)].strip().isdigit():
+            return int(s[:-len(unit)]) * mult
+    if s.isdigit():
+        return int(s)
+    raise ValueError(f"not a memory size: {value!r} (e.g. '4GB', '512MB')")
+
+
+def element_bytes(dim: int) -> int:
+    """One element of pgvector's in-memory HNSW graph: its vector (8 + 4 * dim bytes, as PostgreSQL's
+    allocator rounds a small chunk: up to a power of two) and :data:`GRAPH_BYTES_PER_ELEMENT`."""
+    v = 8 + 4 * int(dim)
+    return (1 << (v - 1).bit_length() if v <= 8192 else v) + GRAPH_BYTES_PER_ELEMENT
+
+
+def build_memory_for(rows: int, dim: int, server_bytes: int, fixed=None) -> int:
+    """``maintenance_work_mem`` (bytes) for building the HNSW graph of ``rows`` vectors of ``dim``."""
+    if fixed is not None:
+        return parse_memory(fixed)
+    need = int(rows * element_bytes(dim) * BUILD_MEMORY_MARGIN)
+    return max(server_bytes, min(max(need, BUILD_MEMORY_MIN), BUILD_MEMORY_MAX))
+
+
+#: PostgreSQL's binary COPY header (signature, flags, extension length) and trailer
+COPY_HEADER, COPY_TRAILER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8, b"\xff\xff"
+
+
+def copy_rows(ids, x) -> bytes:
+    """``(face_id bigint, embedding vector)`` rows in PostgreSQL's binary COPY format (between
+    :data:`COPY_HEADER` and :data:`COPY_TRAILER`): per row a field count, the id (int8) and the vector in
+    pgvector's binary form (int16 dims, int16 0, float4 each), all big-endian. Built by numpy in one go."""
+    ids = np.asarray(ids, np.int64)
+    x = np.ascontiguousarray(x, np.float32)
+    n, d = x.shape
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} vectors")
+    row = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("dim", ">i2"), ("unused", ">i2"),
+                    ("v", ">f4", (d,))])
+    rows = np.empty(n, row)
+    rows["nf"], rows["l1"], rows["id"], rows["l2"], rows["dim"], rows["unused"] = 2, 8, ids, 4 + 4 * d, d, 0
+    rows["v"] = x
+    return rows.tobytes()
+
+
 class PgVectorIndex(SharedIndex):
     backend = "pgvector"
 
-    def __init__(self, engine, dim: int):
+    def __init__(self, engine, dim: int, build_memory=None):
         from sqlalchemy import inspect
 
         try:
@@ -70,6 +130,9 @@ class PgVectorIndex(SharedIndex):
             raise FaceSearchError("--vectors pgvector needs the pgvector package: pip install "
                                   "'facesearch[pgvector]'") from e
         self.engine, self.dim = engine, int(dim)
+        self.build_memory = None if build_memory is None else parse_memory(build_memory)
+        #: what the last rebuild did: rows, load_s, index_s, maintenance_work_mem (bytes), how rows were loaded
+        self.last_build: dict = {}
         self._vector = Vector(self.dim)
         self.factory = f"HNSW{HNSW_M}"
         self.location = "pgvector"
@@ -193,19 +256,60 @@ class PgVectorIndex(SharedIndex):
 
     def finish(self) -> None:
         with self.engine.begin() as conn:
-            create_hnsw(conn, self.dim)
+            self._build(conn, int(conn.exec_driver_sql(f"SELECT count(*) FROM {TABLE}").scalar()))
+
+    def _build(self, conn, rows: int) -> None:
+        """CREATE the HNSW index in ``conn``'s transaction with enough ``maintenance_work_mem`` (SET LOCAL)."""
+        import time
+
+        from sqlalchemy import text
+
+        server = int(conn.execute(text("SELECT setting::bigint * 1024 FROM pg_settings "
+                                       "WHERE name = 'maintenance_work_mem'")).scalar())
+        mem = build_memory_for(rows, self.dim, server, self.build_memory)
+        conn.execute(text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": f"{max(1, mem >> 10)}kB"})
+        t = time.perf_counter()
+        create_hnsw(conn, self.dim)
+        self.last_build.update(rows=rows, index_s=round(time.perf_counter() - t, 2), maintenance_work_mem=mem)
+
+    def _copy(self, conn, chunks) -> int:
+        """Bulk-load with binary COPY through psycopg 3's ``cursor.copy`` (the rows built by numpy, no
+        per-row Python). Only into an empty table: COPY has no ON CONFLICT."""
+        n = 0
+        with conn.connection.dbapi_connection.cursor() as cur:
+            with cur.copy(f"COPY {TABLE} (face_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.write(COPY_HEADER)
+                for ids, x in chunks:
+                    x = np.ascontiguousarray(x, np.float32)
+                    if x.shape[1:] != (self.dim,):
+                        raise ValueError(f"vectors are {x.shape}, expected (n, {self.dim})")
+                    cp.write(copy_rows(ids, x))
+                    n += len(ids)
+                cp.write(COPY_TRAILER)
+        return n
 
     def replace_all(self, chunks) -> None:
-        """One transaction: empty, load, build the HNSW graph once. Other connections searching meanwhile
-        wait for it (TRUNCATE's lock) and then see the whole new set, never half of it."""
+        """One transaction: empty, load (binary COPY under psycopg 3, else INSERTs), build the HNSW graph
+        once with the memory it needs. Other connections searching meanwhile wait for it (TRUNCATE's lock)
+        and then see the whole new set, never half of it."""
+        import time
+
         from sqlalchemy import text
 
         with self.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {TABLE}"))
             conn.execute(text(f"DROP INDEX IF EXISTS {index_name(self.dim)}"))
-            self._insert(conn, chunks)
-            conn.execute(text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": BUILD_MEMORY})
-            create_hnsw(conn, self.dim)
+            t = time.perf_counter()
+            with conn.connection.dbapi_connection.cursor() as cur:
+                has_copy = hasattr(cur, "copy")
+            if has_copy:
+                rows, how = self._copy(conn, chunks), "binary COPY"
+            else:
+                chunks = [(np.asarray(i, np.int64), np.asarray(x, np.float32)) for i, x in chunks]
+                self._insert(conn, chunks)
+                rows, how = sum(len(i) for i, _ in chunks), "INSERT"
+            self.last_build = {"load": how, "load_s": round(time.perf_counter() - t, 2)}
+            self._build(conn, rows)
 
     def memory_bytes(self) -> int:
         """The table and its indexes on disk (what PostgreSQL caches in memory when they fit)."""
