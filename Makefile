@@ -15,6 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m compileall -q facesearch  # bytecode now, as a wheel install writes it (not left to PYTHONDONTWRITEBYTECODE)
 	touch $@
 
 # torchvision looks for ImageNet checkpoints here; facesearch never downloads them

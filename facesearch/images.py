@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL import WebPImagePlugin  # noqa: F401 - registered up front: Image.open of bytes tries the formats Pillow
+# pre-loads (BMP, GIF, JPEG, PPM, PNG) and imports all of its ~40 other plug-ins (~50 ms) for anything else
 
 from facesearch.errors import InvalidImageError
 from facesearch.names import has_surrogates, printable

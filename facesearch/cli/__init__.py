@@ -15,17 +15,25 @@ from pathlib import Path
 import click
 
 from facesearch import __version__
-from facesearch.cli import align as _align
-from facesearch.cli import cluster as _cluster
-from facesearch.cli import db as _db
-from facesearch.cli import gallery as _gallery
-from facesearch.cli import model as _model
-from facesearch.cli import serve as _serve
-from facesearch.cli.app import CONTEXT, App, Group, Output, show_notes
+from facesearch.cli.app import CONTEXT, App, LazyGroup, Output, show_notes
 from facesearch.settings import Settings
 
+#: every command: the module of facesearch.cli that holds it and its name there. A module is imported when
+#: one of its commands runs (or ``--help`` lists them), so a ``query`` process does not import training's,
+#: serving's or evaluation's modules (~50 ms of a one-image query's start-up)
+COMMANDS = {
+    "enroll": ("gallery", "enroll"), "query": ("gallery", "query"), "verify": ("gallery", "verify"),
+    "identities": ("gallery", "identities"), "faces": ("gallery", "faces"), "info": ("gallery", "info"),
+    "reindex": ("gallery", "reindex"), "align": ("align", "align"), "cluster": ("cluster", "cluster"),
+    "db": ("db", "db"), "model": ("model", "model"), "serve": ("serve", "serve"), "keys": ("serve", "keys"),
+    "train": ("train", "train"), "calibrate": ("train", "calibrate"), "evaluate": ("evaluate", "evaluate"),
+}
+#: modules an installation may leave out (training and evaluation): their commands are listed only where the
+#: module is there, as before; any other import error of theirs is raised
+OPTIONAL_MODULES = ("train", "evaluate")
 
-@click.group(cls=Group, context_settings=CONTEXT)
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT, lazy_commands=COMMANDS, optional_modules=OPTIONAL_MODULES)
 @click.version_option(__version__, "-V", "--version", prog_name="facesearch")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the SQLite database and the index [env FACESEARCH_HOME; default ~/.facesearch].")
@@ -60,26 +68,6 @@ def cli(ctx, home, db, model, device, index, backend, vectors, verbose):
     settings = Settings.from_env().override(home=home, db_url=db, model=model, vectors=vectors)
     ctx.obj = App(settings, device, index, backend)
     ctx.call_on_close(ctx.obj.close)
-
-
-for _command in (_gallery.enroll, _gallery.query, _gallery.verify, _align.align, _gallery.identities, _gallery.faces,
-                 _gallery.info, _gallery.reindex, _cluster.cluster, _db.db, _model.model, _serve.serve, _serve.keys):
-    cli.add_command(_command)
-
-
-def _register_optional() -> None:
-    for mod, name in (("facesearch.cli.train", "train"), ("facesearch.cli.train", "calibrate"),
-                      ("facesearch.cli.evaluate", "evaluate")):
-        try:
-            module = __import__(mod, fromlist=[name])
-        except ImportError as e:
-            if e.name != mod:
-                raise
-            continue
-        cli.add_command(getattr(module, name))
-
-
-_register_optional()
 
 
 def main() -> None:

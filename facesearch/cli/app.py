@@ -144,6 +144,49 @@ class Group(click.Group):
 Group.group_class = Group
 
 
+class LazyGroup(Group):
+    """The root group: its commands live in modules of :mod:`facesearch.cli` imported when a command is
+    looked up (to run it, to list it in ``--help``, to complete it), not when the CLI starts.
+
+    ``lazy_commands`` maps a command's name to ``(module, attribute)``; the modules named in
+    ``optional_modules`` may be absent from an installation, and their commands are then not listed."""
+
+    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str]], optional_modules=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands, self.optional_modules = dict(lazy_commands), frozenset(optional_modules)
+
+    def _module(self, name: str):
+        import importlib
+
+        full = f"facesearch.cli.{name}"
+        try:
+            return importlib.import_module(full)
+        except ImportError as e:
+            if name in self.optional_modules and e.name == full:
+                return None
+            raise
+
+    def list_commands(self, ctx) -> list[str]:
+        import importlib.util
+
+        names = set(super().list_commands(ctx))
+        for name, (module, _) in self.lazy_commands.items():
+            if module not in self.optional_modules or importlib.util.find_spec(f"facesearch.cli.{module}"):
+                names.add(name)
+        return sorted(names)
+
+    def get_command(self, ctx, cmd_name: str):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self.lazy_commands:
+            module_name, attr = self.lazy_commands[cmd_name]
+            module = self._module(module_name)
+            if module is None:
+                return None
+            cmd = getattr(module, attr)
+            self.add_command(cmd, cmd_name)
+        return cmd
+
+
 class App:
     """What the root group puts on ``ctx.obj``: the settings, the options, and the gallery opened on
     first use."""

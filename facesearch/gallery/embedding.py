@@ -258,6 +258,34 @@ class GalleryModel:
             raise ModelFileError(f"runtime onnx: cannot embed through ONNX Runtime: {why}")
         return self._onnx
 
+    @contextlib.contextmanager
+    def loading_meanwhile(self, expected_key: str):
+        """Make the ONNX Runtime session in a thread while the caller reads and aligns its images.
+
+        A one-image query pays for both at its first embedding: building the session (~0.1-0.2 s on this
+        2-core CPU, most of it in ONNX Runtime's C++ with the GIL released) and the detector's first call
+        (~0.2 s) that the model's re-alignment of a crop makes. Side by side they take the longer of the two.
+        The thread is joined on exit; it only calls :meth:`onnx`, whose lock the caller's own call waits on,
+        and its errors are left to that call (which raises them again)."""
+        src = self._onnx_source
+        if (src is None or src.runtime == "torch" or self._onnx_tried or not onnx_runtime.available()
+                or not src.on_cpu()):
+            yield
+            return
+
+        def load():
+            try:
+                self.onnx(expected_key)
+            except Exception:  # noqa: BLE001 - the caller's own call of onnx() raises it again
+                pass
+
+        thread = threading.Thread(target=load, name="facesearch-onnx-load", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
+
     def runner(self, expected_key: str) -> "onnx_runtime.OnnxEncoder | encoder.Encoder":
         """What embeds: the ONNX Runtime encoder where it can (:meth:`onnx`), else the torch encoder."""
         return self.onnx(expected_key) or self.get(expected_key)

@@ -90,7 +90,8 @@ def search(gallery: "FaceSearch", emb: np.ndarray, top_k: int, probes: Sequence[
 def query_faces(g: "FaceSearch", image, top_k: int, decision: Decision, every: bool) -> list[QueryResult]:
     """One result per face of one image (see :meth:`FaceSearch.query_faces`)."""
     name = input_name(image)
-    found = g._face_crops(image, every=every)
+    with g.encoder.loading_meanwhile(g.model_key):
+        found = g._face_crops(image, every=every)
     with g.encoder.single_thread(g.device):
         results = search(g, g.embed_crops([c for c, _ in found]), top_k, [name] * len(found), decision)
     for r, (_, face) in zip(results, found):
@@ -104,15 +105,16 @@ def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progres
     out: list[QueryResult | Failure | None] = []
     for batch in batched(list(image_list), batch_size):
         crops, slots = [], []  # slots: (place in out, probe name, face)
-        for im in batch:
-            name = input_name(im)
-            try:
-                for crop, face in g._face_crops(im, every=every):
-                    crops.append(crop)
-                    slots.append((len(out), name, face))
-                    out.append(None)
-            except InvalidImageError as e:
-                out.append(Failure(name, e.reason))
+        with g.encoder.loading_meanwhile(g.model_key):  # the first batch's only
+            for im in batch:
+                name = input_name(im)
+                try:
+                    for crop, face in g._face_crops(im, every=every):
+                        crops.append(crop)
+                        slots.append((len(out), name, face))
+                        out.append(None)
+                except InvalidImageError as e:
+                    out.append(Failure(name, e.reason))
         if crops:
             found = search(g, g.embed_crops(crops), top_k, [s[1] for s in slots], decision)
             for (slot, _, face), res in zip(slots, found):
@@ -125,7 +127,8 @@ def query_many(g: "FaceSearch", image_list, top_k: int, batch_size: int, progres
 
 def verify(g: "FaceSearch", a, b, threshold: float) -> VerifyResult:
     """1:1 (see :meth:`FaceSearch.verify`): ``same`` is ``distance <= threshold``."""
-    (ca, fa), (cb, fb) = g._face_crops(a)[0], g._face_crops(b)[0]
+    with g.encoder.loading_meanwhile(g.model_key):
+        (ca, fa), (cb, fb) = g._face_crops(a)[0], g._face_crops(b)[0]
     with g.encoder.single_thread(g.device):
         ea, eb = g.embed_crops([ca]), g.embed_crops([cb])
     d = float(distance.clip(distance.paired(ea, eb))[0])

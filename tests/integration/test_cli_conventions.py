@@ -18,13 +18,33 @@ from tests.conftest import PEOPLE, REPO
 
 
 def _commands(group: click.Group, prefix=()):
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the root group imports its command modules on lookup
+        cmd = group.get_command(ctx, name)
         yield prefix + (name,), cmd
         if isinstance(cmd, click.Group):
             yield from _commands(cmd, prefix + (name,))
 
 
 COMMANDS = list(_commands(cli))
+
+
+def test_every_command_is_listed():
+    top = {p[0] for p, _ in COMMANDS}
+    assert {"enroll", "query", "verify", "identities", "faces", "info", "reindex", "align", "cluster", "db",
+            "model", "serve", "keys", "train", "calibrate", "evaluate"} <= top, top
+    assert ("identities", "merge") in {p for p, _ in COMMANDS}
+
+
+def test_a_query_process_does_not_import_the_other_commands_modules():
+    code = ("import sys; from facesearch.cli import cli; import click; "
+            "cli.get_command(click.Context(cli), 'query'); "
+            "print(sorted(m for m in sys.modules if m.startswith('facesearch.cli.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    loaded = set(json.loads(r.stdout.replace("'", '"')))
+    assert "facesearch.cli.gallery" in loaded, loaded
+    assert not loaded & {"facesearch.cli.train", "facesearch.cli.evaluate", "facesearch.cli.serve",
+                         "facesearch.cli.model", "facesearch.cli.align"}, loaded
 
 
 @pytest.mark.parametrize("path, cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])

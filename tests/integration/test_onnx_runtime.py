@@ -173,6 +173,41 @@ def test_runtime_onnx_without_a_file_is_an_error_and_torch_never_uses_one(mobile
     assert np.abs(a - b).max() <= onnx_runtime.TOLERANCE
 
 
+def test_the_session_is_made_in_a_thread_while_crops_are_read_and_its_errors_reach_the_caller(
+        mobilenet_dir, tmp_path):
+    """GalleryModel.loading_meanwhile: the session is built beside the caller's work, the thread is joined
+    on exit, the caller then embeds through ONNX Runtime as before; where the session cannot be made
+    (runtime onnx, no file) the caller's own call still raises the error."""
+    import threading
+
+    from facesearch.errors import ModelFileError
+    from facesearch.gallery.embedding import GalleryModel, ModelFiles
+    from facesearch.model.files import weights_sha256
+
+    cfg = read_model_dir(mobilenet_dir)
+    key = model_key(cfg, weights_sha256(mobilenet_dir))
+    g = GalleryModel(ModelFiles(cfg, mobilenet_dir, "cpu", "onnx"))
+    with g.loading_meanwhile(key):
+        crops = [np.full((3, 112, 112), v, np.uint8) for v in (0, 90, 200)]
+    assert "facesearch-onnx-load" not in {t.name for t in threading.enumerate()}  # joined
+    assert isinstance(g._onnx, onnx_runtime.OnnxEncoder)  # made by the thread: nothing here embedded
+    a = g.embed_crops(crops, key)
+    b = GalleryModel(ModelFiles(cfg, mobilenet_dir, "cpu", "torch")).embed_crops(crops, key)
+    assert np.abs(a - b).max() <= onnx_runtime.TOLERANCE
+    with g.loading_meanwhile(key):  # already made: no second thread
+        assert "facesearch-onnx-load" not in {t.name for t in threading.enumerate()}
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("model.json", "weights.pt"):
+        shutil.copy(mobilenet_dir / f, bare / f)
+    g = GalleryModel(ModelFiles(cfg, bare, "cpu", "onnx"))
+    with g.loading_meanwhile(key):
+        pass
+    with pytest.raises(ModelFileError, match="missing or not of these weights"):
+        g.embed_crops(crops, key)
+
+
 def test_model_export_command(tmp_path):
     from click.testing import CliRunner
 
