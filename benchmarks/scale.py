@@ -50,6 +50,9 @@ def default_indexes(n: int) -> list[str]:
     if auto == "Flat":  # exact by default here: show what IVF and HNSW would do
         return [ivf, "SQfp16", "HNSW32,Flat@efSearch=128"]
     nlist = vindex.policy.ivf_lists(auto)
+    if vindex.policy.is_reranked(auto):  # the baseline: what auto built here before (IVF over exact vectors)
+        flat_lists = max(64, 2 ** int(round(np.log2(2 * np.sqrt(n)))))
+        return [f"IVF{flat_lists},Flat"]
     out = [f"IVF{nlist},SQ8@shared"]
     if n <= 200_000:  # HNSW32 at 1M builds in 8 min on 2 busy cores: measured once, docs/speed.md
         out += ["SQfp16", "HNSW32,Flat"]
@@ -83,6 +86,8 @@ def _set_params(idx, params: dict) -> None:
         if k == "nprobe":
             ivf.nprobe = int(v)
             idx.nprobe = int(v)
+        elif k == "refine":
+            idx.set_refine_candidates(int(v))
         elif k == "efSearch":
             base = idx.cpu_index.index if hasattr(idx.cpu_index, "index") else idx.cpu_index
             faiss.downcast_index(base).hnsw.efSearch = int(v)
@@ -95,7 +100,10 @@ def _params_of(idx) -> dict:
 
     ivf = faiss.try_extract_index_ivf(idx.cpu_index)
     if ivf is not None:
-        return {"nprobe": int(ivf.nprobe), "nlist": int(ivf.nlist)}
+        out = {"nprobe": int(ivf.nprobe), "nlist": int(ivf.nlist)}
+        if getattr(idx, "refine_candidates", None) is not None:
+            out["refine"] = idx.refine_candidates
+        return out
     base = idx.cpu_index.index if hasattr(idx.cpu_index, "index") else idx.cpu_index
     base = faiss.downcast_index(base)
     if hasattr(base, "hnsw"):
@@ -261,6 +269,25 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
                                    speedup_vs_baseline=ratio(row["baseline_p50_ms"], p50)))
         log(f"  {n}: {label:32s} p50 {p50:8.3f} ms")
 
+    def measure_two_threads(idx, label: str, factory: str):
+        """Single-probe latency with FAISS's two OpenMP threads (FaissIndex.search runs a single probe on one
+        thread: ``faiss_index.ONE_THREAD_QUERIES``; this row lifts that, to show what it avoids)."""
+        from facesearch.index import faiss_index
+
+        before = faiss_index.ONE_THREAD_QUERIES
+        faiss_index.ONE_THREAD_QUERIES = 0
+        try:
+            single = time_calls(lambda i: idx.search(probes[i % n_probes : i % n_probes + 1], K), n_single,
+                                budget_s / 2, warmup=3, min_n=5)
+        finally:
+            faiss_index.ONE_THREAD_QUERIES = before
+        row = next(r for r in out["queries"] if r["label"] == label.replace(", 2 threads", "") and r["batch"] == 1)
+        p50 = pct_ms(single, 50)
+        out["queries"].append(dict(row, label=label, auto=False, p50_ms=p50, p99_ms=pct_ms(single, 99),
+                                   calls=len(single), queries_per_s=round(1 / (p50 / 1e3), 1), omp_threads=2,
+                                   speedup_vs_baseline=ratio(row["baseline_p50_ms"], p50)))
+        log(f"  {n}: {label:32s} p50 {p50:8.3f} ms")
+
     def sweep(idx, name: str, values: list[int]) -> list[dict]:
         """Recall and single-probe latency (one OpenMP thread) of a built index across its search parameter."""
         import faiss
@@ -293,8 +320,11 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
                                                          if k != "nlist")
         measure(auto_idx, label, auto_idx.factory, t_build, True)
         measure_one_thread(auto_idx, label + ", 1 thread", auto_idx.factory, False)
+        measure_two_threads(auto_idx, label + ", 2 threads", auto_idx.factory)
         if "efSearch" in _params_of(auto_idx):
             out["auto"]["efSearch_sweep"] = sweep(auto_idx, "efSearch", [16, 32, 64, 128, 256, 512, 1024])
+        elif vindex.policy.is_reranked(auto_idx.factory):
+            out["auto"]["nprobe_sweep"] = sweep(auto_idx, "nprobe", [64, 128, 256, 384, 512, 640, 768, 1024, 1536])
         else:
             out["auto"]["nprobe_sweep"] = sweep(auto_idx, "nprobe", [8, 16, 32, 64, 128, 256, 512])
     # end to end through the API: index search + identity lookup in SQLite (top 5 identities)

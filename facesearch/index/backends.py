@@ -133,7 +133,7 @@ def create(dim: int, n_expected: int = 0, factory: str = "auto", backend: str = 
     ``HNSW32,Flat``, ``SQfp16`` ...); ``backend``: ``auto`` or a name in :data:`REGISTRY`."""
     backend = resolve_backend(backend)
     if factory == "auto":
-        factory = auto_factory(n_expected)
+        factory = auto_factory(n_expected, dim)
     index = REGISTRY[backend].new(dim, factory)
     return index if index is not None else REGISTRY["faiss-cpu"].new(dim, factory)
 

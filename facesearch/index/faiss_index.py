@@ -21,8 +21,18 @@ IVF_NPROBE = 32
 #: HNSW's efSearch (candidates kept while walking the graph) of a new HNSW index; a built one chooses its own
 #: (``policy.tune_search``), stored in its file by FAISS
 HNSW_EF_SEARCH = 64
-#: the ids a removed face's slot in an HNSW index's id map is given: never a store id (those are >= 0)
+#: the ids a removed face's slot in an HNSW or re-ranked index's id map is given: never a store id (those are >= 0)
 REMOVED = -1
+#: candidates a new re-ranked index (``...,RFlat``: compressed codes scanned, the best re-ranked on the exact
+#: vectors) re-ranks per query when nothing better is known; a built one chooses its own
+#: (``policy.tune_search``), kept in the file as the refine stage's ``k_factor`` (read as candidates per query)
+REFINE_CANDIDATES = 64
+#: a re-ranked index keeps a removed face's codes and vector (FAISS's refine stage cannot drop them) and filters
+#: it out of every search; past this share of removed faces, ``remove`` asks for a rebuild instead
+REFINE_MAX_REMOVED = 0.05
+#: single probes (a query of up to this many vectors) search on one OpenMP thread: on this project's 2-core
+#: machine a 2-thread parallel region for one probe waits for a second, busy core (measured: docs/speed.md)
+ONE_THREAD_QUERIES = 1
 
 
 def faiss_has_gpu() -> bool:
@@ -46,7 +56,12 @@ class FaissIndex(VectorIndex):
         self.backend = "faiss-gpu" if gpu else "faiss-cpu"
         if index is None:
             base = faiss.index_factory(dim, factory, distance.faiss_metric())
-            index = base if factory.startswith("IVF") else faiss.IndexIDMap2(base)
+            # a plain IVF index keeps the store's ids in its lists (and removes them in place); anything else
+            # (exact, HNSW, an IVF behind a refine stage) gets an id map
+            index = base if isinstance(base, faiss.IndexIVF) else faiss.IndexIDMap2(base)
+            if isinstance(base, faiss.IndexRefine):
+                base.k_factor = float(REFINE_CANDIDATES)
+                faiss.extract_index_ivf(base).cp.niter = 10  # k-means iterations: bounds the build (measured)
         self.cpu_index = index
         # a new index starts at IVF_NPROBE; a loaded one keeps the nprobe it was saved with
         self.nprobe = nprobe if nprobe is not None else (IVF_NPROBE if loaded is False else None)
@@ -57,10 +72,18 @@ class FaissIndex(VectorIndex):
         self._hnsw = faiss_hnsw(self)
         if self._hnsw is not None and not loaded:
             self._hnsw.efSearch = HNSW_EF_SEARCH
-        self.removed = int((self._id_map() == REMOVED).sum()) if self._hnsw is not None and loaded else 0
+        #: a re-ranked index (``IVF<lists>,PQ<m>x4fs,RFlat``): the IVF scans 4-bit fast-scan codes, the refine stage
+        #: re-ranks the best ``refine_candidates`` on the exact vectors it keeps. A removed face keeps its codes and
+        #: vector (the refine stage cannot drop them): its id-map slot becomes REMOVED and the IVF scan skips it
+        #: (an IDSelector over the id map, so the k answers are k live faces), as for HNSW
+        self._refine = faiss_refine(self)
+        marks = self._hnsw is not None or self._refine is not None
+        self.removed = int((self._id_map() == REMOVED).sum()) if marks and loaded else 0
         self._live = faiss.IDSelectorRange(0, 2**62)
+        self._live_slots = (faiss.IDSelectorTranslated(self.cpu_index.id_map, self._live)
+                            if self._refine is not None else None)
         self._gpu = None
-        if gpu:
+        if gpu and self._refine is None:  # the refine stage has no GPU version: a re-ranked index searches on the CPU
             self._res = faiss.StandardGpuResources()
             self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.cpu_index)
 
@@ -87,6 +110,14 @@ class FaissIndex(VectorIndex):
 
     def set_ef_search(self, ef: int) -> None:
         self._hnsw.efSearch = int(ef)
+
+    @property
+    def refine_candidates(self) -> int | None:
+        """Candidates per query re-ranked on the exact vectors (None when the index has no refine stage)."""
+        return int(self._refine.k_factor) if self._refine is not None else None
+
+    def set_refine_candidates(self, r: int) -> None:
+        self._refine.k_factor = float(max(1, int(r)))
 
     @property
     def tunable(self) -> bool:
@@ -133,10 +164,13 @@ class FaissIndex(VectorIndex):
         import faiss
 
         ids = np.asarray(list(ids), np.int64)
-        if self._hnsw is not None:
+        if self._hnsw is not None or self._refine is not None:
             id_map = self._id_map()
             hit = np.isin(id_map, ids[ids >= 0])
             n = int(hit.sum())
+            if n and self._refine is not None and self.removed + n > REFINE_MAX_REMOVED * len(id_map):
+                raise RuntimeError(f"{self.removed + n} of {len(id_map)} faces removed from a re-ranked index: "
+                                   "rebuild it")
             if n:
                 id_map[hit] = REMOVED
                 faiss.copy_array_to_vector(id_map, self.cpu_index.id_map)
@@ -150,7 +184,27 @@ class FaissIndex(VectorIndex):
     def search(self, queries, k):
         q = np.ascontiguousarray(queries, np.float32)
         k = max(1, min(int(k), max(self.ntotal, 1)))
-        if self._hnsw is not None and self.removed:
+        if len(q) <= ONE_THREAD_QUERIES:
+            import faiss
+
+            threads = faiss.omp_get_max_threads()  # this thread's setting (OpenMP keeps one per thread)
+            faiss.omp_set_num_threads(1)
+            try:
+                return self._search(q, k)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        return self._search(q, k)
+
+    def _search(self, q, k):
+        if self._refine is not None:
+            import faiss
+
+            # the refine stage re-ranks k * k_factor candidates: at least refine_candidates whatever k is
+            r = self.refine_candidates
+            ivf = faiss.SearchParametersIVF(nprobe=int(self.nprobe), sel=self._live_slots if self.removed else None)
+            params = faiss.IndexRefineSearchParameters(k_factor=float(max(1.0, -(-r // k))), base_index_params=ivf)
+            sims, ids = self.cpu_index.search(q, k, params=params)
+        elif self._hnsw is not None and self.removed:
             import faiss
 
             params = faiss.SearchParametersHNSW(sel=self._live, efSearch=int(self._hnsw.efSearch))
@@ -211,6 +265,16 @@ def faiss_hnsw(index: FaissIndex):
         return None
     inner = faiss.downcast_index(inner)
     return inner.hnsw if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def faiss_refine(index: FaissIndex):
+    """The refine stage (``faiss.IndexRefine``) of ``index`` when it re-ranks candidates (``...,RFlat``), else None."""
+    import faiss
+
+    if not isinstance(index.cpu_index, faiss.IndexIDMap2):
+        return None
+    inner = faiss.downcast_index(index.cpu_index.index)
+    return inner if isinstance(inner, faiss.IndexRefine) else None
 
 
 def faiss_nlist(index: FaissIndex) -> int:

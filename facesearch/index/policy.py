@@ -25,6 +25,16 @@ EXACT_MAX = 50_000
 #: the recall@1 (nearest other face, against exact search) that ``tune_nprobe`` asks for
 TARGET_RECALL = 0.99
 NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
+#: above this many faces, "auto" scans compressed codes and re-ranks the best on the exact vectors
+#: (``IVF<lists>,PQ<d/2>x4fs,RFlat``) instead of scanning the exact vectors (``IVF<lists>,Flat``). Measured on
+#: galleries fitted to SFace (docs/speed.md): the same recall@1 as IVF-Flat at the same nprobe with the scan
+#: 6-8x faster at 1M, and already faster at 60k (0.40 against 0.75 ms at recall@1 1.0 and 0.995), so it follows
+#: exact search directly; ``IVF<lists>,Flat`` stays for odd dimensions and galleries that chose it
+RERANK_MIN = EXACT_MAX
+#: nprobe values ``tune_search`` tries on a re-ranked index (finer steps: its cost grows with the lists scanned)
+RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048)
+#: candidates re-ranked per query that ``tune_search`` tries (after choosing nprobe with the most of them)
+REFINE_CHOICES = (16, 32, 64, 128, 256)
 #: HNSW efSearch values ``tune_search`` tries, smallest first
 EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
@@ -33,19 +43,32 @@ EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: fitted to SFace's distances at 1M faces it reached recall@1 0.944 at efSearch 512 (7.0 ms) and 0.972 at 1024
 #: (12.6 ms), built in 479 s, where IVF2048,Flat reached 0.979 at nprobe 512 (9.3 ms), built in 24 s. It stays
 #: an ``--index`` choice, with removal in place and efSearch tuned at build.
-def auto_factory(n: int) -> str:
-    """The FAISS factory string "auto" picks for ``n`` faces: exact while that is fast, then IVF."""
+def auto_factory(n: int, dim: int = 128) -> str:
+    """The FAISS factory string "auto" picks for ``n`` faces of ``dim`` dimensions: exact while that is fast,
+    then IVF over the exact vectors, then (above :data:`RERANK_MIN`) IVF over 4-bit fast-scan PQ codes with
+    the best candidates re-ranked on the exact vectors."""
     if n <= EXACT_MAX:
         return "Flat"
+    if n > RERANK_MIN and dim % 2 == 0:
+        # about 4 sqrt(n) lists: at 1M, 4096 lists reach a recall with a smaller share of the gallery scanned
+        # than 2048 (measured, docs/speed.md), but at least 128 faces a list (fast-scan reads codes in blocks
+        # of 32); two dimensions per 4-bit sub-quantizer
+        nlist = max(64, min(2 ** int(round(math.log2(4 * math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
+        return f"IVF{nlist},PQ{dim // 2}x4fs,RFlat"
     # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
     # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
     nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
     return f"IVF{nlist},Flat"
 
 
-def ivf_auto_factory(n: int) -> str:
+def is_reranked(factory: str) -> bool:
+    """Whether a factory string is an IVF over compressed codes with an exact re-rank (``...,RFlat``)."""
+    return factory.startswith("IVF") and factory.endswith(",RFlat")
+
+
+def ivf_auto_factory(n: int, dim: int = 128) -> str:
     """The IVF index ``auto`` builds for ``n`` faces above EXACT_MAX (what :func:`auto_factory` gives there)."""
-    return auto_factory(max(n, EXACT_MAX + 1))
+    return auto_factory(max(n, EXACT_MAX + 1), dim)
 
 
 def ivf_lists(factory: str) -> int | None:
@@ -59,18 +82,26 @@ def needs_rebuild(current_factory: str, ntotal: int) -> bool:
     faces should be rebuilt as :func:`auto_factory` would build it now.
 
     Exact search gives way to IVF once the gallery grows past :data:`EXACT_MAX`, and comes back when it
-    shrinks to it; an IVF index is rebuilt only when the lists ``auto`` would choose are more than 4 times
-    its own (close enough otherwise: retraining costs a pass over the gallery). A torch index is exact on
-    the GPU at any size and is never re-tiered."""
+    shrinks to it; an IVF index over exact vectors becomes a re-ranked one once the gallery grows past
+    :data:`RERANK_MIN` (an older gallery's file too), and a re-ranked one is kept down to EXACT_MAX (no
+    flapping at the boundary). An IVF index is otherwise rebuilt only when the lists ``auto`` would choose
+    are more than 4 times its own (close enough otherwise: retraining costs a pass over the gallery). A
+    torch index is exact on the GPU at any size and is never re-tiered."""
     if current_factory in TORCH_FACTORIES:
         return False
     want = auto_factory(ntotal)
     if want == "Flat" and current_factory == "Flat":
         return False
+    if want == "Flat":
+        return True
     have, wanted = ivf_lists(current_factory), ivf_lists(want)
-    if have is not None and wanted is not None:
-        return have * 4 < wanted
-    return True
+    if have is None:
+        return True
+    if is_reranked(want) and not is_reranked(current_factory):
+        return True
+    if is_reranked(current_factory) and not is_reranked(want):
+        return have * 4 < ivf_lists(auto_factory(max(ntotal, RERANK_MIN + 1)))
+    return have * 4 < wanted
 
 
 def check_factory(factory: str, dim: int) -> None:
@@ -127,25 +158,33 @@ def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = 
             sj = s[np.arange(len(q)), j]
             better = sj > best_s
             best_s[better], best_i[better] = sj[better], cids[j[better]]
+
+    def recall(search_k: int = 2):
+        sims, found = index.search(q, search_k)
+        sims = distance.to_similarity(sims)
+        other = np.where(found[:, 0] == q_ids, found[:, 1], found[:, 0])
+        other_s = np.where(found[:, 0] == q_ids, sims[:, 1], sims[:, 0])
+        ok = (other == best_i) | (other_s >= best_s - 1e-6)  # ties count as found
+        misses = int((~ok).sum())
+        low = float((ok.sum() - 2.0 * np.sqrt(max(misses, 1))) / len(q)) if misses else 1.0
+        return float(ok.mean()), low
+
+    refine = getattr(index, "refine_candidates", None)  # a FAISS index with a refine stage
     if index.ef_search is not None:  # HNSW: the candidates kept while walking the graph
         name, choices, setter = "efSearch", list(EF_SEARCH_CHOICES), index.set_ef_search
     else:
         nlist = faiss_nlist(index)
         # never fewer than IVF_NPROBE lists: recall@1 is what is tuned, and the extra lists keep the rest of
         # the top 10 close to exact too
-        name, choices, setter = "nprobe", [p for p in NPROBE_CHOICES if IVF_NPROBE <= p < nlist] + [nlist], index.set_nprobe
+        steps = RERANK_NPROBE_CHOICES if refine is not None else NPROBE_CHOICES
+        name, choices, setter = "nprobe", [p for p in steps if IVF_NPROBE <= p < nlist] + [nlist], index.set_nprobe
+    if refine is not None:  # nprobe first with the deepest re-rank tried, then the shallowest as good
+        index.set_refine_candidates(max(REFINE_CHOICES))
     tried, lower = {}, {}
     chosen = None
     for nprobe in choices:
         setter(nprobe)
-        sims, found = index.search(q, 2)
-        sims = distance.to_similarity(sims)
-        other = np.where(found[:, 0] == q_ids, found[:, 1], found[:, 0])
-        other_s = np.where(found[:, 0] == q_ids, sims[:, 1], sims[:, 0])
-        ok = (other == best_i) | (other_s >= best_s - 1e-6)  # ties count as found
-        tried[nprobe] = float(ok.mean())
-        misses = int((~ok).sum())
-        lower[nprobe] = float((ok.sum() - 2.0 * np.sqrt(max(misses, 1))) / len(q)) if misses else 1.0
+        tried[nprobe], lower[nprobe] = recall()
         if lower[nprobe] >= target:
             chosen = nprobe
             break
@@ -154,6 +193,20 @@ def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = 
         setter(chosen)
     index.tuning = {name: chosen, "target_recall_at_1": target, "queries": int(len(q)),
                     f"recall_at_1_by_{name}": tried, f"lower_bound_by_{name}": lower}
+    if refine is not None:
+        deepest = tried[chosen]
+        by_r, low_r = {}, {}
+        pick = max(REFINE_CHOICES)
+        for r in sorted(REFINE_CHOICES)[:-1]:
+            index.set_refine_candidates(r)
+            by_r[r], low_r[r] = recall()
+            if by_r[r] >= deepest:  # as good as the deepest re-rank on these queries
+                pick = r
+                break
+        by_r[max(REFINE_CHOICES)], low_r[max(REFINE_CHOICES)] = deepest, lower[chosen]
+        index.set_refine_candidates(pick)
+        index.tuning.update({"refine_candidates": pick, "recall_at_1_by_refine_candidates": by_r,
+                             "lower_bound_by_refine_candidates": low_r})
     return index.tuning
 
 

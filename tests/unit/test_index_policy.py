@@ -20,13 +20,33 @@ def test_ivf_goes_back_to_exact_when_the_gallery_shrinks():
 
 
 def test_ivf_is_retrained_only_when_auto_wants_more_than_four_times_its_lists():
-    n = 4_000_000  # auto: about 2 sqrt(n) = 4096 lists
+    n = 4_000_000  # auto: about 4 sqrt(n) = 8192 lists, re-ranked
     want = policy.ivf_lists(policy.auto_factory(n))
-    assert want == 4096
-    assert not policy.needs_rebuild(f"IVF{want},Flat", n)
-    assert not policy.needs_rebuild(f"IVF{want // 4},Flat", n)  # 4x: close enough
-    assert policy.needs_rebuild(f"IVF{want // 8},Flat", n)
-    assert not policy.needs_rebuild(f"IVF{want * 8},Flat", n)  # more lists than wanted: kept
+    assert want == 8192 and policy.is_reranked(policy.auto_factory(n))
+    kind = policy.auto_factory(n).partition(",")[2]
+    assert not policy.needs_rebuild(f"IVF{want},{kind}", n)
+    assert not policy.needs_rebuild(f"IVF{want // 4},{kind}", n)  # 4x: close enough
+    assert policy.needs_rebuild(f"IVF{want // 8},{kind}", n)
+    assert not policy.needs_rebuild(f"IVF{want * 8},{kind}", n)  # more lists than wanted: kept
+
+
+def test_auto_scans_codes_and_reranks_above_exact_max_and_old_ivf_flat_galleries_move_to_it():
+    assert policy.auto_factory(policy.EXACT_MAX) == "Flat"
+    for n in (policy.EXACT_MAX + 1, 200_000, 1_000_000):
+        f = policy.auto_factory(n, 128)
+        assert policy.is_reranked(f) and ",PQ64x4fs," in f, f
+        assert n / policy.ivf_lists(f) >= 128  # lists of at least 128 faces
+        assert not policy.needs_rebuild(f, n)
+        assert policy.needs_rebuild("IVF2048,Flat", n)  # a gallery built by the older policy: rebuilt as auto
+    assert policy.ivf_lists(policy.auto_factory(1_000_000)) == 4096
+    assert ",PQ256x4fs," in policy.auto_factory(1_000_000, 512)
+    assert policy.auto_factory(1_000_000, 127) == "IVF2048,Flat"  # odd dimensions: no 2-d sub-quantizers
+
+
+def test_a_reranked_index_is_kept_when_the_gallery_shrinks_until_exact_search_takes_over():
+    f = policy.auto_factory(1_000_000)
+    assert not policy.needs_rebuild(f, policy.EXACT_MAX + 1)
+    assert policy.needs_rebuild(f, policy.EXACT_MAX)
 
 
 def test_other_types_under_auto_are_rebuilt_as_auto_would_and_torch_never():
