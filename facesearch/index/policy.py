@@ -36,8 +36,10 @@ RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640, 768
 #: stored faces ``tune_search`` asks a re-ranked index about (at least): with 4,000 the cautious bound accepts an
 #: nprobe whose sample recall@1 is about 0.993 for a 0.99 target (with 1,000: 0.996, a wider search)
 RERANK_TUNE_QUERIES = 4000
-#: candidates re-ranked per query that ``tune_search`` tries (after choosing nprobe with the most of them)
-REFINE_CHOICES = (16, 32, 64, 128, 256)
+#: candidates re-ranked per query that ``tune_search`` tries (after choosing nprobe with the most of them): the
+#: fast-scan keeps that many in a heap while it scans, so a deeper re-rank costs scan time (at 1M, 256 candidates
+#: made the scan about 1.5x slower than 100 for no recall, docs/speed.md)
+REFINE_CHOICES = (16, 32, 64, 128)
 #: HNSW efSearch values ``tune_search`` tries, smallest first
 EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
@@ -48,15 +50,16 @@ EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: an ``--index`` choice, with removal in place and efSearch tuned at build.
 def auto_factory(n: int, dim: int = 128) -> str:
     """The FAISS factory string "auto" picks for ``n`` faces of ``dim`` dimensions: exact while that is fast,
-    then IVF over the exact vectors, then (above :data:`RERANK_MIN`) IVF over 4-bit fast-scan PQ codes with
-    the best candidates re-ranked on the exact vectors."""
+    then (above :data:`RERANK_MIN`, which is EXACT_MAX) IVF over 4-bit fast-scan PQ codes with the best
+    candidates re-ranked on the exact vectors; IVF over the exact vectors for an odd ``dim``."""
     if n <= EXACT_MAX:
         return "Flat"
     if n > RERANK_MIN and dim % 2 == 0:
-        # about 4 sqrt(n) lists: at 1M, 4096 lists reach a recall with a smaller share of the gallery scanned
-        # than 2048 (measured, docs/speed.md), but at least 128 faces a list (fast-scan reads codes in blocks
-        # of 32); two dimensions per 4-bit sub-quantizer
-        nlist = max(64, min(2 ** int(round(math.log2(4 * math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
+        # about 2 sqrt(n) lists, at least 128 faces a list: at 1M, 2048 lists answered at recall@1 0.995 in 1.5 ms
+        # where 4096 (a smaller share of the gallery scanned for the same recall, but shorter lists, which
+        # fast-scan reads in blocks of 32) took 2.2 ms at 0.991 (docs/speed.md); two dimensions per 4-bit
+        # sub-quantizer
+        nlist = max(64, min(2 ** int(round(math.log2(2 * math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
         return f"IVF{nlist},PQ{dim // 2}x4fs,RFlat"
     # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
     # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
@@ -130,7 +133,8 @@ def check_factory(factory: str, dim: int) -> None:
 def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = TARGET_RECALL,
                 seed: int = 0) -> dict:
     """Give an IVF index the smallest nprobe (at least IVF_NPROBE), an HNSW index the smallest efSearch, whose
-    recall@1 is at least ``target`` against exact search.
+    recall@1 is at least ``target`` against exact search; a re-ranked IVF, after its nprobe (found with the
+    deepest re-rank), the fewest re-ranked candidates that still reach it.
 
     The queries are stored faces, and the answer sought is each one's nearest *other* face (as a new
     photo of an enrolled person would find one of that person's faces). Exact answers come from a
@@ -198,17 +202,16 @@ def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = 
         setter(chosen)
     index.tuning = {name: chosen, "target_recall_at_1": target, "queries": int(len(q)),
                     f"recall_at_1_by_{name}": tried, f"lower_bound_by_{name}": lower}
-    if refine is not None:
-        deepest = tried[chosen]
+    if refine is not None:  # the shallowest re-rank that still meets the target at the chosen nprobe
         by_r, low_r = {}, {}
         pick = max(REFINE_CHOICES)
         for r in sorted(REFINE_CHOICES)[:-1]:
             index.set_refine_candidates(r)
             by_r[r], low_r[r] = recall()
-            if by_r[r] >= deepest:  # as good as the deepest re-rank on these queries
+            if low_r[r] >= min(target, lower[chosen]):
                 pick = r
                 break
-        by_r[max(REFINE_CHOICES)], low_r[max(REFINE_CHOICES)] = deepest, lower[chosen]
+        by_r[max(REFINE_CHOICES)], low_r[max(REFINE_CHOICES)] = tried[chosen], lower[chosen]
         index.set_refine_candidates(pick)
         index.tuning.update({"refine_candidates": pick, "recall_at_1_by_refine_candidates": by_r,
                              "lower_bound_by_refine_candidates": low_r})
