@@ -5,7 +5,7 @@ SHARED ?= ../shared
 PY     := $(VENV)/bin/python
 TORCH_HUB := $(shell $(PYTHON) -c "import os;e=os.environ;print(os.path.join(e.get('TORCH_HOME',os.path.join(e.get('XDG_CACHE_HOME',os.path.expanduser('~/.cache')),'torch')),'hub','checkpoints'))")
 
-.PHONY: setup demo test test-fast bench lfw-protocol clean
+.PHONY: setup setup-gpu demo test test-fast bench lfw-protocol clean
 
 setup: $(VENV)/.installed $(TORCH_HUB)/mobilenet_v2-b0353104.pth
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m compileall -q facesearch  # bytecode now, as a wheel install writes it (not left to PYTHONDONTWRITEBYTECODE)
 	touch $@
+
+# FAISS's GPU build in place of faiss-cpu (both install the package `faiss`, so it cannot be an extra)
+setup-gpu: setup
+	bash scripts/use-faiss-gpu.sh $(PY)
 
 # torchvision looks for ImageNet checkpoints here; facesearch never downloads them
 $(TORCH_HUB)/mobilenet_v2-b0353104.pth:

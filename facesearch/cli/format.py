@@ -133,3 +133,6 @@ def print_info(d: dict) -> None:
                    f"store, {drift['stale_in_sample']} stale in a sample: run `facesearch reindex --repair`")
     click.echo(f"device:      {d['device']}")
     click.echo(f"detector:    {d['detector']}")
+    fa = d.get("faiss") or {}
+    dists = ", ".join(f"{k} {v}" for k, v in (fa.get("distributions") or {}).items())
+    click.echo(f"faiss:       {dists or 'none'}" + (f"  PROBLEM: {fa['problem']}" if fa.get("problem") else ""))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelMismatchError
 from facesearch.gallery import thresholds
+from facesearch.index import faiss_install
 
 if TYPE_CHECKING:
     from facesearch.gallery.facade import FaceSearch
@@ -79,4 +80,5 @@ def describe(g: "FaceSearch") -> dict:
                   else {"error": index_error, **where}),
         "device": device_name(g),
         "detector": g.detector.describe(),
+        "faiss": faiss_install.describe(),
     }

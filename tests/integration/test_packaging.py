@@ -118,3 +118,39 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_facesearch_command(wheel,
     r = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "query", str(tmp_path / "probe.webp"), "--json",
                         "-q"], **run)
     assert r.returncode == 0 and json.loads(r.stdout)[0]["identity"] == "Colin_Powell", r.stderr
+
+
+def test_faiss_gpu_build_swap_script(tmp_path):
+    """Why there is no ``gpu`` extra, and what replaces it, on the real wheels from the registry: faiss-cpu
+    and faiss-gpu-cu12 installed together break ``import faiss`` and ``facesearch info`` names the problem;
+    ``scripts/use-faiss-gpu.sh`` leaves the GPU build alone, which imports and searches (on the CPU where
+    there is no GPU), and ``--cpu`` brings faiss-cpu back."""
+    from facesearch.index.faiss_install import GPU_BUILD
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # faiss_install needs only the standard library
+
+    def run(*args, check=True):
+        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+        assert not check or r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    run(py, "-m", "pip", "install", "-q", "numpy", "faiss-cpu", GPU_BUILD)
+    broken = run(py, "-c", "import faiss", check=False)
+    assert broken.returncode != 0, "faiss-cpu and the GPU build together were expected to break `import faiss`"
+    described = run(py, "-c", "import json; from facesearch.index.faiss_install import describe; "
+                              "print(json.dumps(describe()))")
+    d = json.loads(described.stdout)
+    assert set(d["distributions"]) == {"faiss-cpu", "faiss-gpu-cu12"} and "overwrite" in d["problem"], d
+
+    swapped = run("bash", "scripts/use-faiss-gpu.sh", py)
+    assert "GPU build" in swapped.stdout, swapped.stdout
+    search = ("import faiss, numpy as np; x = np.random.default_rng(0).random((500, 16), np.float32); "
+              "i = faiss.index_factory(16, 'IVF8,Flat'); i.train(x); i.add(x); "
+              "print(int(i.search(x[:1], 1)[1][0, 0]), hasattr(faiss, 'StandardGpuResources'))")
+    assert run(py, "-c", search).stdout.split() == ["0", "True"]
+    back = run("bash", "scripts/use-faiss-gpu.sh", "--cpu", py)
+    assert "CPU build" in back.stdout, back.stdout
+    assert run(py, "-c", search).stdout.split() == ["0", "False"]
