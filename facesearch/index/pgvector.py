@@ -23,6 +23,9 @@ from facesearch.index.base import SharedIndex
 TABLE = "face_vectors"
 #: pgvector's HNSW build parameters (its defaults) and the ef_search floor (k is used when larger)
 HNSW_M, HNSW_EF_CONSTRUCTION, EF_SEARCH = 16, 64, 64
+#: the largest ``hnsw.ef_search`` pgvector accepts (its setting's range is 1 .. 1000): a wider ef asked
+#: for (``tune_search`` tries up to 1024) searches at this one instead of failing
+EF_SEARCH_MAX = 1000
 ADD_ROWS = 2000
 #: working memory for building the HNSW graph in one go (``maintenance_work_mem`` of the rebuild's transaction
 #: only, ``SET LOCAL``): a graph that does not fit is built far more slowly (pgvector's documented slow path:
@@ -161,12 +164,12 @@ class PgVectorIndex(SharedIndex):
         return None
 
     def set_ef_search(self, ef: int, keep: bool = False) -> None:
-        self.ef_search = int(ef)
+        self.ef_search = min(int(ef), EF_SEARCH_MAX)
         if keep:
             from sqlalchemy import text
 
             with self.engine.begin() as conn:  # COMMENT takes no parameters: the value is an int
-                conn.execute(text(f"COMMENT ON INDEX {index_name(self.dim)} IS '{EF_NOTE}{int(ef)}'"))
+                conn.execute(text(f"COMMENT ON INDEX {index_name(self.dim)} IS '{EF_NOTE}{self.ef_search}'"))
 
     def _sql(self, s: str, **types):
         from sqlalchemy import bindparam, text
@@ -218,7 +221,7 @@ class PgVectorIndex(SharedIndex):
         dist = np.full((len(q), k), np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(k, self.ef_search))})
+            conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(min(max(k, self.ef_search), EF_SEARCH_MAX))})
             for r, v in enumerate(q):
                 rows = conn.execute(stmt, {"q": v, "k": k}).all()
                 for c, (fid, neg_ip) in enumerate(rows):

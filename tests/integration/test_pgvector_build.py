@@ -118,3 +118,26 @@ def test_build_memory_is_configurable_and_never_below_the_servers(engine_and_not
     idx = pgv.PgVectorIndex(engine, DIM)  # by default: at least the 64 MB floor, above the database's 1 MB
     idx.replace_all(chunks(np.arange(1, 201, dtype=np.int64), unit(rng, 200)))
     assert idx.last_build["maintenance_work_mem"] == pgv.BUILD_MEMORY_MIN
+
+
+def test_an_ef_wider_than_pgvector_accepts_searches_at_its_largest(engine_and_notices):
+    """tune_search tries efSearch up to 1024; pgvector's hnsw.ef_search stops at 1000. Asked for 1024 (as a
+    1M reindex that had not reached its recall by 768 asked, and failed with 'outside the valid range'), the
+    index searches at 1000 and keeps 1000."""
+    from sqlalchemy import text
+
+    import facesearch.index.pgvector as pgv
+
+    engine, _ = engine_and_notices
+    rng = np.random.default_rng(3)
+    x = unit(rng, 300)
+    idx = pgv.PgVectorIndex(engine, DIM)
+    idx.replace_all(chunks(np.arange(1, 301, dtype=np.int64), x))
+    idx.set_ef_search(1024, keep=True)
+    assert idx.ef_search == pgv.EF_SEARCH_MAX == 1000
+    d, i = idx.search(x[:3], 5)
+    assert i[:, 0].tolist() == [1, 2, 3]
+    with engine.connect() as conn:
+        note = conn.execute(text("SELECT obj_description(to_regclass(:n), 'pg_class')"),
+                            {"n": pgv.index_name(DIM)}).scalar()
+    assert note == f"{pgv.EF_NOTE}1000"
