@@ -76,7 +76,44 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):  # a name whose bytes are not UTF-8 prints escaped, never a traceback
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    cli(prog_name="facesearch")
+    try:
+        cli(prog_name="facesearch")
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code) -> None:
+    """End the process once the command is done, skipping the interpreter's teardown of every module and
+    object: with ONNX Runtime, FAISS and the detector loaded it took ~0.4 s of a one-image query's ~1.5 s
+    on this 2-core machine (measured: the same query with and without, in fresh processes taking turns).
+
+    Everything a normal exit does that matters still happens, in its order: the command's own cleanup has
+    run (click closes the context: the store's connections), other non-daemon threads are waited for, the
+    ``atexit`` handlers run (logging's flush, temporary files), and stdout and stderr are flushed. The code is
+    what ``sys.exit`` would give: None is 0, a message is printed to stderr and gives 1."""
+    import atexit
+    import os
+    import sys
+    import threading
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe (`facesearch query ... | head`): nothing left to say
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":
