@@ -55,9 +55,11 @@ def _query_rows(res: dict, src: str) -> list[list[str]]:
     return rows
 
 
-def rows(scale: dict | list | None, scale_src: str | list, run: dict | None, run_src: str) -> list[list[str]]:
-    """The table's rows: enroll and CLI from ``run`` (else the first scale file that has them), queries and
-    memory from each scale file (``scale``/``scale_src``: one, or lists of them in order)."""
+def rows(scale: dict | list | None, scale_src: str | list, run: dict | None, run_src: str,
+         cli: dict | None = None, cli_src: str = "") -> list[list[str]]:
+    """The table's rows: enroll and CLI from ``run`` (else the first scale file that has them; the CLI row
+    from ``cli``, ``{"cli": <benchmarks.cli_startup's result>}``, when given), queries and memory from each
+    scale file (``scale``/``scale_src``: one, or lists of them in order)."""
     scales = list(zip(scale, scale_src)) if isinstance(scale, list) else [(scale, scale_src)]
     scales = [(r, s) for r, s in scales if r]
     scale, scale_src = scales[0] if scales else (None, scale_src)
@@ -74,7 +76,7 @@ def rows(scale: dict | list | None, scale_src: str | list, run: dict | None, run
         out.append([f"enroll, LFW images/s ({model}; decode, embed, store, index)", _n(e["images_per_s"]),
                     f"{_n(e['baseline_images_per_s'])} (per image, batch 1)", f"{e['ratio_vs_baseline']:.1f}x", src])
         break
-    for res, src in ((run, run_src), *scales):
+    for res, src in ((cli, cli_src), (run, run_src), *scales):  # the CLI file (benchmarks.cli_startup) first
         c = (res or {}).get("cli")
         if c and c.get("query"):
             cq = c["query"]
@@ -104,12 +106,16 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=Path, action="append", help="scale result files, in table order (default: "
                     "benchmarks/results/scale-1m-cpu-2core.json, then scale-cpu-2core.json)")
     ap.add_argument("--run", type=Path, default=RESULTS / "issue20-cpu-2core.json")
+    ap.add_argument("--cli", type=Path, default=RESULTS / "cli-startup-cpu-2core.json",
+                    help="the CLI wall-time file of benchmarks.cli_startup (its query row is taken first)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args(argv)
     rel = lambda p: str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
     scales = a.scale or [RESULTS / "scale-1m-cpu-2core.json", RESULTS / "scale-cpu-2core.json"]
-    table = render(rows([_load(p) for p in scales], [rel(p) for p in scales], _load(a.run), rel(a.run)))
+    cli = _load(a.cli) if a.cli.exists() else None
+    table = render(rows([_load(p) for p in scales], [rel(p) for p in scales], _load(a.run), rel(a.run),
+                        {"cli": cli} if cli else None, rel(a.cli)))
     text = a.readme.read_text()
     if BEGIN not in text or END not in text:
         print(f"{a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)
