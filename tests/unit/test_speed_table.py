@@ -41,7 +41,8 @@ def test_missing_figures_are_left_out_and_the_readme_is_written_between_markers(
     (tmp_path / "s.json").write_text(json.dumps(SCALE))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{speed_table.BEGIN}\nold table\n{speed_table.END}\nafter\n")
-    args = ["--scale", str(tmp_path / "s.json"), "--run", str(tmp_path / "none.json"), "--readme", str(readme)]
+    args = ["--scale", str(tmp_path / "s.json"), "--run", str(tmp_path / "none.json"), "--cli", str(tmp_path / "none.json"),
+            "--readme", str(readme)]
     assert speed_table.main(args + ["--check"]) == 1  # the old table is not what the files give
     assert speed_table.main(args) == 0
     text = readme.read_text()
