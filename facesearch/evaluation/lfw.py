@@ -124,6 +124,7 @@ def model_info(model_dir: Path, model) -> dict[str, Any]:
         "calibration": cfg.calibration.to_dict(),
         "training": cfg.training.to_dict(),
         "weights_sha256": encoder.weights_sha256(model_dir),
+        **({"quantization": cfg.quantization} if cfg.quantization else {}),
     }
 
 
@@ -311,8 +312,8 @@ def evaluate_lfw(
     uniq = plist.images()
     keys = [folder.lfw_key(n, i) for n, i in uniq]  # fail early on a missing image
     model_dir = resolve_model_dir(model)
-    dev = encoder.resolve_device(device)
-    net = encoder.load(model_dir, dev)
+    net = encoder.load_for_embedding(model_dir, device)  # an int8 model: its ONNX Runtime encoder, on the CPU
+    dev = net.device
     t1 = time.perf_counter()
     transform, fallbacks = _realigner(net.config, realign)
     emb = embed_keys(folder, keys, net, batch_size=batch_size, progress=progress, transform=transform)

@@ -215,7 +215,8 @@ class GalleryModel:
         return self._model if isinstance(self._model, ModelFiles) else None
 
     def get(self, expected_key: str) -> "encoder.Encoder":
-        """The encoder, loading it on first use; its weights must still be those named ``expected_key``."""
+        """The encoder, loading it on first use; its weights must still be those named ``expected_key``
+        (an ONNX Runtime encoder where the handle was given one: an int8 model that ``reindex`` switched to)."""
         net = self._model
         if not isinstance(net, ModelFiles):
             return net
@@ -241,6 +242,8 @@ class GalleryModel:
     def onnx(self, expected_key: str) -> "onnx_runtime.OnnxEncoder | None":
         """The ONNX Runtime encoder that embeds for this handle, made at first use; None where torch does
         (see :class:`ModelFiles`'s ``runtime``). Raises ModelFileError for runtime ``onnx`` without one."""
+        if isinstance(self._model, onnx_runtime.OnnxEncoder):  # given one (set): it embeds
+            return self._model
         src = self._onnx_source
         if src is None or src.runtime == "torch":
             return None
@@ -250,12 +253,11 @@ class GalleryModel:
                     if src.on_cpu():
                         self._onnx = onnx_runtime.load(src.directory, src.config, expected_key)
                     self._onnx_tried = True
-        if self._onnx is None and src.runtime == "onnx":
-            why = ("the device is not the CPU" if not src.on_cpu() else "onnxruntime is not installed"
-                   if not onnx_runtime.available() else
-                   f"{onnx_runtime.onnx_path(src.directory)} is missing or not of these weights "
-                   f"(`facesearch model export --onnx {src.directory}` writes it)")
-            raise ModelFileError(f"runtime onnx: cannot embed through ONNX Runtime: {why}")
+        if self._onnx is None and (src.runtime == "onnx" or src.config.int8):
+            why = ("the device is not the CPU" if not src.on_cpu() else onnx_runtime.why_not(src.directory, src.config))
+            what = (f"{src.config.name} is an int8 model, which embeds through ONNX Runtime on the CPU only"
+                    if src.config.int8 else "runtime onnx")
+            raise ModelFileError(f"{what}: cannot embed through ONNX Runtime: {why}")
         return self._onnx
 
     @contextlib.contextmanager

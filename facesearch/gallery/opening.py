@@ -18,6 +18,7 @@ from facesearch import index as vindex
 from facesearch.errors import FaceSearchError, ModelFileError, ModelMismatchError, OutdatedModelWarning
 from facesearch.gallery.embedding import ModelFiles, onnx_beside
 from facesearch.gallery.index_cache import replaced_in_place
+from facesearch.model import onnx_runtime
 from facesearch.model.onnx_runtime import RUNTIMES
 from facesearch.model.files import DEFAULT_MODEL, DEFAULT_SPEC, LEGACY_LOCATIONS, model_key, resolve, stored_location
 
@@ -70,7 +71,14 @@ def choose_model(store: "Store", model: str | os.PathLike | None, device: str | 
     sha = found.sha256
     key = model_key(config, sha)
     has_faces = store.count_faces() > 0
-    if active is None or (model is not None and active.key != key and not (strict and has_faces)):
+    if config.int8 and (active is None or active.key != key):
+        # no torch path to load it through: check now that ONNX Runtime embeds it, as it will every face
+        if runtime == "torch" or not net.on_cpu() or onnx_runtime.load(directory, config, key) is None:
+            why = ("--runtime torch" if runtime == "torch" else "the device is not the CPU" if not net.on_cpu()
+                   else onnx_runtime.why_not(directory, config))
+            raise ModelFileError(f"{directory} is an int8 model ({config.name}), which embeds through ONNX Runtime "
+                                 f"on the CPU only: {why}")
+    elif active is None or (model is not None and active.key != key and not (strict and has_faces)):
         files, net = net, net.load()
         sha = net.weights_sha256  # of the bytes loaded
         key = model_key(config, sha)
@@ -78,7 +86,8 @@ def choose_model(store: "Store", model: str | os.PathLike | None, device: str | 
             net = files
     if active is not None and active.key != key and strict and has_faces:
         if model is None:  # the gallery's own model directory holds other weights now
-            net.load()  # damaged? then that is the error, not "replaced in place"
+            if not config.int8:
+                net.load()  # damaged? then that is the error, not "replaced in place"
             raise ModelMismatchError(replaced_in_place(active.key, location, key))
         raise ModelMismatchError(
             f"this gallery was embedded by model {active.key}, not {key}: embeddings of different "

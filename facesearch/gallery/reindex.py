@@ -41,7 +41,7 @@ def switch_model(g: "FaceSearch", model: str | os.PathLike, progress: Progress |
     found = resolve(model)
     if found.config.threshold is None:
         raise ModelFileError(f"model {found.directory} has no calibrated threshold")
-    net = encoder.load(found.directory, g.device, config=found.config)
+    net = encoder.load_for_embedding(found.directory, g.device, config=found.config)  # int8: ONNX Runtime
     key = model_key(net.config, net.weights_sha256)  # of the bytes loaded
     rec = g.store.register_model(key, net.config.to_dict(), net.weights_sha256, found.location)
     before = g.encoder.raw, g.model_key, g.model_id

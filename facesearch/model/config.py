@@ -64,6 +64,9 @@ class ModelConfig:
     alignment: list[list[float]] | None = None
     #: where an imported network comes from (package, file hash, licence, what it was trained on)
     source: dict[str, Any] | None = None
+    #: an int8 model's record (:mod:`facesearch.model.quantize`: precision, method, the SHA-256 of its
+    #: activation ranges, the fp32 model it was made from); ``None``: the network runs as trained (fp32)
+    quantization: dict[str, Any] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _RECORDS:  # model.json's dicts, read or assigned, are kept as their typed records
@@ -85,12 +88,21 @@ class ModelConfig:
             self.alignment = pts
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if self.quantization is not None:
+            q = self.quantization
+            if not isinstance(q, dict) or q.get("precision") != "int8" or not q.get("ranges_sha256"):
+                raise ModelFileError("quantization must say precision int8 and the ranges' sha256")
+
+    @property
+    def int8(self) -> bool:
+        """An int8 model (embeds through ONNX Runtime only)."""
+        return self.quantization is not None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["calibration"], d["training"] = self.calibration.to_dict(), self.training.to_dict()
-        for optional in ("alignment", "source"):  # written only when set: older model.json files stay as they are
+        for optional in ("alignment", "source", "quantization"):  # written only when set: older model.json files stay as they are
             if d[optional] is None:
                 del d[optional]
         return d

@@ -135,9 +135,47 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu", confi
          ) -> Encoder:
     """Load a model directory (``weights_only=True``: no pickled code runs) in eval mode. ``config``: the
     directory's config as read before (a gallery keeps the one it opened with). The weights file is read
-    once; ``model.weights_sha256`` is the hash of the bytes loaded."""
+    once; ``model.weights_sha256`` is the hash of the bytes loaded. An int8 model has no torch path
+    (:func:`load_for_embedding` gives its ONNX Runtime encoder): ModelFileError."""
     directory = Path(directory)
-    model = Encoder(read_model_dir(directory) if config is None else config)
+    config = read_model_dir(directory) if config is None else config
+    if config.int8:
+        raise ModelFileError(f"{directory} is an int8 model ({config.name}): it embeds through ONNX Runtime on the "
+                             f"CPU only (pip install 'facesearch[onnx]'; not with --runtime torch or on a GPU); "
+                             f"its fp32 original is {config.quantization.get('fp32_model', 'named in its model.json')}")
+    return _load(directory, device, config)
+
+
+def load_fp32(directory: str | os.PathLike, config: ModelConfig) -> Encoder:
+    """The fp32 network in a model directory's weights, on the CPU, whatever ``config.quantization`` says
+    (what an int8 model is quantised from)."""
+    d = config.to_dict()
+    d.pop("quantization", None)
+    return _load(Path(directory), "cpu", ModelConfig.from_dict(d))
+
+
+def load_for_embedding(directory: str | os.PathLike, device: str | torch.device | None = "auto",
+                       config: ModelConfig | None = None):
+    """What embeds a model directory's faces outside a gallery (evaluation, calibration, reindex): the torch
+    encoder on ``device`` (``auto``: :func:`resolve_device`), or an int8 model's ONNX Runtime encoder on
+    the CPU (``auto`` means the CPU for it). :func:`embed` takes either."""
+    directory = Path(directory)
+    config = read_model_dir(directory) if config is None else config
+    if not config.int8:
+        return load(directory, resolve_device(device) if device is None or isinstance(device, str) else device, config)
+    from facesearch.model import onnx_runtime
+
+    if not (device is None or str(device) in ("auto", "cpu")):
+        raise ModelFileError(f"{directory} is an int8 model: it embeds on the CPU only (asked for {device})")
+    enc = onnx_runtime.load(directory, config, None)
+    if enc is None:
+        raise ModelFileError(f"{directory} is an int8 model, and ONNX Runtime cannot embed with it: "
+                             + onnx_runtime.why_not(directory, config))
+    return enc
+
+
+def _load(directory: Path, device, config: ModelConfig) -> Encoder:
+    model = Encoder(config)
     path = directory / WEIGHTS_FILE
     try:
         raw = path.read_bytes()
@@ -173,7 +211,10 @@ def embed(model: Encoder, batch_uint8: np.ndarray | torch.Tensor, batch_size: in
 
     With ``model.config.flip_average`` each image is embedded together with its mirror image and the
     result is the normalised mean of the two embeddings (every facesearch embedding goes through here,
-    so enrolled faces, probes, calibration and evaluation all see the same embedding)."""
+    so enrolled faces, probes, calibration and evaluation all see the same embedding). ``model`` may also
+    be an ONNX Runtime encoder (:func:`load_for_embedding`), which does the same around its graph."""
+    if getattr(model, "runtime", None) == "onnx":
+        return model.embed(np.asarray(batch_uint8), batch_size=batch_size)
     model.eval()
     x = torch.as_tensor(batch_uint8)
     flip = bool(getattr(model.config, "flip_average", False))

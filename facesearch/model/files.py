@@ -62,9 +62,14 @@ def weights_sha256(directory: str | os.PathLike) -> str:
 def model_key(config: ModelConfig, sha256: str) -> str:
     """What identifies a model's embeddings: its name, its weights (``sha256``: the hash of its weights
     file) and, when on, mirror-image averaging (a gallery embedded one way cannot be searched with probes
-    embedded the other). Stored with every gallery: it must never change for the same model."""
+    embedded the other), and an int8 model's activation ranges (its embeddings are another function of
+    the image than the fp32 network's). Stored with every gallery: it must never change for the same model."""
     key = f"{config.name}@{sha256[:12]}"
-    return key + "+flip" if config.flip_average else key
+    if config.flip_average:
+        key += "+flip"
+    if config.quantization is not None:
+        key += "+int8-" + str(config.quantization["ranges_sha256"])[:8]
+    return key
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ META_WEIGHTS = "facesearch.weights_sha256"
 META_FORWARD_BATCH = "facesearch.forward_batch"
 META_INPUT_SIZE = "facesearch.input_size"
 META_DIM = "facesearch.embedding_dim"
+#: an int8 graph's activation ranges (SHA-256 of the model's ``int8-ranges.json``; absent in an fp32 export)
+META_RANGES = "facesearch.int8_ranges_sha256"
 INPUT_NAME, OUTPUT_NAME = "pixels", "embedding"
 #: ONNX opset the export writes (the TorchScript exporter's; read by ONNX Runtime 1.17 and later)
 OPSET = 17
@@ -186,8 +188,14 @@ def export_dir(directory: str | os.PathLike, out: str | os.PathLike | None = Non
     onnxruntime installed), embed 16 seeded random images both ways and return the largest difference per
     coordinate (raising ModelFileError above :data:`TOLERANCE`), else None."""
     from facesearch.model import encoder
+    from facesearch.model.files import read_model_dir
 
-    net = encoder.load(directory, "cpu")
+    config = read_model_dir(directory)
+    if config.int8:  # made again from the weights and the stored ranges; nothing to compare it with
+        from facesearch.model import quantize
+
+        return quantize.rebuild_onnx(directory, out), None
+    net = encoder.load(directory, "cpu", config)
     path = export(net, onnx_path(directory) if out is None else out, net.weights_sha256)
     if not check or not available():
         return path, None
@@ -257,6 +265,13 @@ class OnnxEncoder:
                 or list(shape[1:]) != [3, config.input_size, config.input_size]):
             raise ModelFileError(f"{path} is not an export of this model ({config.input_size} px, "
                                  f"{config.embedding_dim}-d): input {shape}, metadata {meta}")
+        want = (config.quantization or {}).get("ranges_sha256", "")
+        if meta.get(META_RANGES, "") != want:
+            have = meta.get(META_RANGES)
+            raise ModelFileError(
+                f"{path} is {'an int8 graph of ranges ' + have[:12] if have else 'an fp32 graph'}, and this model is "
+                f"{'int8 with ranges ' + want[:12] if want else 'fp32'}: `facesearch model export --onnx` writes "
+                f"the right one")
         #: images per run that suit it on the CPU (measured through torch at export)
         self.forward_batch = int(meta.get(META_FORWARD_BATCH) or 8)
 
@@ -310,6 +325,20 @@ def usable(directory: str | os.PathLike, config: ModelConfig, expected_key: str 
     if not available() or not path.is_file():
         return None
     return path
+
+
+def why_not(directory: str | os.PathLike, config: ModelConfig) -> str:
+    """Why :func:`load` gives no encoder for a model directory, in words."""
+    path = onnx_path(directory)
+    if not available():
+        return "onnxruntime is not installed (pip install 'facesearch[onnx]')"
+    if not path.is_file():
+        return f"{path} is missing (`facesearch model export --onnx {directory}` writes it)"
+    try:
+        OnnxEncoder(path, config)
+    except ModelFileError as e:
+        return str(e)
+    return f"{path} was exported from other weights (`facesearch model export --onnx {directory}` writes it again)"
 
 
 def load(directory: str | os.PathLike, config: ModelConfig, expected_key: str | None) -> OnnxEncoder | None:

@@ -161,7 +161,7 @@ def test_runtime_onnx_without_a_file_is_an_error_and_torch_never_uses_one(mobile
     d.mkdir()
     for f in ("model.json", "weights.pt"):
         shutil.copy(mobilenet_dir / f, d / f)
-    with pytest.raises(ModelFileError, match="missing or not of these weights"):
+    with pytest.raises(ModelFileError, match="model.onnx is missing"):
         GalleryModel(ModelFiles(cfg, d, "cpu", "onnx")).embed_crops([], key)
     assert GalleryModel(ModelFiles(cfg, mobilenet_dir, "cpu", "torch")).onnx(key) is None
     g = GalleryModel(ModelFiles(cfg, mobilenet_dir, "cpu", "onnx"))
@@ -204,7 +204,7 @@ def test_the_session_is_made_in_a_thread_while_crops_are_read_and_its_errors_rea
     g = GalleryModel(ModelFiles(cfg, bare, "cpu", "onnx"))
     with g.loading_meanwhile(key):
         pass
-    with pytest.raises(ModelFileError, match="missing or not of these weights"):
+    with pytest.raises(ModelFileError, match="model.onnx is missing"):
         g.embed_crops(crops, key)
 
 
