@@ -129,6 +129,85 @@ def targets(res: dict) -> list[dict]:
     return out
 
 
+#: issue 20's goals, checked by ``issue20`` (the figures are the run's own; the limits are the issue's)
+GOAL_1M_P50_MS, GOAL_RECALL, GOAL_CLI_S, GOAL_ENROLL_RATIO = 1.0, 0.99, 1.0, 1.5
+GOAL_GPU_1000X1M_MS, GOAL_GPU_10M_MS = 3.0, 1.0
+
+
+def issue20(res: dict) -> list[dict]:
+    """One row per goal of issue 20: what this run measured, against the baseline measured in the same run.
+    ``met`` is True/False, or None when the part did not run here or has no limit (``measured`` says which);
+    ``detail`` says what was measured."""
+    q = res.get("queries", [])
+    out: list[dict] = []
+
+    def row(goal, target, measured, baseline="-", ratio="-", met=None, detail=""):
+        out.append({"goal": goal, "target": target, "measured": measured, "baseline": baseline, "ratio": ratio,
+                    "met": met, "detail": detail})
+
+    one = [r for r in q if r["device"] == "cpu" and r["gallery"] == 1_000_000 and r["batch"] == 1]
+    auto = next((r for r in one if r.get("auto")), None)
+    exact = next((r for r in one if r["index"] == "Flat" and "thread" not in r["label"]), None)
+    goal, target = "1M faces, CPU, one probe, auto index", f"p50 < {GOAL_1M_P50_MS:g} ms, R@1 >= {GOAL_RECALL}"
+    if auto is None:
+        row(goal, target, "not run (1M not in --sizes)")
+    else:
+        row(goal, target, f"{auto['p50_ms']:.2f} ms, R@1 {auto['recall_at_1']:.3f}",
+            f"exact Flat {exact['p50_ms']:.2f} ms" if exact else f"numpy {auto['baseline_p50_ms']:.0f} ms",
+            f"{exact['p50_ms'] / auto['p50_ms']:.1f}x" if exact else f"{auto['speedup_vs_baseline']:.1f}x",
+            bool(auto["p50_ms"] < GOAL_1M_P50_MS and auto["recall_at_1"] >= GOAL_RECALL),
+            f"{auto['label']}, built in {auto.get('build_s')} s; recall against exact search on the same probes; "
+            f"numpy brute force {auto['baseline_p50_ms']:.0f} ms")
+    big = next((s for s in res.get("scale", []) if s["gallery"] == 1_000_000), None)
+    if big is not None:
+        rm = big["remove_identity"]
+        row("1M faces, removal in place", "no rebuild", f"{rm['seconds']:.2f} s",
+            f"rebuild {big['auto']['rebuild_index_s']:.0f} s", "-",
+            bool(rm["in_place"] and rm["removed_absent_from_results"]),
+            f"remove_identity of {rm['faces']} faces: in place {rm['in_place']}, gone from results "
+            f"{rm['removed_absent_from_results']}")
+    c = res.get("cli") or {}
+    goal = f"`facesearch query`, 1 image, {(c.get('gallery') or {}).get('faces', 1000):,} faces"
+    if c.get("query"):
+        cq = c["query"]
+        row(goal, f"< {GOAL_CLI_S:g} s wall", f"{cq['onnx_median_s']:.2f} s", f"torch path {cq['torch_median_s']:.2f} s",
+            f"{cq['torch_over_onnx']:.2f}x", bool(cq["onnx_median_s"] < GOAL_CLI_S),
+            f"fresh process each, median of {c['rounds']} rounds, ONNX Runtime against the same CLI without it")
+    else:
+        row(goal, f"< {GOAL_CLI_S:g} s wall", f"not run ({c.get('skipped', 'no CLI part')})")
+    e = res.get("enroll") or {}
+    goal, target = "enroll, same model, ONNX Runtime vs torch", f">= {GOAL_ENROLL_RATIO}x torch"
+    if e.get("torch"):
+        row(goal, target, f"{e['images_per_s']:.1f} images/s", f"torch {e['torch']['images_per_s']:.1f} images/s",
+            f"{e['ratio_vs_torch']:.2f}x", bool(e.get("runtime") == "onnx" and e["ratio_vs_torch"] >= GOAL_ENROLL_RATIO),
+            f"FaceSearch.enroll_folder on {e['images']} LFW images, runtime {e.get('runtime')}")
+    else:
+        row(goal, target, "not run (no torch comparison in this run)")
+    g = res.get("gpu") or {}
+    gq = [r for r in q if r["device"] == "cuda"]
+    why = g.get("skipped") or ("no GPU rows" if not gq else "not measured")
+    for goal, n, b, lim in (("GPU, 1,000 probes x 1M faces", 1_000_000, 1000, GOAL_GPU_1000X1M_MS),
+                            ("GPU, 10M faces, one probe, fp16", 10_000_000, 1, GOAL_GPU_10M_MS)):
+        rs = [r for r in gq if r["gallery"] == n and r["batch"] == b and (b != 1 or "16" in r["label"])]
+        best = min(rs, key=lambda r: r["p50_ms"], default=None)
+        if best is None:
+            row(goal, f"< {lim:g} ms", f"skipped ({why})")
+        else:
+            row(goal, f"< {lim:g} ms", f"{best['p50_ms']:.3f} ms",
+                f"numpy {best['baseline_p50_ms']:,.0f} ms" if best.get("baseline_p50_ms") else "-",
+                f"{best['speedup_vs_baseline']:,.0f}x" if best.get("speedup_vs_baseline") else "-",
+                bool(best["p50_ms"] < lim), f"{best['label']}; baseline numpy on the host CPU"
+                + (", one probe's time x 1,000" if b > 1 else ""))
+    emb = g.get("embedding")
+    if emb:
+        row("GPU, embedding, batch 256", "(no limit)", f"{emb.get('cuda_fp16_images_per_s')} images/s fp16",
+            f"host CPU {emb.get('baseline_images_per_s')} images/s", "-", None,
+            f"fp32 {emb.get('cuda_fp32_images_per_s')} images/s")
+    else:
+        row("GPU, embedding, batch 256", "(no limit)", f"skipped ({why})")
+    return out
+
+
 def report(res: dict) -> str:
     out = []
     m = res["machine"]
@@ -233,7 +312,21 @@ def report(res: dict) -> str:
     for t in res["targets"]:
         mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
         out.append(f"  [{mark}] {t['target']}: {t['reached']}")
-    out.append(f"\ntotal {res['total_s']:.0f} s; JSON: {res.get('out')}")
+    if res.get("issue20"):
+        out.append("")
+        out.append("ISSUE 20 (each goal against its baseline, both measured in this run; n/a: not run here, or no limit)")
+        cells = [["", "goal", "target", "measured", "baseline (same run)", "x baseline"]] + [
+            [{True: "MET", False: "MISSED", None: "n/a"}[r["met"]], r["goal"], r["target"], r["measured"],
+             r["baseline"], r["ratio"]] for r in res["issue20"]]
+        w = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+        for i, c in enumerate(cells):
+            out.append("  ".join(x.ljust(w[j]) for j, x in enumerate(c)).rstrip())
+            if i == 0:
+                out.append("  ".join("-" * x for x in w))
+        out += [f"  {r['goal']}: {r['detail']}" for r in res["issue20"] if r.get("detail")]
+    t = res.get("timings") or {}
+    out.append(f"\ntotal {res['total_s']:.0f} s" + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ")"
+                                                    if t else "") + f"; JSON: {res.get('out')}")
     return "\n".join(out)
 
 
@@ -280,8 +373,18 @@ def main(argv=None) -> int:
 
         from benchmarks import enroll, synth
 
+        timings = res["timings"] = {}
+        lap = time.perf_counter()
+
+        def took(part):
+            nonlocal lap
+            now = time.perf_counter()
+            timings[part] = round(now - lap, 1)
+            lap = now
+
         e, fit_data = enroll.run(model_dir, work, n_enroll, n_base, log=log)
         res["enroll"] = e
+        took("enroll")
         if a.no_models:
             res["models"] = {"skipped": "--no-models"}
         else:
@@ -293,6 +396,7 @@ def main(argv=None) -> int:
             res["models"] = models.run(mwork, preset_m["images"], preset_m["probes"], preset_m["forward_images"],
                                        log=log, parts=preset_m["parts"])
             shutil.rmtree(mwork, ignore_errors=True)
+        took("models")
         if a.no_cli:
             res["cli"] = {"skipped": "--no-cli"}
         else:
@@ -303,6 +407,7 @@ def main(argv=None) -> int:
             cli_startup.main(["--rounds", "3" if a.quick else "5", "--faces", "200" if a.quick else "1000",
                               "--out", str(cpart)])
             res["cli"] = json.loads(cpart.read_text())
+        took("cli")
         gen, fit = synth.fit(fit_data["emb"], fit_data["labels"])
         fit["model"] = desc
         fit["model_key"] = res["model"]["key"]
@@ -315,6 +420,7 @@ def main(argv=None) -> int:
         gen.save(gen_path)
         log(f"fit: genuine {fit['genuine']['real']['mean']}/{fit['genuine']['synthetic']['mean']}, impostor "
             f"{fit['impostor']['real']['mean']}/{fit['impostor']['synthetic']['mean']} (real/synthetic mean)")
+        took("fit")
 
         res["scale"], res["queries"] = [], []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.REPO)] + (
@@ -334,6 +440,7 @@ def main(argv=None) -> int:
             res["queries"] += s.pop("queries")
             res["scale"].append(s)
             shutil.rmtree(work / f"gallery-{n}", ignore_errors=True)
+            took(f"gallery {_fmt_n(n)}")
 
         from benchmarks import gpu
 
@@ -346,12 +453,14 @@ def main(argv=None) -> int:
             gsizes = [parse_size(s) for s in a.gpu_sizes.split(",") if s.strip()]
             res["queries"] += gpu.search(gsizes, log=log)
             res["gpu"] = {"embedding": gpu.embedding(model_dir, log=log)}
+            took("gpu")
     finally:
         if not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res["total_s"] = round(time.perf_counter() - t_start, 1)
     res["targets"] = targets(res)
+    res["issue20"] = issue20(res)
     if a.out:
         out = Path(a.out)
     elif a.quick:

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Regenerate README.md's speed table from the benchmark result files (never hand-copied numbers).
 
+    python scripts/speed_table.py --bench benchmarks/results/scale-cpu-2core.json   # all rows from one make bench
     python scripts/speed_table.py [--scale benchmarks/results/scale-1m-cpu-2core.json --scale ...]
-                                  [--run benchmarks/results/issue20-cpu-2core.json] [--check]
+                                  [--run benchmarks/results/issue20-cpu-2core.json] [--check | --print]
 
 Reads the JSON that ``make bench`` (benchmarks/run.py) writes, and writes the table between the markers
 ``<!-- speed-table:begin -->`` and ``<!-- speed-table:end -->`` in README.md. Each row names its source file;
-a figure a file does not have is left out, not guessed. ``--check`` exits 1 when README.md's table is not
-what the files give (for CI), without writing.
+a figure a file does not have is left out, not guessed. ``--bench FILE`` takes every row (enroll, CLI, queries,
+memory) from one ``make bench`` result. ``--check`` exits 1 when README.md's table is not what the files give
+(for CI), without writing; ``--print`` prints the table and writes nothing.
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ def _query_rows(res: dict, src: str) -> list[list[str]]:
             val = (f"{r['p50_ms']:.2f} ms, recall@1 {r['recall_at_1']:.3f}" if r["batch"] == 1
                    else f"{r['p50_ms'] / 1e3:.2f} s")
             base = f"{r['baseline_p50_ms']:.1f} ms" if r["batch"] == 1 else f"{r['baseline_p50_ms'] / 1e3:.2f} s"
+            exact = next((x for x in q if x["gallery"] == n and x["batch"] == r["batch"] and x["index"] == "Flat"
+                          and not x.get("auto") and "thread" not in x.get("label", "")), None)
+            if exact is not None:  # the exact index of the same run, the recall's reference
+                base += (f" (numpy; exact Flat {exact['p50_ms']:.1f} ms)" if r["batch"] == 1
+                         else f" (numpy; exact Flat {exact['p50_ms'] / 1e3:.2f} s)")
+            else:
+                base += " (numpy)"
             rows.append([f"{_size(n)} faces fitted to {fit}, {what} (`auto` = {label}; built in {r.get('build_s')} s)", val,
-                         f"{base} (numpy)", f"{r['speedup_vs_baseline']:.1f}x", src])
+                         base, f"{r['speedup_vs_baseline']:.1f}x", src])
     return rows
 
 
@@ -109,13 +118,25 @@ def main(argv=None) -> int:
     ap.add_argument("--cli", type=Path, default=RESULTS / "cli-startup-cpu-2core.json",
                     help="the CLI wall-time file of benchmarks.cli_startup (its query row is taken first)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bench", type=Path, help="one make bench result (benchmarks/results/scale-<machine>.json): "
+                    "every row from it, in place of --run, --scale and --cli")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 when README.md's table differs; write nothing")
+    mode.add_argument("--print", action="store_true", help="print the table; write nothing")
     a = ap.parse_args(argv)
     rel = lambda p: str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
+    if a.bench is not None:
+        if _load(a.bench) is None:
+            print(f"{a.bench}: not a readable result file", file=sys.stderr)
+            return 2
+        a.run, a.scale, a.cli = a.bench, [a.bench], a.bench  # its "cli" part is found through the run
     scales = a.scale or [RESULTS / "scale-1m-cpu-2core.json", RESULTS / "scale-cpu-2core.json"]
-    cli = _load(a.cli) if a.cli.exists() else None
+    cli = _load(a.cli) if a.cli.exists() and a.bench is None else None
     table = render(rows([_load(p) for p in scales], [rel(p) for p in scales], _load(a.run), rel(a.run),
                         {"cli": cli} if cli else None, rel(a.cli)))
+    if a.print:
+        print(table)
+        return 0
     text = a.readme.read_text()
     if BEGIN not in text or END not in text:
         print(f"{a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)

@@ -51,3 +51,21 @@ def test_missing_figures_are_left_out_and_the_readme_is_written_between_markers(
     assert speed_table.main(args + ["--check"]) == 0
     readme.write_text("no markers")
     assert speed_table.main(args) == 2
+
+
+def test_one_make_bench_result_gives_every_row_and_print_writes_nothing(tmp_path):
+    bench = tmp_path / "scale-cpu-2core.json"
+    bench.write_text(json.dumps({**RUN, **SCALE}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{speed_table.BEGIN}\nold table\n{speed_table.END}\n")
+    args = ["--bench", str(bench), "--readme", str(readme)]
+    assert speed_table.main(args + ["--print"]) == 0
+    assert "old table" in readme.read_text()  # --print wrote nothing
+    assert speed_table.main(args) == 0
+    text = readme.read_text()
+    src = f"`{bench}`"
+    lines = [x for x in text.splitlines() if x.startswith("| ") and "---" not in x][1:]
+    assert len(lines) == 5 and all(x.endswith(f"| {src} |") for x in lines)  # enroll x2, CLI, 1M probe, memory
+    assert "0.91 s (ONNX Runtime)" in text and "61.5" in text and "4.05 ms" in text
+    assert "484.0 ms (numpy; exact Flat 52.0 ms)" in text  # the exact index of the same run beside numpy
+    assert speed_table.main(["--bench", str(tmp_path / "none.json"), "--readme", str(readme)]) == 2
