@@ -150,12 +150,11 @@ def test_the_sampler_splits_one_global_batch_across_ranks():
         assert not set(ident[: P * K]) & set(ident[P * K:])  # the ranks' identities never overlap
 
 
-def test_facesearch_train_under_torchrun_on_two_cpu_processes(tmp_path):
-    """The command itself: two gloo ranks train, rank 0 alone calibrates, writes the model (one summary on
-    stdout) and the checkpoint, which records two processes and the global batch."""
-    import json
-    import os
-    import subprocess
+@pytest.fixture
+def lfw_people(tmp_path):
+    """The set-up both torchrun tests share: skip without the shared LFW pack and the ImageNet MobileNetV2
+    checkpoint, else ``people(n)`` -> ``(lfw zip, weights, people file)`` with the first ``n`` LFW people
+    (name order) who have 4 to 10 images, written to ``tmp_path / "people.txt"`` for ``--include-people``."""
     from pathlib import Path
 
     from facesearch.datasets import ImageFolder
@@ -165,18 +164,38 @@ def test_facesearch_train_under_torchrun_on_two_cpu_processes(tmp_path):
     if not (lfw.is_file() and weights.is_file()):
         pytest.skip("needs the shared LFW pack and the ImageNet MobileNetV2 checkpoint")
     folder = ImageFolder(lfw)
-    people = tmp_path / "people.txt"
-    people.write_text("\n".join([n for n in folder.identities() if 4 <= len(folder.items[n]) <= 10][:48]) + "\n")
+
+    def people(n: int):
+        path = tmp_path / "people.txt"
+        path.write_text("\n".join([p for p in folder.identities() if 4 <= len(folder.items[p]) <= 10][:n]) + "\n")
+        return lfw, weights, path
+
+    return people
+
+
+def _torchrun(entry: list[str], train_args: list[str], timeout: float = 120):
+    """``torchrun --nproc-per-node 2 ENTRY train TRAIN_ARGS`` on a free local port, one OpenMP thread a rank."""
+    import os
+    import subprocess
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "model"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", "facesearch", "train", str(lfw), "--out", str(out),
-           "--backbone", "mobilenet_v2", "--pretrained", str(weights), "--input-size", "48", "--epochs", "1",
-           "--pk", "4", "4", "--include-people", str(people), "--calibration-fraction", "0.25", "--device", "cpu",
-           "--checkpoint-every", "0", "--keep-checkpoint", "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+           "--master-port", str(port), *entry, "train", *train_args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_facesearch_train_under_torchrun_on_two_cpu_processes(tmp_path, lfw_people):
+    """The command itself: two gloo ranks train, rank 0 alone calibrates, writes the model (one summary on
+    stdout) and the checkpoint, which records two processes and the global batch."""
+    lfw, weights, people = lfw_people(48)
+    out = tmp_path / "model"
+    r = _torchrun(["-m", "facesearch"], [
+        str(lfw), "--out", str(out), "--backbone", "mobilenet_v2", "--pretrained", str(weights), "--input-size", "48",
+        "--epochs", "1", "--pk", "4", "4", "--include-people", str(people), "--calibration-fraction", "0.25",
+        "--device", "cpu", "--checkpoint-every", "0", "--keep-checkpoint", "--json"], timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)  # one JSON document: rank 1 printed nothing
     t = summary["training"]
@@ -194,35 +213,7 @@ def test_facesearch_train_under_torchrun_on_two_cpu_processes(tmp_path):
 RESUME_TOL = 1e-6
 
 
-def _lfw_people(tmp_path, n: int = 48):
-    from pathlib import Path
-
-    from facesearch.datasets import ImageFolder
-
-    shared = Path(__file__).resolve().parents[2].parent / "shared"
-    lfw, weights = shared / "data" / "lfw" / "lfw-deepfunneled-112.zip", shared / "weights" / "mobilenet_v2-b0353104.pth"
-    if not (lfw.is_file() and weights.is_file()):
-        pytest.skip("needs the shared LFW pack and the ImageNet MobileNetV2 checkpoint")
-    folder = ImageFolder(lfw)
-    people = tmp_path / "people.txt"
-    people.write_text("\n".join([p for p in folder.identities() if 4 <= len(folder.items[p]) <= 10][:n]) + "\n")
-    return lfw, weights, people
-
-
-def _torchrun(entry: list[str], train_args: list[str], timeout: float = 120):
-    import os
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), *entry, "train", *train_args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
-def test_a_run_stopped_after_its_checkpoint_resumes_under_torchrun_to_the_same_weights(tmp_path):
+def test_a_run_stopped_after_its_checkpoint_resumes_under_torchrun_to_the_same_weights(tmp_path, lfw_people):
     """Two gloo ranks train 2 epochs (4 steps each, full augmentation: each rank draws its own flips and
     warps); another run of the same options is stopped right after epoch 1's checkpoint (rank 0 raises,
     rank 1 fails at its next collective, torchrun stops both) and resumed under torchrun with two ranks.
@@ -230,7 +221,7 @@ def test_a_run_stopped_after_its_checkpoint_resumes_under_torchrun_to_the_same_w
     streams, not rank 0's (the checkpoint keeps each rank's)."""
     from pathlib import Path
 
-    lfw, weights, people = _lfw_people(tmp_path, 40)
+    lfw, weights, people = lfw_people(40)
     common = [str(lfw), "--backbone", "mobilenet_v2", "--pretrained", str(weights), "--input-size", "32",
               "--epochs", "2", "--pk", "4", "2", "--include-people", str(people), "--calibration-fraction", "0.2",
               "--device", "cpu", "--checkpoint-every", "0", "--keep-checkpoint", "--json", "--quiet"]
@@ -261,7 +252,6 @@ def test_a_run_stopped_after_its_checkpoint_resumes_under_torchrun_to_the_same_w
 
 
 if __name__ == "__main__":
-    import json
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
