@@ -33,6 +33,18 @@ REFINE_MAX_REMOVED = 0.05
 #: single probes (a query of up to this many vectors) search on one OpenMP thread: on this project's 2-core
 #: machine a 2-thread parallel region for one probe waits for a second, busy core (measured: docs/speed.md)
 ONE_THREAD_QUERIES = 1
+#: ``<a FAISS re-ranked IVF factory>,spill<N>``: facesearch's suffix for a re-ranked IVF whose faces are each kept in
+#: their N nearest lists (the codes N times, the exact vector once): a face near the border of its list is then found
+#: from either side, so fewer lists are scanned for the same recall (at 1M faces, recall@1 0.99 with 160 of 2048
+#: lists against 448: benchmarks/results/index-frontier-1m-cpu-2core.json)
+SPILL_SUFFIX = re.compile(r",spill([2-8])$")
+
+
+def split_spill(factory: str) -> tuple[str, int]:
+    """``IVF2048,PQ64x4fs,RFlat,spill2`` -> (``IVF2048,PQ64x4fs,RFlat``, 2): the FAISS factory string and the lists
+    each face is kept in (1 without the suffix)."""
+    m = SPILL_SUFFIX.search(factory)
+    return (factory[: m.start()], int(m.group(1))) if m else (factory, 1)
 
 
 def faiss_has_gpu() -> bool:
@@ -53,9 +65,10 @@ class FaissIndex(VectorIndex):
 
         loaded = index is not None
         self.dim, self.factory = dim, factory
+        faiss_factory, self.spill = split_spill(factory)
         self.backend = "faiss-gpu" if gpu else "faiss-cpu"
         if index is None:
-            base = faiss.index_factory(dim, factory, distance.faiss_metric())
+            base = faiss.index_factory(dim, faiss_factory, distance.faiss_metric())
             # a plain IVF index keeps the store's ids in its lists (and removes them in place); anything else
             # (exact, HNSW, an IVF behind a refine stage) gets an id map
             index = base if isinstance(base, faiss.IndexIVF) else faiss.IndexIDMap2(base)
@@ -77,6 +90,8 @@ class FaissIndex(VectorIndex):
         #: vector (the refine stage cannot drop them): its id-map slot becomes REMOVED and the IVF scan skips it
         #: (an IDSelector over the id map, so the k answers are k live faces), as for HNSW
         self._refine = faiss_refine(self)
+        if self.spill > 1 and (self._refine is None or faiss.try_extract_index_ivf(self._refine.base_index) is None):
+            raise ValueError(f"{factory!r}: only a re-ranked IVF index (...,RFlat) keeps a face in several lists")
         marks = self._hnsw is not None or self._refine is not None
         self.removed = int((self._id_map() == REMOVED).sum()) if marks and loaded else 0
         self._live = faiss.IDSelectorRange(0, 2**62)
@@ -154,6 +169,15 @@ class FaissIndex(VectorIndex):
             return
         x = np.ascontiguousarray(x, np.float32)
         ids = np.ascontiguousarray(ids, np.int64)
+        if self.spill > 1:
+            import faiss
+
+            add_spilled(self._refine, x, self.spill)  # the refine stage's positions, then the id map, as IDMap2 would
+            id_map = np.concatenate([self._id_map(), ids])
+            faiss.copy_array_to_vector(id_map, self.cpu_index.id_map)
+            self.cpu_index.ntotal = len(id_map)
+            self.cpu_index.construct_rev_map()
+            return
         self.cpu_index.add_with_ids(x, ids)
         if self._gpu is not None:
             self._gpu.add_with_ids(x, ids)
@@ -199,11 +223,14 @@ class FaissIndex(VectorIndex):
         if self._refine is not None:
             import faiss
 
-            # the refine stage re-ranks k * k_factor candidates: at least refine_candidates whatever k is
-            r = self.refine_candidates
+            # the refine stage re-ranks k * k_factor candidates: at least refine_candidates whatever k is. A spilled
+            # index finds a face once per list it is in: k * spill answers, the copies dropped
+            r, kk = self.refine_candidates, k * self.spill
             ivf = faiss.SearchParametersIVF(nprobe=int(self.nprobe), sel=self._live_slots if self.removed else None)
-            params = faiss.IndexRefineSearchParameters(k_factor=float(max(1.0, -(-r // k))), base_index_params=ivf)
-            sims, ids = self.cpu_index.search(q, k, params=params)
+            params = faiss.IndexRefineSearchParameters(k_factor=float(max(1.0, -(-r // kk))), base_index_params=ivf)
+            sims, ids = self.cpu_index.search(q, kk, params=params)
+            if self.spill > 1:
+                sims, ids = first_copies(sims, ids, k)
         elif self._hnsw is not None and self.removed:
             import faiss
 
@@ -248,6 +275,58 @@ class FaissIndex(VectorIndex):
 
         self.write_payload(count)
         return n
+
+
+def first_copies(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` answers of each row (ranked best first) with each id once (a spilled index finds a face in each
+    of its lists); rows short of ``k`` distinct faces end in id -1."""
+    order = np.argsort(ids, axis=1, kind="stable")  # equal ids side by side, the better (earlier) one first
+    s_ids = np.take_along_axis(ids, order, 1)
+    again = np.zeros_like(ids, bool)
+    again[:, 1:] = (s_ids[:, 1:] == s_ids[:, :-1]) & (s_ids[:, 1:] >= 0)
+    dup = np.empty_like(again)
+    np.put_along_axis(dup, order, again, 1)
+    keep = np.argsort(dup, axis=1, kind="stable")[:, :k]  # the first copies, in rank order
+    sims, ids = np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
+    gone = np.take_along_axis(dup, keep, 1)
+    return np.where(gone, -np.inf, sims).astype(np.float32), np.where(gone, -1, ids)
+
+
+def add_spilled(refine, x: np.ndarray, spill: int) -> None:
+    """Add ``x`` to a re-ranked IVF (``faiss.IndexRefine`` over an IVF), each vector into its ``spill`` nearest lists,
+    labelled with its position in the refine stage (which keeps the exact vector once).
+
+    FAISS's fast-scan IVF gives wrong codes through ``add_core`` with precomputed lists (measured: recall fell from
+    0.21 to 0.015 on a test where a plain add gave 0.21), so each further copy goes through ``add_with_ids`` with a
+    one-centroid quantizer that sends a group of vectors to their list (the codes are then those of that list's
+    residual, as FAISS computes them)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(refine.base_index)
+    ref = refine.refine_index
+    pos = np.arange(ref.ntotal, ref.ntotal + len(x), dtype=np.int64)
+    _, assign = ivf.quantizer.search(x, spill)
+    ivf.add_with_ids(x, pos)  # the nearest list, as FAISS assigns it
+    if spill > 1:
+        own = ivf.quantizer
+        lists, rows = assign[:, 1:].ravel(), np.repeat(np.arange(len(x)), spill - 1)
+        keep = lists >= 0
+        lists, rows = lists[keep], rows[keep]
+        order = np.argsort(lists, kind="stable")
+        lists, rows = lists[order], rows[order]
+        try:
+            for grp in np.split(np.arange(len(lists)), np.flatnonzero(np.diff(lists)) + 1):
+                if len(grp) == 0:
+                    continue
+                lst = int(lists[grp[0]])
+                one = faiss.IndexIDMap2(faiss.IndexFlat(x.shape[1], own.metric_type))
+                one.add_with_ids(own.reconstruct(lst)[None, :], np.array([lst], np.int64))
+                ivf.quantizer = one
+                ivf.add_with_ids(np.ascontiguousarray(x[rows[grp]]), pos[rows[grp]])
+        finally:
+            ivf.quantizer = own
+    ref.add(x)
+    refine.ntotal = ref.ntotal
 
 
 def faiss_why(e: Exception) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from facesearch import distance
 from facesearch.errors import FaceSearchError
-from facesearch.index.faiss_index import IVF_NPROBE, FaissIndex, faiss_nlist, faiss_why
+from facesearch.index.faiss_index import IVF_NPROBE, FaissIndex, faiss_nlist, faiss_why, split_spill
 from facesearch.index.torch_index import TORCH_FACTORIES
 
 #: up to this many faces, "auto" uses exact search. Measured (benchmarks/README.md, 2-core CPU): exact
@@ -32,10 +32,17 @@ NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
 #: exact search directly; ``IVF<lists>,Flat`` stays for odd dimensions and galleries that chose it
 RERANK_MIN = EXACT_MAX
 #: nprobe values ``tune_search`` tries on a re-ranked index (finer steps: its cost grows with the lists scanned)
-RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048)
-#: stored faces ``tune_search`` asks a re-ranked index about (at least): with 4,000 the cautious bound accepts an
-#: nprobe whose sample recall@1 is about 0.993 for a 0.99 target (with 1,000: 0.996, a wider search)
-RERANK_TUNE_QUERIES = 4000
+RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536,
+                         2048)
+#: stored faces ``tune_search`` asks a re-ranked index about (at least): the cautious bound (hits less two standard
+#: deviations of the misses) accepts an nprobe whose sample recall@1 is about 0.992 for a 0.99 target with 16,000
+#: (0.993 with 4,000, 0.996 with 1,000: each step a wider search). At 1M faces the exact answers for 16,000 take
+#: about half a minute of the build, the searches about as long
+RERANK_TUNE_QUERIES = 16_000
+#: lists each face is kept in by the index ``auto`` builds above :data:`RERANK_MIN` (``...,RFlat,spill2``): at 1M faces
+#: (benchmarks/results/index-frontier-1m-cpu-2core.json) recall@1 0.99 needed 160 of 2048 lists (0.85 ms a probe)
+#: against 448 (1.8 ms) with each face in one list; at 60k both answered in 0.24 ms; 32 more bytes a face
+AUTO_SPILL = 2
 #: candidates re-ranked per query that ``tune_search`` tries (after choosing nprobe with the most of them): the
 #: fast-scan keeps that many in a heap while it scans, so a deeper re-rank costs scan time (at 1M, 256 candidates
 #: made the scan about 1.5x slower than 100 for no recall, docs/speed.md)
@@ -60,7 +67,7 @@ def auto_factory(n: int, dim: int = 128) -> str:
         # fast-scan reads in blocks of 32) took 2.2 ms at 0.991 (docs/speed.md); two dimensions per 4-bit
         # sub-quantizer
         nlist = max(64, min(2 ** int(round(math.log2(2 * math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
-        return f"IVF{nlist},PQ{dim // 2}x4fs,RFlat"
+        return f"IVF{nlist},PQ{dim // 2}x4fs,RFlat" + (f",spill{AUTO_SPILL}" if AUTO_SPILL > 1 else "")
     # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
     # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal
     nlist = max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
@@ -68,7 +75,9 @@ def auto_factory(n: int, dim: int = 128) -> str:
 
 
 def is_reranked(factory: str) -> bool:
-    """Whether a factory string is an IVF over compressed codes with an exact re-rank (``...,RFlat``)."""
+    """Whether a factory string is an IVF over compressed codes with an exact re-rank (``...,RFlat``, faces in one
+    list, or ``...,RFlat,spill<N>``, in N)."""
+    factory = split_spill(factory)[0]
     return factory.startswith("IVF") and factory.endswith(",RFlat")
 
 
@@ -105,6 +114,8 @@ def needs_rebuild(current_factory: str, ntotal: int) -> bool:
         return True
     if is_reranked(want) and not is_reranked(current_factory):
         return True
+    if is_reranked(want) and split_spill(want)[1] != split_spill(current_factory)[1]:
+        return True  # each face in one list (an older gallery's) or as many as auto keeps now
     if is_reranked(current_factory) and not is_reranked(want):
         return have * 4 < ivf_lists(auto_factory(max(ntotal, RERANK_MIN + 1)))
     return have * 4 < wanted
@@ -122,8 +133,12 @@ def check_factory(factory: str, dim: int) -> None:
         import faiss
     except ImportError:
         return  # without faiss only the torch index exists; create() says so
+    base, spill = split_spill(factory)
+    if spill > 1 and not is_reranked(factory):
+        raise FaceSearchError(f"--index {factory!r}: ,spill<N> (each face in N lists) needs a re-ranked IVF index, "
+                              "e.g. IVF1024,PQ64x4fs,RFlat,spill2")
     try:
-        faiss.index_factory(dim, factory, distance.faiss_metric())
+        faiss.index_factory(dim, base, distance.faiss_metric())
     except RuntimeError as e:
         why = faiss_why(e)
         raise FaceSearchError(f"--index {factory!r} is not an index FAISS can build for {dim}-d vectors ({why}); "
@@ -158,16 +173,19 @@ def tune_search(index: FaissIndex, chunks, queries: int = 1000, target: float = 
     q = np.ascontiguousarray(np.concatenate(q_parts))
     best_s = np.full(len(q), -np.inf, np.float32)
     best_i = np.full(len(q), -1, np.int64)
-    step = 8192  # rows of the gallery per matmul: about 32 MB of scores for 1,000 queries
+    step = max(512, 8192 * 1000 // len(q))  # rows of the gallery per matmul: about 32 MB of scores
+    pos = 0
     for cids_all, x_all in chunks:  # exact nearest other face
         for a in range(0, len(cids_all), step):
             cids, x = np.asarray(cids_all[a : a + step]), np.asarray(x_all[a : a + step], np.float32)
             s = q @ x.T
-            s[q_ids[:, None] == cids[None, :]] = -np.inf
+            own = (pick >= pos + a) & (pick < pos + a + len(cids))  # queries whose own face is in this block
+            s[np.flatnonzero(own), pick[own] - (pos + a)] = -np.inf
             j = s.argmax(1)
             sj = s[np.arange(len(q)), j]
             better = sj > best_s
             best_s[better], best_i[better] = sj[better], cids[j[better]]
+        pos += len(cids_all)
 
     def recall(search_k: int = 2):
         sims, found = index.search(q, search_k)
