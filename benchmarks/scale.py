@@ -250,43 +250,31 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
         log(f"  {n}: {label:32s} p50 {pct_ms(single, 50):8.3f} ms  batch {nb} {pct_ms(batched, 50):9.1f} ms  "
             f"recall@1 {r1:.4f}  build {build_s:.1f}s")
 
-    def measure_one_thread(idx, label: str, factory: str, is_auto: bool):
-        """Single-probe latency with FAISS limited to one OpenMP thread (see README: on a busy machine a
-        2-thread parallel region for one probe waits for a second core)."""
+    def measure_threads(idx, label: str, threads: int):
+        """Single-probe latency of an index ``measure`` timed as ``label``, with FAISS on ``threads`` OpenMP
+        threads, as a row ``label, N thread(s)``. One thread is what FaissIndex.search gives a single probe anyway
+        (``faiss_index.ONE_THREAD_QUERIES``; on a busy machine a 2-thread parallel region for one probe waits for
+        a second core); more threads lift that rule, to show what it avoids."""
         import faiss
 
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
+        from facesearch.index import faiss_index
+
+        before, before_rule = faiss.omp_get_max_threads(), faiss_index.ONE_THREAD_QUERIES
+        faiss.omp_set_num_threads(threads)
+        faiss_index.ONE_THREAD_QUERIES = 1 if threads == 1 else 0
         try:
             single = time_calls(lambda i: idx.search(probes[i % n_probes : i % n_probes + 1], K), n_single,
                                 budget_s / 2, warmup=3, min_n=5)
         finally:
             faiss.omp_set_num_threads(before)
-        row = next(r for r in out["queries"] if r["label"] == label.replace(", 1 thread", "") and r["batch"] == 1)
+            faiss_index.ONE_THREAD_QUERIES = before_rule
+        row = next(r for r in out["queries"] if r["label"] == label and r["batch"] == 1)
         p50 = pct_ms(single, 50)
-        out["queries"].append(dict(row, label=label, auto=is_auto, p50_ms=p50, p99_ms=pct_ms(single, 99),
-                                   calls=len(single), queries_per_s=round(1 / (p50 / 1e3), 1), omp_threads=1,
+        named = f"{label}, {threads} thread" + ("" if threads == 1 else "s")
+        out["queries"].append(dict(row, label=named, auto=False, p50_ms=p50, p99_ms=pct_ms(single, 99),
+                                   calls=len(single), queries_per_s=round(1 / (p50 / 1e3), 1), omp_threads=threads,
                                    speedup_vs_baseline=ratio(row["baseline_p50_ms"], p50)))
-        log(f"  {n}: {label:32s} p50 {p50:8.3f} ms")
-
-    def measure_two_threads(idx, label: str, factory: str):
-        """Single-probe latency with FAISS's two OpenMP threads (FaissIndex.search runs a single probe on one
-        thread: ``faiss_index.ONE_THREAD_QUERIES``; this row lifts that, to show what it avoids)."""
-        from facesearch.index import faiss_index
-
-        before = faiss_index.ONE_THREAD_QUERIES
-        faiss_index.ONE_THREAD_QUERIES = 0
-        try:
-            single = time_calls(lambda i: idx.search(probes[i % n_probes : i % n_probes + 1], K), n_single,
-                                budget_s / 2, warmup=3, min_n=5)
-        finally:
-            faiss_index.ONE_THREAD_QUERIES = before
-        row = next(r for r in out["queries"] if r["label"] == label.replace(", 2 threads", "") and r["batch"] == 1)
-        p50 = pct_ms(single, 50)
-        out["queries"].append(dict(row, label=label, auto=False, p50_ms=p50, p99_ms=pct_ms(single, 99),
-                                   calls=len(single), queries_per_s=round(1 / (p50 / 1e3), 1), omp_threads=2,
-                                   speedup_vs_baseline=ratio(row["baseline_p50_ms"], p50)))
-        log(f"  {n}: {label:32s} p50 {p50:8.3f} ms")
+        log(f"  {n}: {named:32s} p50 {p50:8.3f} ms")
 
     def sweep(idx, name: str, values: list[int]) -> list[dict]:
         """Recall and single-probe latency (one OpenMP thread) of a built index across its search parameter."""
@@ -314,13 +302,13 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
         return rows
 
     measure(exact, "Flat (exact)", "Flat", t_exact_build, auto_idx.factory == "Flat", (exact_first_batch, d0, i0))
-    measure_one_thread(exact, "Flat (exact), 1 thread", "Flat", False)
+    measure_threads(exact, "Flat (exact)", 1)
     if auto_idx is not exact:
         label = f"auto: {auto_idx.factory} " + " ".join(f"{k}={v}" for k, v in _params_of(auto_idx).items()
                                                          if k != "nlist")
         measure(auto_idx, label, auto_idx.factory, t_build, True)
-        measure_one_thread(auto_idx, label + ", 1 thread", auto_idx.factory, False)
-        measure_two_threads(auto_idx, label + ", 2 threads", auto_idx.factory)
+        measure_threads(auto_idx, label, 1)
+        measure_threads(auto_idx, label, 2)
         if "efSearch" in _params_of(auto_idx):
             out["auto"]["efSearch_sweep"] = sweep(auto_idx, "efSearch", [16, 32, 64, 128, 256, 512, 1024])
         elif vindex.policy.is_reranked(auto_idx.factory):
