@@ -185,6 +185,32 @@ def enroll_through_torch(model_dir: Path, root: Path, home: Path, n: int) -> dic
     return {"images": n, "seconds": round(dt, 3), "images_per_s": round(n / dt, 2), "runtime": "torch"}
 
 
+def enroll_int8(model_dir: Path, root: Path, workdir: Path, n: int) -> dict:
+    """``FaceSearch.enroll_folder`` of ``root`` into a new gallery of the int8 copy of the model, made as
+    ``facesearch model quantize`` makes it (:func:`facesearch.model.quantize.quantize_dir`, MinMax ranges
+    from one image each of 256 LFW people in no View 2 pair: ``benchmarks.int8.calibration_crops``). Its
+    accuracy against fp32 is ``benchmarks/int8.py``'s to measure (LFW View 2); here only its speed."""
+    from benchmarks.int8 import CALIBRATION_RULE, calibration_crops
+    from facesearch.gallery.facade import FaceSearch
+    from facesearch.model import quantize
+    from facesearch.model.files import read_model_dir, resolve
+
+    t0 = time.perf_counter()
+    crops, _ = calibration_crops(256, read_model_dir(model_dir))
+    out = workdir / "int8-model"
+    quantize.quantize_dir(model_dir, out, crops, "minmax", calibration_source=CALIBRATION_RULE)
+    t_make = time.perf_counter() - t0
+    with FaceSearch.open(home=workdir / "enroll-home-int8", model=out, device="cpu", backend="faiss-cpu") as fs:
+        assert fs.encoder.onnx(fs.model_key) is not None
+        t0 = time.perf_counter()
+        rep = fs.enroll_folder(root)
+        dt = time.perf_counter() - t0
+    if rep.added != n:
+        raise RuntimeError(f"enroll of the int8 model added {rep.added} of {n}")
+    return {"images": n, "seconds": round(dt, 3), "images_per_s": round(n / dt, 2), "runtime": "onnx int8",
+            "model_key": resolve(out).key, "quantize_s": round(t_make, 1), "calibration": CALIBRATION_RULE + " (256)"}
+
+
 def run(model_dir: Path, workdir: Path, n_images: int = 2000, n_baseline: int = 300, seed: int = 0,
         log=print) -> tuple[dict, dict]:
     """The enroll benchmark. Returns (result for the JSON, real embeddings for the generator fit)."""
@@ -215,6 +241,15 @@ def run(model_dir: Path, workdir: Path, n_images: int = 2000, n_baseline: int = 
     dt_again = time.perf_counter() - t0
     if again.added or len(again.skipped) != n:
         raise RuntimeError(f"re-enroll added {again.added}, skipped {len(again.skipped)} of {n}")
+    from facesearch.model import onnx_runtime
+    from facesearch.model.files import read_model_dir
+
+    int8_run = None
+    if runtime == "onnx" and not read_model_dir(model_dir).int8:  # the int8 copy needs ONNX Runtime, as it does
+        int8_run = enroll_int8(model_dir, root, workdir, n)
+        log(f"enroll through ONNX Runtime, int8 copy: {int8_run['images_per_s']} images/s")
+    elif not onnx_runtime.available():
+        int8_run = {"skipped": "onnxruntime is not installed"}
     db = workdir / "enroll-home" / "facesearch.db"
     with fs.store.engine.connect() as conn:  # fold the WAL into the file so its size is the data's
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -233,6 +268,8 @@ def run(model_dir: Path, workdir: Path, n_images: int = 2000, n_baseline: int = 
         "runtime": runtime,
         "torch": torch_run,
         "ratio_vs_torch": round(n / dt / torch_run["images_per_s"], 2),
+        **({"int8": {**int8_run, **({"ratio_vs_torch": round(int8_run["images_per_s"] / torch_run["images_per_s"], 2)}
+                                    if "images_per_s" in int8_run else {})}} if int8_run else {}),
         "reenroll_images_per_s": round(n / dt_again, 2),
         "reenroll_ratio_vs_first": round(dt / dt_again, 2),
         "store_bytes_per_face_with_crop": int(store_bytes / n),

@@ -86,6 +86,21 @@ def test_the_key_says_when_mirror_images_are_averaged():
     assert files.model_key(ModelConfig(name="n"), "0123456789abcdef") == "n@0123456789ab"
 
 
+def test_the_key_names_an_int8_models_ranges_and_model_json_keeps_its_record(tmp_path):
+    q = {"precision": "int8", "method": "minmax", "ranges_sha256": "feedc0de" + "0" * 56}
+    cfg = ModelConfig(name="n-int8", quantization=q)
+    assert cfg.int8 and not ModelConfig(name="n").int8
+    assert files.model_key(cfg, "0123456789abcdef") == "n-int8@0123456789ab+int8-feedc0de"
+    other = ModelConfig(name="n-int8", quantization={**q, "ranges_sha256": "beef" + "0" * 60})
+    assert files.model_key(other, "0123456789abcdef") != files.model_key(cfg, "0123456789abcdef")
+    cfg.save(tmp_path / "model.json")
+    assert ModelConfig.load(tmp_path / "model.json").quantization == q
+    assert "quantization" not in ModelConfig(name="n").to_dict()  # fp32 model.json files stay as they were
+    for bad in ({"precision": "int4", "ranges_sha256": "x"}, {"precision": "int8"}, "int8"):
+        with pytest.raises(ModelFileError, match="quantization must say"):
+            ModelConfig(name="n", quantization=bad)
+
+
 def test_what_is_missing_is_said(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match=r"not a facesearch model directory: it does not exist "
                                              r"\(built-in models, named without a path: lfw-mobilenet, sface\)"):
