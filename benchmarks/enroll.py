@@ -187,7 +187,7 @@ def enroll_through_torch(model_dir: Path, root: Path, home: Path, n: int) -> dic
 
 def enroll_int8(model_dir: Path, root: Path, workdir: Path, n: int) -> dict:
     """``FaceSearch.enroll_folder`` of ``root`` into a new gallery of the int8 copy of the model, made as
-    ``facesearch model quantize`` makes it (:func:`facesearch.model.quantize.quantize_dir`, MinMax ranges
+    ``facesearch model quantize`` makes it (:func:`facesearch.model.quantize.quantize_dir`, percentile ranges
     from one image each of 256 LFW people in no View 2 pair: ``benchmarks.int8.calibration_crops``). Its
     accuracy against fp32 is ``benchmarks/int8.py``'s to measure (LFW View 2); here only its speed."""
     from benchmarks.int8 import CALIBRATION_RULE, calibration_crops
@@ -198,7 +198,7 @@ def enroll_int8(model_dir: Path, root: Path, workdir: Path, n: int) -> dict:
     t0 = time.perf_counter()
     crops, _ = calibration_crops(256, read_model_dir(model_dir))
     out = workdir / "int8-model"
-    quantize.quantize_dir(model_dir, out, crops, "minmax", calibration_source=CALIBRATION_RULE)
+    quantize.quantize_dir(model_dir, out, crops, "percentile", calibration_source=CALIBRATION_RULE)
     t_make = time.perf_counter() - t0
     with FaceSearch.open(home=workdir / "enroll-home-int8", model=out, device="cpu", backend="faiss-cpu") as fs:
         assert fs.encoder.onnx(fs.model_key) is not None

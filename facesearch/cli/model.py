@@ -123,8 +123,9 @@ def export_cmd(spec, as_onnx, out, as_json):
                    "people of --calibration, chosen at random with seed 0].")
 @click.option("--limit", type=click.IntRange(8, 100_000), default=256, show_default=True,
               help="How many people (one image each) when --calibration-people is not given.")
-@click.option("--method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True,
-              help="How activation ranges are taken: the extremes seen, or their 99.99th percentile.")
+@click.option("--method", type=click.Choice(["percentile", "minmax"]), default="percentile", show_default=True,
+              help="How activation ranges are taken: their 99.99th percentile (closer to fp32 on LFW), or the "
+                   "extremes seen (quantises in a sixth of the time).")
 @click.option("--name", "model_name", default=None, help="Model name stored in model.json [default: NAME-int8].")
 @click.option("--calibrate-pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Then choose its thresholds on its own int8 embeddings of these pairs (as `model calibrate`), "

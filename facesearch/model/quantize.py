@@ -18,8 +18,8 @@ An int8 model directory holds
 
 The quantisation, chosen by measurement (``benchmarks/int8.py``, docs/speed.md): ONNX Runtime's static
 quantisation in the QOperator format of the convolutions only, per-channel int8 weights, uint8
-activations, the activation ranges calibrated by MinMax (or the 99.99th percentile) on aligned crops of
-people the model will not be scored on. Embeds through ONNX Runtime only: torch has no path for it.
+activations, the activation ranges calibrated at the 99.99th percentile (or by MinMax) on aligned crops
+of people the model will not be scored on. Embeds through ONNX Runtime only: torch has no path for it.
 Needs the ``onnx`` extra (``onnx`` and ``onnxruntime``) to be made; only ``onnxruntime`` to embed.
 """
 
@@ -43,8 +43,8 @@ from facesearch.model.files import CONFIG_FILE, WEIGHTS_FILE, model_key, read_mo
 
 #: the activation ranges, next to the weights
 RANGES_FILE = "int8-ranges.json"
-#: calibration methods (ONNX Runtime's names: MinMax, Percentile at 99.99)
-METHODS = ("minmax", "percentile")
+#: calibration methods (ONNX Runtime's names: Percentile at 99.99, the default, and MinMax)
+METHODS = ("percentile", "minmax")
 #: what ``quantization`` says of how it was made (model.json)
 RECIPE = ("onnxruntime quantize_static, QOperator format, Conv only, per-channel int8 weights, uint8 "
           "activations; input graph: facesearch's fp32 ONNX export after quant_pre_process")
@@ -91,10 +91,12 @@ def quantize_graph(fp32: str | os.PathLike, out: str | os.PathLike, ranges: str 
         reader = None
         if crops is not None:
             x = np.asarray(crops).astype(np.float32) / np.float32(255.0)
+            # batches of one size: the percentile calibrator stacks them (a shorter last batch breaks it)
+            step = next(b for b in (8, 4, 2, 1) if len(x) % b == 0)
 
             class Reader(q.CalibrationDataReader):
                 def __init__(self):
-                    self.batches = iter([{onnx_runtime.INPUT_NAME: x[i:i + 8]} for i in range(0, len(x), 8)])
+                    self.batches = iter([{onnx_runtime.INPUT_NAME: x[i:i + step]} for i in range(0, len(x), step)])
 
                 def get_next(self):
                     return next(self.batches, None)
@@ -148,7 +150,7 @@ def _fp32_export(directory: Path, tmp: Path, config: ModelConfig) -> tuple[Path,
     return path, meta.get(onnx_runtime.META_FORWARD_BATCH, "8")
 
 
-def quantize_dir(src: str | os.PathLike, out: str | os.PathLike, crops: np.ndarray, method: str = "minmax",
+def quantize_dir(src: str | os.PathLike, out: str | os.PathLike, crops: np.ndarray, method: str = "percentile",
                  name: str | None = None, calibration_source: str = "") -> ModelConfig:
     """Make the int8 model directory ``out`` (new or empty) of the fp32 model in ``src``, its activation
     ranges measured on ``crops`` (model inputs of people it will not be scored on). Its thresholds are the
