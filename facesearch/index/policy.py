@@ -57,8 +57,10 @@ EF_SEARCH_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: an ``--index`` choice, with removal in place and efSearch tuned at build.
 def auto_factory(n: int, dim: int = 128) -> str:
     """The FAISS factory string "auto" picks for ``n`` faces of ``dim`` dimensions: exact while that is fast,
-    then (above :data:`RERANK_MIN`, which is EXACT_MAX) IVF over 4-bit fast-scan PQ codes with the best
-    candidates re-ranked on the exact vectors; IVF over the exact vectors for an odd ``dim``."""
+    then (above :data:`RERANK_MIN`, which is EXACT_MAX) IVF over 4-bit fast-scan PQ codes, each face in its
+    :data:`AUTO_SPILL` nearest lists (the ``,spill2`` suffix), with the best candidates re-ranked on the exact
+    vectors; IVF over the exact vectors for an odd ``dim``. At 1M (benchmarks/results/scale-1m-cpu-2core.json):
+    nprobe 192 tuned, 1.19 ms a probe at recall@1 0.991, built in 101 s."""
     if n <= EXACT_MAX:
         return "Flat"
     if n > RERANK_MIN and dim % 2 == 0:
