@@ -97,6 +97,11 @@ def targets(res: dict) -> list[dict]:
                         "reached": f"{e.get('runtime')}: {e['images_per_s']:.1f} images/s, torch "
                                    f"{e['torch']['images_per_s']:.1f}: {e['ratio_vs_torch']:.2f}x",
                         "met": bool(e.get("runtime") == "onnx" and e["ratio_vs_torch"] >= 1.5)})
+            if (e.get("int8") or {}).get("images_per_s"):
+                out.append({"target": "enroll through the int8 copy >= 1.5x the same model through torch, same run (issue 20)",
+                            "reached": f"{e['int8']['images_per_s']:.1f} images/s vs torch "
+                                       f"{e['torch']['images_per_s']:.1f}: {e['int8']['ratio_vs_torch']:.2f}x",
+                            "met": bool(e["int8"]["ratio_vs_torch"] >= 1.5)})
     c = res.get("cli")
     if c and c.get("query"):
         cq = c["query"]
@@ -183,6 +188,14 @@ def issue20(res: dict) -> list[dict]:
             f"FaceSearch.enroll_folder on {e['images']} LFW images, runtime {e.get('runtime')}")
     else:
         row(goal, target, "not run (no torch comparison in this run)")
+    i8 = e.get("int8") or {}
+    goal = "enroll, int8 copy (model quantize) vs torch fp32"
+    if i8.get("images_per_s") and e.get("torch"):
+        row(goal, target, f"{i8['images_per_s']:.1f} images/s", f"torch {e['torch']['images_per_s']:.1f} images/s",
+            f"{i8['ratio_vs_torch']:.2f}x", bool(i8["ratio_vs_torch"] >= GOAL_ENROLL_RATIO),
+            f"the same folder, {i8['model_key']}; its LFW accuracy: benchmarks/int8.py")
+    elif e.get("torch"):
+        row(goal, target, f"not run ({i8.get('skipped', 'no int8 part in this run')})")
     g = res.get("gpu") or {}
     gq = [r for r in q if r["device"] == "cuda"]
     why = g.get("skipped") or ("no GPU rows" if not gq else "not measured")
@@ -226,6 +239,9 @@ def report(res: dict) -> str:
         if e.get("torch"):
             out.append(f"  the same enroll through torch (runtime switch of the gallery's model): "
                        f"{e['torch']['images_per_s']} images/s; {e.get('runtime')} / torch = {e['ratio_vs_torch']}x")
+            if (e.get("int8") or {}).get("images_per_s"):
+                out.append(f"  the same enroll with the int8 copy ({e['int8']['model_key']}): {e['int8']['images_per_s']} "
+                           f"images/s; int8 / torch = {e['int8']['ratio_vs_torch']}x")
         if "reenroll_images_per_s" in e:
             out.append(f"  the same folder again (all enrolled, found by hash before decoding): "
                        f"{e['reenroll_images_per_s']} images/s, {e['reenroll_ratio_vs_first']}x the first enroll")
