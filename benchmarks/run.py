@@ -67,6 +67,12 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
 
+def _ratio(run: dict, enroll: dict) -> float:
+    """A run's images/s over the same run's torch enroll, unrounded (a goal is judged on this, never on the
+    two-decimal ratio kept in the JSON: 1.4975 is not 1.5)."""
+    return run["images_per_s"] / enroll["torch"]["images_per_s"]
+
+
 def targets(res: dict) -> list[dict]:
     q = res["queries"]
     out = []
@@ -95,13 +101,13 @@ def targets(res: dict) -> list[dict]:
         if e.get("torch"):
             out.append({"target": "enroll through ONNX Runtime >= 1.5x the same model through torch, same run (issue 20)",
                         "reached": f"{e.get('runtime')}: {e['images_per_s']:.1f} images/s, torch "
-                                   f"{e['torch']['images_per_s']:.1f}: {e['ratio_vs_torch']:.2f}x",
-                        "met": bool(e.get("runtime") == "onnx" and e["ratio_vs_torch"] >= 1.5)})
+                                   f"{e['torch']['images_per_s']:.1f}: {_ratio(e, e):.3f}x",
+                        "met": bool(e.get("runtime") == "onnx" and _ratio(e, e) >= 1.5)})
             if (e.get("int8") or {}).get("images_per_s"):
                 out.append({"target": "enroll through the int8 copy >= 1.5x the same model through torch, same run (issue 20)",
                             "reached": f"{e['int8']['images_per_s']:.1f} images/s vs torch "
-                                       f"{e['torch']['images_per_s']:.1f}: {e['int8']['ratio_vs_torch']:.2f}x",
-                            "met": bool(e["int8"]["ratio_vs_torch"] >= 1.5)})
+                                       f"{e['torch']['images_per_s']:.1f}: {_ratio(e['int8'], e):.3f}x",
+                            "met": bool(_ratio(e["int8"], e) >= 1.5)})
     c = res.get("cli")
     if c and c.get("query"):
         cq = c["query"]
@@ -184,7 +190,7 @@ def issue20(res: dict) -> list[dict]:
     goal, target = "enroll, same model, ONNX Runtime vs torch", f">= {GOAL_ENROLL_RATIO}x torch"
     if e.get("torch"):
         row(goal, target, f"{e['images_per_s']:.1f} images/s", f"torch {e['torch']['images_per_s']:.1f} images/s",
-            f"{e['ratio_vs_torch']:.2f}x", bool(e.get("runtime") == "onnx" and e["ratio_vs_torch"] >= GOAL_ENROLL_RATIO),
+            f"{_ratio(e, e):.3f}x", bool(e.get("runtime") == "onnx" and _ratio(e, e) >= GOAL_ENROLL_RATIO),
             f"FaceSearch.enroll_folder on {e['images']} LFW images, runtime {e.get('runtime')}")
     else:
         row(goal, target, "not run (no torch comparison in this run)")
@@ -192,7 +198,7 @@ def issue20(res: dict) -> list[dict]:
     goal = "enroll, int8 copy (model quantize) vs torch fp32"
     if i8.get("images_per_s") and e.get("torch"):
         row(goal, target, f"{i8['images_per_s']:.1f} images/s", f"torch {e['torch']['images_per_s']:.1f} images/s",
-            f"{i8['ratio_vs_torch']:.2f}x", bool(i8["ratio_vs_torch"] >= GOAL_ENROLL_RATIO),
+            f"{_ratio(i8, e):.3f}x", bool(_ratio(i8, e) >= GOAL_ENROLL_RATIO),
             f"the same folder, {i8['model_key']}; its LFW accuracy: benchmarks/int8.py")
     elif e.get("torch"):
         row(goal, target, f"not run ({i8.get('skipped', 'no int8 part in this run')})")

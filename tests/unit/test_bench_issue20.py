@@ -25,9 +25,21 @@ def test_each_goal_is_judged_against_its_limit_and_its_same_run_baseline():
     assert probe["baseline"] == "exact Flat 23.40 ms" and probe["ratio"] == "12.2x"
     assert removal["met"] is True
     assert cli["met"] is True and "torch path 3.25 s" == cli["baseline"]
-    assert enroll["met"] is False and enroll["ratio"] == "0.96x"
+    assert enroll["met"] is False and enroll["ratio"] == "0.965x"
     gpu = [r for r in rows if r["goal"].startswith("GPU")]
     assert len(gpu) == 3 and all(r["met"] is None and "no CUDA device" in r["measured"] for r in gpu)
+
+
+def test_a_ratio_is_judged_unrounded():
+    # 47.86 / 31.96 = 1.4975: kept as 1.5 in the JSON, and not the 1.5x the goal asks for
+    e = dict(RES["enroll"], torch={"images_per_s": 31.96},
+             int8={"images_per_s": 47.86, "ratio_vs_torch": 1.5, "model_key": "m+int8-x"})
+    rows = {r["goal"]: r for r in run.issue20(dict(RES, enroll=e))}
+    int8 = rows["enroll, int8 copy (model quantize) vs torch fp32"]
+    assert int8["met"] is False and int8["ratio"] == "1.497x"
+    assert run._ratio(e["int8"], e) < 1.5  # what targets() judges by too
+    e["int8"]["images_per_s"] = 48.0
+    assert {r["goal"]: r for r in run.issue20(dict(RES, enroll=e))}[int8["goal"]]["met"] is True
 
 
 def test_a_part_that_did_not_run_is_n_a_not_met_and_the_report_ends_with_the_table():

@@ -26,7 +26,7 @@ SCALE = {"queries": [
 def test_rows_carry_the_files_figures_and_name_their_source():
     rows = speed_table.rows(SCALE, "s.json", RUN, "r.json")
     text = speed_table.render(rows)
-    assert "| 61.5 | 41.0 (torch) | 1.50x | `r.json` |" in text
+    assert "| 61.5 | 41.0 (torch) | 1.500x | `r.json` |" in text
     assert "0.91 s (ONNX Runtime) | 3.30 s (torch) | 3.63x" in text
     assert "1M faces fitted to ?, one probe" in text
     assert "IVF2048,Flat, nprobe 128 chosen at build; built in 58.7 s" in text and "4.05 ms, recall@1 0.995" in text
