@@ -11,7 +11,9 @@ Candidates (each its own gallery of the same LFW images, 112 x 112 crops of the 
 * ``sface ONNX Runtime``: the pinned SFace file rewritten to fp32 ONNX
   (``facesearch.model.imported.onnx_graph.write_fp32_onnx``) on ONNX Runtime's CPU provider, one intra-op
   thread; only when onnxruntime is installed (``pip install onnxruntime``; skipped with a note otherwise).
-  facesearch embeds through torch, so it has no enroll row: its embedding and query rows are measured on the
+  this is the pinned file itself, not the export a gallery embeds with when onnxruntime is installed (whose
+  enroll is ``benchmarks.enroll``'s, against torch in the same run), so it has no enroll row: its embedding and
+  query rows are measured on the
   same crops, searching the SFace fp32 gallery (whose embeddings it reproduces, cosine >= 0.9999), right
   after the torch rows (not taken in turn with them: an ORT call slowed the torch call after it by ~8 ms).
 
@@ -307,7 +309,8 @@ def table(section: dict) -> str:
     out.append(f"  gallery: {section['gallery_faces']} LFW faces per model; {section['probes']} held-out probes; "
                "x base: against lfw-mobilenet in this run (latency: > 1 is slower)")
     out.append("  sface fp16-stored computes in fp32 like sface fp32 (weights halved on disk only); ONNX Runtime "
-               "has no enroll row (facesearch embeds with torch) and searches the SFace fp32 gallery")
+               "(the pinned file, not facesearch's export, whose enroll benchmarks.enroll measures) has no enroll row and "
+               "searches the SFace fp32 gallery")
     for r in section["rows"]:
         if "min_cosine_vs_torch" in r:
             out.append(f"  {r['model']}: min cosine vs the torch port on the probes {r['min_cosine_vs_torch']}")
