@@ -365,11 +365,15 @@ class GalleryModel:
         x, batch = np.stack(crops), self.forward_batch or onnx.forward_batch
         if tuner is None:
             return onnx.embed(x, batch_size=batch, threads=getattr(self._local, "threads", None))
-        out = []
-        for i in range(0, len(x), batch):
+        if self.forward_batch is None:  # the images per pass are measured too, unless the caller set them
+            tuner.offer_batches((batch, max(1, batch // 4)))
+        out, i = [], 0
+        while i < len(x):
             tuner.start()
-            out.append(onnx.embed(x[i:i + batch], batch_size=batch, threads=tuner.current))
+            step = tuner.current_batch or batch
+            out.append(onnx.embed(x[i:i + step], batch_size=step, threads=tuner.current))
             tuner.stop(len(out[-1]))
+            i += step
         return np.concatenate(out)
 
     @contextlib.contextmanager

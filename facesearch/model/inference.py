@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -115,27 +115,45 @@ class ThreadTuner:
     second core and one thread is 3-4x faster (158 vs 36-48 images/s), up to 10x at load 8. A trial is one
     forward pass (16 images for MobileNetV2, 8 for SFace: :func:`forward_batch`), not an enroll batch of
     64, so a slow trial on a busy machine costs a quarter to an eighth of what it did. See
-    benchmarks/README.md."""
+    benchmarks/README.md.
+
+    Where ONNX Runtime embeds, the images per pass are chosen the same way (:meth:`offer_batches`: the
+    model's forward batch and a quarter of it, each with both thread counts): it runs SFace fastest at 2
+    images a pass, not torch's 8 (fp32 49.5 vs 39.3 images/s on one thread; int8 88.9 vs 71.8), and
+    MobileNetV2 at 8-16 (docs/speed.md)."""
 
     def __init__(self, threads: int, trials: int = 2, every: int = 400):
         self.options, self.trials, self.every = (1, threads), trials, every
-        self.times: dict[int, list[float]] = {1: [], threads: []}
-        self.batch, self.current, self.t0 = 0, 1, 0.0
+        #: what the trials choose between: (threads, images per pass; None: the caller's own)
+        self.choices: list[tuple[int, int | None]] = [(1, None), (threads, None)]
+        self.times: dict[tuple[int, int | None], list[float]] = {c: [] for c in self.choices}
+        self.batch, self.current, self.current_batch, self.t0 = 0, 1, None, 0.0
+
+    def offer_batches(self, sizes: Iterable[int]) -> None:
+        """Let the trials also choose the images per pass among ``sizes`` (before the first pass only; a tuner
+        carried on from an earlier call keeps what it has)."""
+        sizes = list(dict.fromkeys(int(b) for b in sizes if b and b > 0))
+        if self.batch or len(sizes) < 2 or any(b is not None for _, b in self.choices):
+            return
+        self.choices = [(t, b) for b in sizes for t in self.options]
+        self.times = {c: [] for c in self.choices}
 
     def _exploring(self) -> bool:
-        return 1 <= self.batch % self.every <= 2 * self.trials
+        return 1 <= self.batch % self.every <= len(self.choices) * self.trials
 
     def start(self) -> None:
-        """Choose :attr:`current` for the next pass, and set torch's threads to it where torch embeds (ONNX
-        Runtime, which embeds without torch, picks its session by :attr:`current`)."""
+        """Choose :attr:`current` (threads) and :attr:`current_batch` for the next pass, and set torch's
+        threads where torch embeds (ONNX Runtime, which embeds without torch, picks its session by
+        :attr:`current`)."""
         import sys
         import time
 
         k = self.batch % self.every
         if self._exploring():
-            self.current = self.options[k % 2]
-        elif k == 2 * self.trials + 1:
-            self.current = min(self.options, key=lambda t: float(np.median(self.times[t][-self.trials:])))
+            self.current, self.current_batch = self.choices[k % len(self.choices)]
+        elif k == len(self.choices) * self.trials + 1:
+            self.current, self.current_batch = min(
+                self.choices, key=lambda c: float(np.median(self.times[c][-self.trials:])))
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(self.current)
@@ -145,7 +163,7 @@ class ThreadTuner:
         import time
 
         if self._exploring():
-            self.times[self.current].append((time.perf_counter() - self.t0) / max(n, 1))
+            self.times[(self.current, self.current_batch)].append((time.perf_counter() - self.t0) / max(n, 1))
         self.batch += 1
 
 
