@@ -39,6 +39,7 @@ if __package__ in (None, ""):
 
 from benchmarks.common import machine, pct_ms  # noqa: E402
 from benchmarks.synth import FaceGenerator, gallery_sizes  # noqa: E402
+from facesearch.index.faiss_index import add_spilled, first_copies  # noqa: E402
 
 K = 10
 TARGET = 0.99
@@ -82,47 +83,6 @@ def fit_generator(images: int) -> FaceGenerator:
     gen, _ = synth.fit(fs.embed_bytes(items), np.array(labels))
     fs.close()
     return gen
-
-
-def dedupe(sims: np.ndarray, ids: np.ndarray, k: int = K):
-    """Drop the second copy of a face found through two lists (the exact re-rank puts its copies side by side)."""
-    dup = np.zeros_like(ids, bool)
-    dup[:, 1:] = ids[:, 1:] == ids[:, :-1]
-    sims = np.where(dup | (ids < 0), -np.inf, sims)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
-
-
-def add_spilled(index, x: np.ndarray, spill: int) -> None:
-    """Add ``x`` to an ``IVF...,RFlat`` FAISS index, each vector into its ``spill`` nearest lists (labels are its
-    position, which the refine stage keeps once). FAISS's fast-scan IVF has no working precomputed-assignment
-    add (``add_core`` gives wrong codes for it, measured), so the extra copies go through ``add_with_ids`` with a
-    one-centroid quantizer that sends a group of vectors to its list."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    ref = faiss.downcast_index(index.refine_index)
-    pos = np.arange(ref.ntotal, ref.ntotal + len(x), dtype=np.int64)
-    _, assign = ivf.quantizer.search(x, spill)
-    ivf.add_with_ids(x, pos)
-    if spill > 1:
-        own = ivf.quantizer
-        cents = own.reconstruct_n(0, ivf.nlist)
-        lists, rows = assign[:, 1:].ravel(), np.repeat(np.arange(len(x)), spill - 1)
-        order = np.argsort(lists, kind="stable")
-        lists, rows = lists[order], rows[order]
-        try:
-            for grp in np.split(np.arange(len(lists)), np.flatnonzero(np.diff(lists)) + 1):
-                lst = int(lists[grp[0]])
-                flat = faiss.IndexFlatIP(x.shape[1])
-                one = faiss.IndexIDMap2(flat)
-                one.add_with_ids(cents[lst : lst + 1], np.array([lst], np.int64))
-                ivf.quantizer = one
-                ivf.add_with_ids(np.ascontiguousarray(x[rows[grp]]), pos[rows[grp]])
-        finally:
-            ivf.quantizer = own
-    ref.add(x)
-    index.ntotal = ref.ntotal
 
 
 def main(argv=None) -> int:
@@ -227,7 +187,7 @@ def main(argv=None) -> int:
                     kk = K * spill
                     prm = faiss.IndexRefineSearchParameters(
                         k_factor=max(1.0, r / kk), base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
-                    rows.append(point(lambda qq: dedupe(*idx.search(qq, kk, params=prm)), nprobe=nprobe, refine=r))
+                    rows.append(point(lambda qq: first_copies(*idx.search(qq, kk, params=prm), K), nprobe=nprobe, refine=r))
                 if rows[-1]["recall_at_1"] >= 0.998:
                     break
             record(name, factory + (f" (each face in its {spill} nearest lists)" if spill > 1 else ""), bt,

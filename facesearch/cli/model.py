@@ -181,10 +181,8 @@ def quantize_cmd(spec, out, calib_images, calibration_people, limit, method, mod
                                 calibration_source=source + ("; aligned again to the model's template" if transform else ""))
     if calibrate_pairs is not None:
         _calibrate(out, calibrate_pairs, images, calibrate_people, "cpu")
-    from facesearch.model.files import read_model_dir, resolve as resolve_out
-
-    cfg = read_model_dir(out)
-    key = resolve_out(out).key
+    made = resolve(out)
+    cfg, key = made.config, made.key
     if as_json:
         echo_json({"out": str(out), "name": cfg.name, "key": key, "from": found.location, "quantization": cfg.quantization,
                    "threshold": cfg.threshold, "calibration": cfg.calibration.to_dict()})

@@ -118,9 +118,9 @@ class ThreadTuner:
     benchmarks/README.md.
 
     Where ONNX Runtime embeds, the images per pass are chosen the same way (:meth:`offer_batches`: the
-    model's forward batch and a quarter of it, each with both thread counts): it runs SFace fastest at 2
-    images a pass, not torch's 8 (fp32 49.5 vs 39.3 images/s on one thread; int8 88.9 vs 71.8), and
-    MobileNetV2 at 8-16 (docs/speed.md)."""
+    model's forward batch and a quarter of it, each with both thread counts): it runs SFace fastest at 2-4
+    images a pass, not torch's 8 (fp32 55.6 vs 44.3 images/s at 2 and 8 on one thread), and MobileNetV2 at
+    8-16 (``python -m benchmarks.onnx_batch``, docs/speed.md)."""
 
     def __init__(self, threads: int, trials: int = 2, every: int = 400):
         self.options, self.trials, self.every = (1, threads), trials, every
