@@ -15,8 +15,9 @@ p50/p99 on one OpenMP thread (as ``FaissIndex.search`` runs one probe). Candidat
 
 - ``auto``: what ``index.build`` builds today above exact search (``policy.auto_factory``), tuned at build;
 - ``hnsw32``, ``hnsw48``, ``hnsw32-sq8``, ``hnsw32-fp16``: HNSW graphs (efConstruction 40, FAISS's default);
-- ``spill1-pq64``, ``spill2-pq64``, ``spill2-pq32``, ``spill2-rabitq``: IVF (auto's lists) over 4-bit fast-scan
-  codes with an exact re-rank, each face in its 1 or 2 nearest lists (one coarse quantizer shared by all);
+- ``spill1-pq64``, ``spill2-pq64``, ``spill3-pq64``, ``spill2-pq32``, ``spill2-rabitq``: IVF over 4-bit fast-scan
+  codes with an exact re-rank, each face in its 1, 2 or 3 nearest lists; with auto's lists, or each of ``--lists``
+  (then named ``spill2-pq64@1024`` ...);
 - ``ivfhnsw16k``: IVF16384 with an HNSW32 coarse quantizer over PQ64x4fs, exact re-rank (issue 20's example).
 
 Each row is written as soon as it is measured (a cut run keeps what it had). The load average goes with it.
@@ -45,11 +46,14 @@ K = 10
 TARGET = 0.99
 EF = (16, 32, 64, 128, 256, 512, 1024)
 #: (variant, spill, code) of the spilled IVF candidates
-SPILL = {"spill1-pq64": (1, "PQ64x4fs"), "spill2-pq64": (2, "PQ64x4fs"), "spill2-pq32": (2, "PQ32x4fs"),
-         "spill2-rabitq": (2, "RaBitQfs")}
+SPILL = {"spill1-pq64": (1, "PQ64x4fs"), "spill2-pq64": (2, "PQ64x4fs"), "spill3-pq64": (3, "PQ64x4fs"),
+         "spill2-pq32": (2, "PQ32x4fs"), "spill2-rabitq": (2, "RaBitQfs")}
 HNSW = {"hnsw32": "HNSW32,Flat", "hnsw48": "HNSW48,Flat", "hnsw32-sq8": "HNSW32,SQ8", "hnsw32-fp16": "HNSW32,SQfp16"}
-NPROBES = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
-REFINES = (64, 128)
+NPROBES = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 448, 512)
+REFINES = (32, 64, 128)
+#: the sample recall@1 ``policy.tune_search`` needs to accept a search breadth for a 0.99 target on 16,000 queries
+#: (its cautious bound takes two standard deviations of the misses off)
+MARGIN = 0.993
 
 
 def gallery(gen: FaceGenerator, n: int, n_probes: int = 1000):
@@ -91,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", help=".npz written by FaceGenerator.save")
     ap.add_argument("--fit-images", type=int, default=1000, help="without --generator: LFW images to fit one on")
     ap.add_argument("--only", default="auto,spill2-pq64,spill2-pq32,hnsw32")
+    ap.add_argument("--lists", help="IVF lists of the spilled candidates, e.g. 512,1024,2048 (default: auto's)")
+    ap.add_argument("--probes", type=int, default=1000, help="probes (new images of enrolled people) for recall")
     ap.add_argument("--single", type=int, default=200, help="single probes timed per point")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     gen = FaceGenerator.load(a.generator) if a.generator else fit_generator(a.fit_images)
     n = a.size
-    x, q = gallery(gen, n)
+    x, q = gallery(gen, n, a.probes)
     flat = faiss.IndexFlatIP(gen.dim)
     flat.add(x)
     d0, i0 = flat.search(q, K)
@@ -110,8 +116,9 @@ def main(argv=None) -> int:
     res = {"benchmark": "index-frontier", "gallery": n, "dim": gen.dim, "probes": len(q), "k": K,
            "command": "python -m benchmarks.index_frontier " + " ".join(argv if argv is not None else sys.argv[1:]),
            "generator": {"path": a.generator, "a": gen.a, "b": gen.b, "s": gen.s},
-           "what": "recall@1: the index's top-1 is exact search's top-1 (or ties with it) over 1,000 probes (new "
-                   "images of enrolled identities); p50/p99: one probe per call, one OpenMP thread, 200 calls",
+           "what": f"recall@1: the index's top-1 is exact search's top-1 (or ties with it) over {len(q):,} probes "
+                   f"(new images of enrolled identities); p50/p99: one probe per call, one OpenMP thread, "
+                   f"{a.single} calls",
            "target": {"recall_at_1": TARGET, "p50_ms_below": 1.0}, "faiss": faiss.__version__,
            "candidates": {}, "machine": machine()}
 
@@ -142,9 +149,11 @@ def main(argv=None) -> int:
 
     def record(name, factory, build_s, nbytes, rows, **extra):
         ok = [r for r in rows if r["recall_at_1"] >= TARGET]
+        sure = [r for r in rows if r["recall_at_1"] >= MARGIN]
         res["candidates"][name] = dict(factory=factory, build_s=round(build_s, 1),
                                        bytes_per_face=round(nbytes / n, 1), sweep=rows,
-                                       best_at_target=min(ok, key=lambda r: r["p50_ms"]) if ok else None, **extra)
+                                       best_at_target=min(ok, key=lambda r: r["p50_ms"]) if ok else None,
+                                       best_at_margin=min(sure, key=lambda r: r["p50_ms"]) if sure else None, **extra)
         save()
 
     chunks = [(np.arange(s, min(n, s + 50_000), dtype=np.int64), x[s : s + 50_000]) for s in range(0, n, 50_000)]
@@ -164,12 +173,15 @@ def main(argv=None) -> int:
 
     spills = [s for s in SPILL if s in only]
     if spills or "ivfhnsw16k" in only:
-        nlist = vindex.policy.ivf_lists(vindex.policy.auto_factory(n, gen.dim)) or 2048
+        auto_lists = vindex.policy.ivf_lists(vindex.policy.auto_factory(n, gen.dim)) or 2048
+        list_counts = [int(v) for v in a.lists.split(",")] if a.lists else [auto_lists]
         sample = x[np.sort(np.random.default_rng(0).choice(n, min(n, 200_000), replace=False))]
-        for name in spills + (["ivfhnsw16k"] if "ivfhnsw16k" in only else []):
+        todo = [(s, nl) for s in spills for nl in list_counts] + ([("ivfhnsw16k", 16384)] if "ivfhnsw16k" in only else [])
+        for variant, nlist in todo:
             faiss.omp_set_num_threads(2)
-            spill, code = SPILL.get(name, (1, "PQ64x4fs"))
-            lists, quant = (16384, "_HNSW32") if name == "ivfhnsw16k" else (nlist, "")
+            name = f"{variant}@{nlist}" if a.lists and variant != "ivfhnsw16k" else variant
+            spill, code = SPILL.get(variant, (1, "PQ64x4fs"))
+            lists, quant = (16384, "_HNSW32") if variant == "ivfhnsw16k" else (nlist, "")
             factory = f"IVF{lists}{quant},{code},RFlat"
             t = time.perf_counter()
             idx = faiss.index_factory(gen.dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -181,7 +193,8 @@ def main(argv=None) -> int:
             bt = time.perf_counter() - t
             print(f"{name}: built in {bt:.0f} s", file=sys.stderr, flush=True)
             rows = []
-            probes = NPROBES if name != "ivfhnsw16k" else (256, 512, 768, 1024, 1536, 2048, 3072)
+            probes = [p for p in NPROBES if p < lists] if variant != "ivfhnsw16k" else (256, 512, 768, 1024, 1536, 2048,
+                                                                                        3072)
             for nprobe in probes:
                 for r in REFINES:
                     kk = K * spill
@@ -230,14 +243,19 @@ def _sims(idx, qq):
 def table(res: dict) -> str:
     lines = [f"{res['gallery']:,} faces, {res['probes']} probes; target recall@1 >= {TARGET} at p50 < 1 ms "
              "(one probe, one thread)", "",
-             "| candidate | factory | build s | bytes/face | fastest at recall@1 >= 0.99 | p50 ms there | "
-             "best recall@1 (p50 ms) |", "|---|---|---|---|---|---|---|"]
+             f"| candidate | factory | build s | bytes/face | fastest at recall@1 >= {TARGET} | p50 ms there | "
+             f"fastest at >= {MARGIN} (tuning's margin) | p50 ms there | best recall@1 (p50 ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def where(b):
+        return ", ".join(f"{k} {v}" for k, v in b.items() if k in ("efSearch", "nprobe", "refine")) if b else "not reached"
+
     for name, c in res["candidates"].items():
-        b = c["best_at_target"]
+        b, m = c["best_at_target"], c.get("best_at_margin")
         top = max(c["sweep"], key=lambda r: (r["recall_at_1"], -r["p50_ms"]))
-        where = ", ".join(f"{k} {v}" for k, v in b.items() if k in ("efSearch", "nprobe", "refine")) if b else "not reached"
-        lines.append(f"| {name} | {c['factory']} | {c['build_s']} | {c['bytes_per_face']} | {where} | "
-                     f"{b['p50_ms'] if b else '-'} | {top['recall_at_1']} ({top['p50_ms']}) |")
+        lines.append(f"| {name} | {c['factory']} | {c['build_s']} | {c['bytes_per_face']} | {where(b)} | "
+                     f"{b['p50_ms'] if b else '-'} | {where(m)} | {m['p50_ms'] if m else '-'} | "
+                     f"{top['recall_at_1']} ({top['p50_ms']}) |")
     return "\n".join(lines)
 
 

@@ -32,8 +32,8 @@ NPROBE_CHOICES = (8, 16, 32, 64, 128, 256, 512)
 #: exact search directly; ``IVF<lists>,Flat`` stays for odd dimensions and galleries that chose it
 RERANK_MIN = EXACT_MAX
 #: nprobe values ``tune_search`` tries on a re-ranked index (finer steps: its cost grows with the lists scanned)
-RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536,
-                         2048)
+RERANK_NPROBE_CHOICES = (32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
+                         1280, 1536, 2048)
 #: stored faces ``tune_search`` asks a re-ranked index about (at least): the cautious bound (hits less two standard
 #: deviations of the misses) accepts an nprobe whose sample recall@1 is about 0.992 for a 0.99 target with 16,000
 #: (0.993 with 4,000, 0.996 with 1,000: each step a wider search). At 1M faces the exact answers for 16,000 take
@@ -41,7 +41,8 @@ RERANK_NPROBE_CHOICES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512
 RERANK_TUNE_QUERIES = 16_000
 #: lists each face is kept in by the index ``auto`` builds above :data:`RERANK_MIN` (``...,RFlat,spill2``): at 1M faces
 #: (benchmarks/results/index-frontier-1m-cpu-2core.json) recall@1 0.99 needed 160 of 2048 lists (0.85 ms a probe)
-#: against 448 (1.8 ms) with each face in one list; at 60k both answered in 0.24 ms; 32 more bytes a face
+#: against 448 (1.8 ms) with each face in one list; at 60k both answered in 0.24 ms; 32 more bytes a face. A third
+#: list (64 more bytes) was no faster at 1M (scratch sweep, docs/speed.md)
 AUTO_SPILL = 2
 #: candidates re-ranked per query that ``tune_search`` tries (after choosing nprobe with the most of them): the
 #: fast-scan keeps that many in a heap while it scans, so a deeper re-rank costs scan time (at 1M, 256 candidates
@@ -59,16 +60,18 @@ def auto_factory(n: int, dim: int = 128) -> str:
     """The FAISS factory string "auto" picks for ``n`` faces of ``dim`` dimensions: exact while that is fast,
     then (above :data:`RERANK_MIN`, which is EXACT_MAX) IVF over 4-bit fast-scan PQ codes, each face in its
     :data:`AUTO_SPILL` nearest lists (the ``,spill2`` suffix), with the best candidates re-ranked on the exact
-    vectors; IVF over the exact vectors for an odd ``dim``. At 1M (benchmarks/results/scale-1m-cpu-2core.json):
-    nprobe 192 tuned, 1.19 ms a probe at recall@1 0.991, built in 101 s."""
+    vectors; IVF over the exact vectors for an odd ``dim``. At 1M faces (benchmarks/results/index-lists-1m-cpu-2core.json):
+    IVF1024, nprobe 112 and 128 re-ranked tuned at build, 0.81 ms a probe on one thread at recall@1 0.992, built
+    and tuned in 77 s."""
     if n <= EXACT_MAX:
         return "Flat"
     if n > RERANK_MIN and dim % 2 == 0:
-        # about 2 sqrt(n) lists, at least 128 faces a list: at 1M, 2048 lists answered at recall@1 0.995 in 1.5 ms
-        # where 4096 (a smaller share of the gallery scanned for the same recall, but shorter lists, which
-        # fast-scan reads in blocks of 32) took 2.2 ms at 0.991 (docs/speed.md); two dimensions per 4-bit
-        # sub-quantizer
-        nlist = max(64, min(2 ** int(round(math.log2(2 * math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
+        # about sqrt(n) lists (a power of two), at least 128 faces a list; two dimensions per 4-bit sub-quantizer.
+        # A fast-scan probe pays for each list it opens as well as for the codes it reads: at 1M faces, each in 2
+        # lists (benchmarks/results/index-lists-1m-cpu-2core.json, 3,000 probes, one thread), recall@1 0.993 took
+        # 112 of 1024 lists (0.84 ms), 256 of 2048 (1.20 ms) and 320 of 4096 (1.12 ms); 512 lists were no faster
+        # than 1024 (64 of them, 0.81 ms)
+        nlist = max(64, min(2 ** int(round(math.log2(math.sqrt(n)))), 2 ** int(math.log2(n / 128))))
         return f"IVF{nlist},PQ{dim // 2}x4fs,RFlat" + (f",spill{AUTO_SPILL}" if AUTO_SPILL > 1 else "")
     # about 2 sqrt(n) lists (a power of two): at 1M, 2048 lists trained in half the time of 4096 with
     # the same latency at equal recall (measured); IVF,Flat keeps exact distances and supports removal

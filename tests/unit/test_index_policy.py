@@ -20,9 +20,9 @@ def test_ivf_goes_back_to_exact_when_the_gallery_shrinks():
 
 
 def test_ivf_is_retrained_only_when_auto_wants_more_than_four_times_its_lists():
-    n = 4_000_000  # auto: about 2 sqrt(n) = 4096 lists, re-ranked
+    n = 4_000_000  # auto: about sqrt(n) = 2048 lists, re-ranked
     want = policy.ivf_lists(policy.auto_factory(n))
-    assert want == 4096 and policy.is_reranked(policy.auto_factory(n))
+    assert want == 2048 and policy.is_reranked(policy.auto_factory(n))
     kind = policy.auto_factory(n).partition(",")[2]
     assert not policy.needs_rebuild(f"IVF{want},{kind}", n)
     assert not policy.needs_rebuild(f"IVF{want // 4},{kind}", n)  # 4x: close enough
@@ -38,7 +38,7 @@ def test_auto_scans_codes_and_reranks_above_exact_max_and_old_ivf_flat_galleries
         assert n / policy.ivf_lists(f) >= 128  # lists of at least 128 faces
         assert not policy.needs_rebuild(f, n)
         assert policy.needs_rebuild("IVF2048,Flat", n)  # a gallery built by the older policy: rebuilt as auto
-    assert policy.ivf_lists(policy.auto_factory(1_000_000)) == 2048
+    assert policy.ivf_lists(policy.auto_factory(1_000_000)) == 1024
     assert ",PQ256x4fs," in policy.auto_factory(1_000_000, 512)
     assert policy.auto_factory(1_000_000, 127) == "IVF2048,Flat"  # odd dimensions: no 2-d sub-quantizers
 

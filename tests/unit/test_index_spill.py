@@ -127,7 +127,7 @@ def test_auto_spills_above_exact_search_and_older_reranked_galleries_are_rebuilt
         assert split_spill(f)[1] == policy.AUTO_SPILL == 2 and policy.is_reranked(f), f
         assert not policy.needs_rebuild(f, n)
         assert policy.needs_rebuild(split_spill(f)[0], n)  # each face in one list: the previous auto's index
-    assert policy.auto_factory(1_000_000) == "IVF2048,PQ64x4fs,RFlat,spill2"
+    assert policy.auto_factory(1_000_000) == "IVF1024,PQ64x4fs,RFlat,spill2"
     assert policy.needs_rebuild(policy.auto_factory(1_000_000), policy.EXACT_MAX)  # exact search again
     assert policy.auto_factory(1_000_000, 127) == "IVF2048,Flat"
 
