@@ -252,9 +252,11 @@ def run_size(n: int, gen: FaceGenerator, model_dir: Path, workdir: Path, n_probe
 
     def measure_threads(idx, label: str, threads: int):
         """Single-probe latency of an index ``measure`` timed as ``label``, with FAISS on ``threads`` OpenMP
-        threads, as a row ``label, N thread(s)``. One thread is what FaissIndex.search gives a single probe anyway
-        (``faiss_index.ONE_THREAD_QUERIES``; on a busy machine a 2-thread parallel region for one probe waits for
-        a second core); more threads lift that rule, to show what it avoids."""
+        threads, as a row ``label, N thread(s)``. One thread: the single-probe rule of FaissIndex.search
+        (``faiss_index.ONE_THREAD_QUERIES``) forced. More threads lift that rule: FAISS's own search on them (for
+        a re-ranked IVF its default split of the queries, not the lists: ``faiss_index.FAST_SCAN_SPLIT``), to
+        show what the rule avoids. The ``auto`` row itself is what a gallery does: a re-ranked IVF splits one
+        probe's lists on the threads ``faiss_index.ProbeThreads`` measures faster."""
         import faiss
 
         from facesearch.index import faiss_index

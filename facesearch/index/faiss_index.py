@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 
 import numpy as np
 
@@ -31,8 +33,15 @@ REFINE_CANDIDATES = 64
 #: it out of every search; past this share of removed faces, ``remove`` asks for a rebuild instead
 REFINE_MAX_REMOVED = 0.05
 #: single probes (a query of up to this many vectors) search on one OpenMP thread: on this project's 2-core
-#: machine a 2-thread parallel region for one probe waits for a second, busy core (measured: docs/speed.md)
+#: machine a 2-thread parallel region for one probe waits for a second, busy core (measured: docs/speed.md).
+#: A re-ranked IVF's single probes are the exception: their threads are measured (:class:`ProbeThreads`)
 ONE_THREAD_QUERIES = 1
+#: FAISS's fast-scan IVF search that splits the (query, list) pairs of a search between its threads
+#: (``IndexIVFFastScan.implem`` 14); its default splits the queries, so one probe ran on one thread however many it
+#: was given, and 2 threads were slower than 1 (1.06-1.27 against 0.75-1.3 ms at 1M faces, nprobe 128 of 1024).
+#: With it, one probe on 2 threads took 0.48-0.57 ms against 0.75-0.79 on one, the same answers
+#: (docs/speed.md). A re-ranked IVF's single probes use it, on the threads :class:`ProbeThreads` measures faster
+FAST_SCAN_SPLIT = 14
 #: ``<a FAISS re-ranked IVF factory>,spill<N>``: facesearch's suffix for a re-ranked IVF whose faces are each kept in
 #: their N nearest lists (the codes N times, the exact vector once): a face near the border of its list is then found
 #: from either side, so fewer lists are scanned for the same recall (at 1M faces, recall@1 0.99 with 160 of 2048
@@ -54,6 +63,39 @@ def faiss_has_gpu() -> bool:
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     except Exception:
         return False
+
+
+class ProbeThreads:
+    """The OpenMP threads for a re-ranked IVF's single probes, chosen by measurement: the first probes
+    alternate between one thread and all of them until each has run ``trials``, then the faster (median wall
+    time) is kept, and measured again every ``every`` probes. On an idle 2-core machine two threads answer a
+    probe at 1M faces in about 0.5 ms against 0.77 (:data:`FAST_SCAN_SPLIT`); when something else keeps the
+    other core busy, a 2-thread region waits for it and one thread is faster (as for enroll's
+    ``ThreadTuner``). A probe costs a millisecond, so the trials cost a few."""
+
+    def __init__(self, trials: int = 8, every: int = 2000):
+        self.trials, self.every = trials, every
+        self.calls, self.chosen = 0, 1
+        self.times: dict[int, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def pick(self, threads: int) -> int:
+        """Threads for the next probe, at most ``threads`` (the caller's OpenMP setting)."""
+        if threads <= 1:
+            return 1
+        with self._lock:
+            k = self.calls % self.every
+            self.calls += 1
+            if k < 2 * self.trials:
+                return (1, threads)[k % 2]
+            if k == 2 * self.trials and len(self.times) >= 2:
+                self.chosen = min(self.times, key=lambda t: float(np.median(self.times[t][-self.trials:])))
+            return min(self.chosen, threads)
+
+    def record(self, threads: int, seconds: float) -> None:
+        with self._lock:
+            if self.calls % self.every <= 2 * self.trials:  # a trial probe (the last one's time included)
+                self.times.setdefault(threads, []).append(seconds)
 
 
 class FaissIndex(VectorIndex):
@@ -97,6 +139,12 @@ class FaissIndex(VectorIndex):
         self._live = faiss.IDSelectorRange(0, 2**62)
         self._live_slots = (faiss.IDSelectorTranslated(self.cpu_index.id_map, self._live)
                             if self._refine is not None else None)
+        #: a re-ranked IVF over fast-scan codes: its single probes split the lists between threads
+        #: (:data:`FAST_SCAN_SPLIT`) on the threads :attr:`probe_threads` chooses
+        ivf = faiss.try_extract_index_ivf(self._refine.base_index) if self._refine is not None else None
+        ivf = faiss.downcast_index(ivf) if ivf is not None else None
+        self._fast_scan = ivf if isinstance(ivf, faiss.IndexIVFFastScan) else None
+        self.probe_threads = ProbeThreads()
         self._gpu = None
         if gpu and self._refine is None:  # the refine stage has no GPU version: a re-ranked index searches on the CPU
             self._res = faiss.StandardGpuResources()
@@ -212,16 +260,26 @@ class FaissIndex(VectorIndex):
             import faiss
 
             threads = faiss.omp_get_max_threads()  # this thread's setting (OpenMP keeps one per thread)
-            faiss.omp_set_num_threads(1)
+            split = self._fast_scan is not None
+            use = self.probe_threads.pick(threads) if split else 1
+            faiss.omp_set_num_threads(use)
+            t0 = time.perf_counter()
             try:
-                return self._search(q, k)
+                return self._search(q, k, FAST_SCAN_SPLIT if split else 0)
             finally:
+                if split and threads > 1:
+                    self.probe_threads.record(use, time.perf_counter() - t0)
                 faiss.omp_set_num_threads(threads)
         return self._search(q, k)
 
-    def _search(self, q, k):
+    def _search(self, q, k, implem: int = 0):
         if self._refine is not None:
             import faiss
+
+            if self._fast_scan is not None:
+                # FAISS reads it at each search; another thread's search may set it meanwhile, which changes
+                # how the work is split between threads, never the answers
+                self._fast_scan.implem = implem
 
             # the refine stage re-ranks k * k_factor candidates: at least refine_candidates whatever k is. A spilled
             # index finds a face once per list it is in: k * spill answers, the copies dropped
