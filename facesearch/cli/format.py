@@ -104,6 +104,10 @@ def print_info(d: dict) -> None:
     click.echo(f"home:        {d['home']}")
     click.echo(f"database:    {d['database']} (schema {d['schema_revision']})")
     click.echo(f"model:       {m['key']} ({m['backbone']}, {m['embedding_dim']}-d, {m['input_size']} px)")
+    q = m.get("quantization")
+    if q:
+        click.echo(f"             {q['precision']} ({q.get('method')} ranges from {q.get('calibration_images')} images) of "
+                   f"{q.get('fp32_model')}; ONNX Runtime on the CPU only")
     click.echo(f"threshold:   {m['threshold']:.4f} (1:1, verify; {m['distance']} distance; match when distance "
                "<= threshold)")
     for op in m.get("operating_points") or []:

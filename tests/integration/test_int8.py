@@ -11,6 +11,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -112,12 +113,20 @@ def test_a_gallery_of_the_fp32_model_moves_to_it_by_reindex(int8_dir, faces, tmp
     home = tmp_path / "g"
     run("--home", str(home), "enroll", str(faces))
     probe = sorted((faces / "Tony_Blair").iterdir())[0]
+    fp32_key = run("--home", str(home), "info")["model"]["key"]
+    assert run("--home", str(home), "info")["model"]["quantization"] is None
     with pytest.raises(ModelMismatchError, match="reindex"):
         FaceSearch.open(home, model=int8_dir)
     rep = run("--home", str(home), "reindex", "--model", str(int8_dir))
     assert rep["reembedded"] == sum(GALLERY.values())
     info = run("--home", str(home), "info")
     assert info["model"]["key"] == resolve(int8_dir).key
+    q = info["model"]["quantization"]  # info says what it is and what it was made from
+    assert q["precision"] == "int8" and q["method"] == "minmax" and q["fp32_model"] == fp32_key  # as made above
+    assert q["calibration_images"] == len(CALIBRATION)
+    jsonschema.validate(info, json.loads((Path(__file__).parents[2] / "docs/schemas/info.json").read_text()))
+    text = CliRunner().invoke(cli, ["--home", str(home), "info"], catch_exceptions=False).output
+    assert f"int8 (minmax ranges from {len(CALIBRATION)} images) of {fp32_key}" in text
     hit = run("--home", str(home), "query", str(probe))[0]
     assert hit["identity"] == "Tony_Blair" and hit["matches"][0]["distance"] < 1e-4  # its own stored face
 
