@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Regenerate README.md's speed table from the benchmark result files (never hand-copied numbers).
 
-    python scripts/speed_table.py --bench benchmarks/results/scale-cpu-2core.json   # all rows from one make bench
+    python scripts/speed_table.py                      # every row from make bench's result on this machine
+    python scripts/speed_table.py --bench benchmarks/results/scale-cpu-2core.json   # the same, named
     python scripts/speed_table.py [--scale benchmarks/results/scale-1m-cpu-2core.json --scale ...]
                                   [--run benchmarks/results/issue20-cpu-2core.json] [--check | --print]
 
 Reads the JSON that ``make bench`` (benchmarks/run.py) writes, and writes the table between the markers
 ``<!-- speed-table:begin -->`` and ``<!-- speed-table:end -->`` in README.md. Each row names its source file;
 a figure a file does not have is left out, not guessed. ``--bench FILE`` takes every row (enroll, CLI, queries,
-memory) from one ``make bench`` result. ``--check`` exits 1 when README.md's table is not what the files give
+memory) from one ``make bench`` result; it is the default (``benchmarks/results/scale-cpu-2core.json``) when
+none of ``--bench``, ``--scale``, ``--run`` and ``--cli`` is given. ``--check`` exits 1 when README.md's table is not what the files give
 (for CI), without writing; ``--print`` prints the table and writes nothing.
 """
 
@@ -119,9 +121,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=Path, action="append", help="scale result files, in table order (default: "
                     "benchmarks/results/scale-1m-cpu-2core.json, then scale-cpu-2core.json)")
-    ap.add_argument("--run", type=Path, default=RESULTS / "issue20-cpu-2core.json")
-    ap.add_argument("--cli", type=Path, default=RESULTS / "cli-startup-cpu-2core.json",
-                    help="the CLI wall-time file of benchmarks.cli_startup (its query row is taken first)")
+    ap.add_argument("--run", type=Path, help="default: benchmarks/results/issue20-cpu-2core.json")
+    ap.add_argument("--cli", type=Path, help="the CLI wall-time file of benchmarks.cli_startup (its query row is "
+                    "taken first; default: benchmarks/results/cli-startup-cpu-2core.json)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--bench", type=Path, help="one make bench result (benchmarks/results/scale-<machine>.json): "
                     "every row from it, in place of --run, --scale and --cli")
@@ -129,6 +131,10 @@ def main(argv=None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 when README.md's table differs; write nothing")
     mode.add_argument("--print", action="store_true", help="print the table; write nothing")
     a = ap.parse_args(argv)
+    if a.bench is None and a.scale is None and a.run is None and a.cli is None:
+        a.bench = RESULTS / "scale-cpu-2core.json"  # one make bench run gives every row
+    a.run = a.run or RESULTS / "issue20-cpu-2core.json"
+    a.cli = a.cli or RESULTS / "cli-startup-cpu-2core.json"
     rel = lambda p: str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
     if a.bench is not None:
         if _load(a.bench) is None:

@@ -69,3 +69,9 @@ def test_one_make_bench_result_gives_every_row_and_print_writes_nothing(tmp_path
     assert "0.91 s (ONNX Runtime)" in text and "61.5" in text and "4.05 ms" in text
     assert "484.0 ms (numpy; exact Flat 52.0 ms)" in text  # the exact index of the same run beside numpy
     assert speed_table.main(["--bench", str(tmp_path / "none.json"), "--readme", str(readme)]) == 2
+
+
+def test_with_no_sources_named_every_row_comes_from_make_bench_s_result(capsys):
+    assert speed_table.main(["--print"]) == 0
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ") and "---" not in x][1:]
+    assert rows and all(x.endswith("| `benchmarks/results/scale-cpu-2core.json` |") for x in rows)
