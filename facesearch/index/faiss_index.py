@@ -39,7 +39,7 @@ ONE_THREAD_QUERIES = 1
 #: FAISS's fast-scan IVF search that splits the (query, list) pairs of a search between its threads
 #: (``IndexIVFFastScan.implem`` 14); its default splits the queries, so one probe ran on one thread however many it
 #: was given, and 2 threads were slower than 1 (1.06-1.27 against 0.75-1.3 ms at 1M faces, nprobe 128 of 1024).
-#: With it, one probe on 2 threads took 0.48-0.57 ms against 0.75-0.79 on one, the same answers
+#: With it, one probe on 2 threads took 0.48-0.57 ms against 0.75-0.79 on one, at the same recall
 #: (docs/speed.md). A re-ranked IVF's single probes use it, on the threads :class:`ProbeThreads` measures faster
 FAST_SCAN_SPLIT = 14
 #: ``<a FAISS re-ranked IVF factory>,spill<N>``: facesearch's suffix for a re-ranked IVF whose faces are each kept in
@@ -278,7 +278,8 @@ class FaissIndex(VectorIndex):
 
             if self._fast_scan is not None:
                 # FAISS reads it at each search; another thread's search may set it meanwhile, which changes
-                # how the work is split between threads, never the answers
+                # how the work is split between threads (and so, with several, which candidates reach the
+                # re-rank at the tail), not how close the answers are to exact search
                 self._fast_scan.implem = implem
 
             # the refine stage re-ranks k * k_factor candidates: at least refine_candidates whatever k is. A spilled
