@@ -15,6 +15,7 @@ import numpy as np
 
 from facesearch import distance
 from facesearch.index.base import Read, Stamp, VectorIndex, Write
+from facesearch.tuning import MeasuredChoice
 
 #: IVF lists probed per query when nothing better is known (a new, empty IVF index). A built IVF index
 #: chooses its own (``tune_nprobe``): how many lists a model's embeddings need depends on the model, e.g.
@@ -38,7 +39,8 @@ REFINE_MAX_REMOVED = 0.05
 ONE_THREAD_QUERIES = 1
 #: FAISS's fast-scan IVF search that splits the (query, list) pairs of a search between its threads
 #: (``IndexIVFFastScan.implem`` 14); its default splits the queries, so one probe ran on one thread however many it
-#: was given, and 2 threads were slower than 1 (1.06-1.27 against 0.75-1.3 ms at 1M faces, nprobe 128 of 1024).
+#: was given, and 2 threads were no faster than 1 (at 1M faces, nprobe 128 of 1024: 1.43 against 1.20 ms in
+#: benchmarks/results/scale-cpu-2core.json, 0.89 against 0.92 in scale-1m-cpu-2core.json).
 #: With it, one probe on 2 threads took 0.48-0.57 ms against 0.75-0.79 on one, at the same recall
 #: (docs/speed.md). A re-ranked IVF's single probes use it, on the threads :class:`ProbeThreads` measures faster
 FAST_SCAN_SPLIT = 14
@@ -66,36 +68,45 @@ def faiss_has_gpu() -> bool:
 
 
 class ProbeThreads:
-    """The OpenMP threads for a re-ranked IVF's single probes, chosen by measurement: the first probes
-    alternate between one thread and all of them until each has run ``trials``, then the faster (median wall
-    time) is kept, and measured again every ``every`` probes. On an idle 2-core machine two threads answer a
-    probe at 1M faces in about 0.5 ms against 0.77 (:data:`FAST_SCAN_SPLIT`); when something else keeps the
-    other core busy, a 2-thread region waits for it and one thread is faster (as for enroll's
-    ``ThreadTuner``). A probe costs a millisecond, so the trials cost a few."""
+    """The OpenMP threads for a re-ranked IVF's single probes, chosen by measurement
+    (:class:`facesearch.tuning.MeasuredChoice` between one thread and all of the caller's): the first probes
+    alternate between the two until each has run ``trials``, then the faster (median wall time) is kept, and
+    measured again every ``every`` probes. On an idle 2-core machine two threads answer a probe at 1M faces in
+    about 0.5 ms against 0.77 (:data:`FAST_SCAN_SPLIT`); when something else keeps the other core busy, a
+    2-thread region waits for it and one thread is faster (as for enroll's ``ThreadTuner``). A probe costs a
+    millisecond, so the trials cost a few."""
 
     def __init__(self, trials: int = 8, every: int = 2000):
         self.trials, self.every = trials, every
-        self.calls, self.chosen = 0, 1
-        self.times: dict[int, list[float]] = {}
+        self._m: MeasuredChoice | None = None  # between 1 and the caller's threads (anew if that changes)
         self._lock = threading.Lock()
+
+    @property
+    def times(self) -> dict[int, list[float]]:
+        return self._m.times if self._m is not None else {}
+
+    @property
+    def chosen(self) -> int:
+        return self._m.current if self._m is not None else 1
+
+    @chosen.setter
+    def chosen(self, threads: int) -> None:
+        if self._m is not None:
+            self._m.current = threads
 
     def pick(self, threads: int) -> int:
         """Threads for the next probe, at most ``threads`` (the caller's OpenMP setting)."""
         if threads <= 1:
             return 1
         with self._lock:
-            k = self.calls % self.every
-            self.calls += 1
-            if k < 2 * self.trials:
-                return (1, threads)[k % 2]
-            if k == 2 * self.trials and len(self.times) >= 2:
-                self.chosen = min(self.times, key=lambda t: float(np.median(self.times[t][-self.trials:])))
-            return min(self.chosen, threads)
+            if self._m is None or self._m.choices != [1, threads]:
+                self._m = MeasuredChoice([1, threads], self.trials, self.every)
+            m = self._m
+        return min(m.next(), threads)
 
     def record(self, threads: int, seconds: float) -> None:
-        with self._lock:
-            if self.calls % self.every <= 2 * self.trials:  # a trial probe (the last one's time included)
-                self.times.setdefault(threads, []).append(seconds)
+        if self._m is not None:
+            self._m.record(threads, seconds)
 
 
 class FaissIndex(VectorIndex):
@@ -132,7 +143,8 @@ class FaissIndex(VectorIndex):
         #: vector (the refine stage cannot drop them): its id-map slot becomes REMOVED and the IVF scan skips it
         #: (an IDSelector over the id map, so the k answers are k live faces), as for HNSW
         self._refine = faiss_refine(self)
-        if self.spill > 1 and (self._refine is None or faiss.try_extract_index_ivf(self._refine.base_index) is None):
+        ivf = faiss.try_extract_index_ivf(self._refine.base_index) if self._refine is not None else None
+        if self.spill > 1 and ivf is None:
             raise ValueError(f"{factory!r}: only a re-ranked IVF index (...,RFlat) keeps a face in several lists")
         marks = self._hnsw is not None or self._refine is not None
         self.removed = int((self._id_map() == REMOVED).sum()) if marks and loaded else 0
@@ -141,7 +153,6 @@ class FaissIndex(VectorIndex):
                             if self._refine is not None else None)
         #: a re-ranked IVF over fast-scan codes: its single probes split the lists between threads
         #: (:data:`FAST_SCAN_SPLIT`) on the threads :attr:`probe_threads` chooses
-        ivf = faiss.try_extract_index_ivf(self._refine.base_index) if self._refine is not None else None
         ivf = faiss.downcast_index(ivf) if ivf is not None else None
         self._fast_scan = ivf if isinstance(ivf, faiss.IndexIVFFastScan) else None
         self.probe_threads = ProbeThreads()

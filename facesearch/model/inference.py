@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
+from facesearch.tuning import MeasuredChoice
 
 if TYPE_CHECKING:
     from facesearch.model import encoder
@@ -123,23 +123,25 @@ class ThreadTuner:
     8-16 (``python -m benchmarks.onnx_batch``, docs/speed.md)."""
 
     def __init__(self, threads: int, trials: int = 2, every: int = 400):
-        self.options, self.trials, self.every = (1, threads), trials, every
-        #: what the trials choose between: (threads, images per pass; None: the caller's own)
-        self.choices: list[tuple[int, int | None]] = [(1, None), (threads, None)]
-        self.times: dict[tuple[int, int | None], list[float]] = {c: [] for c in self.choices}
-        self.batch, self.current, self.current_batch, self.t0 = 0, 1, None, 0.0
+        self.options = (1, threads)
+        #: the passes' schedule and times (the first pass of each round a warm-up on the current choice); what it
+        #: chooses between: (threads, images per pass; None: the caller's own)
+        self._m = MeasuredChoice([(1, None), (threads, None)], trials, every, warmup=1)
+        self.current, self.current_batch, self.t0 = 1, None, 0.0
+
+    @property
+    def choices(self) -> list[tuple[int, int | None]]:
+        return self._m.choices
 
     def offer_batches(self, sizes: Iterable[int]) -> None:
         """Let the trials also choose the images per pass among ``sizes`` (before the first pass only; a tuner
         carried on from an earlier call keeps what it has)."""
         sizes = list(dict.fromkeys(int(b) for b in sizes if b and b > 0))
-        if self.batch or len(sizes) < 2 or any(b is not None for _, b in self.choices):
+        if self._m.runs or len(sizes) < 2 or any(b is not None for _, b in self.choices):
             return
-        self.choices = [(t, b) for b in sizes for t in self.options]
-        self.times = {c: [] for c in self.choices}
-
-    def _exploring(self) -> bool:
-        return 1 <= self.batch % self.every <= len(self.choices) * self.trials
+        m = self._m
+        self._m = MeasuredChoice([(t, b) for b in sizes for t in self.options], m.trials, m.every, m.warmup,
+                                 first=m.current)
 
     def start(self) -> None:
         """Choose :attr:`current` (threads) and :attr:`current_batch` for the next pass, and set torch's
@@ -148,12 +150,7 @@ class ThreadTuner:
         import sys
         import time
 
-        k = self.batch % self.every
-        if self._exploring():
-            self.current, self.current_batch = self.choices[k % len(self.choices)]
-        elif k == len(self.choices) * self.trials + 1:
-            self.current, self.current_batch = min(
-                self.choices, key=lambda c: float(np.median(self.times[c][-self.trials:])))
+        self.current, self.current_batch = self._m.next()
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(self.current)
@@ -162,9 +159,7 @@ class ThreadTuner:
     def stop(self, n: int) -> None:
         import time
 
-        if self._exploring():
-            self.times[(self.current, self.current_batch)].append((time.perf_counter() - self.t0) / max(n, 1))
-        self.batch += 1
+        self._m.record((self.current, self.current_batch), (time.perf_counter() - self.t0) / max(n, 1))
 
 
 _counts_lock = threading.Lock()

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "facesearch"
 
 #: the parts, lowest first; a part may import its own modules, the base, and the parts it lists
-BASE = {"errors", "distance", "names", "files", "images", "datasets", "metrics", "losses", "settings"}
+BASE = {"errors", "distance", "names", "files", "images", "datasets", "metrics", "losses", "settings", "tuning"}
 MAY_IMPORT = {
     "model": set(),
     "store": set(),
